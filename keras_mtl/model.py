@@ -1,0 +1,465 @@
+"""MultiTaskModel: one train_step / test_step for every loss-level weighting."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_mtl import weighting as weighting_lib
+from keras_mtl.tasks import TaskLosses, loss_weight_vector
+
+NONFINITE_MODES = ("raise", "skip")
+
+
+def _output_task_names(net: keras.Model) -> list[str] | None:
+    """Task names from a built functional model's output structure."""
+    try:
+        outputs = net.output
+    except (AttributeError, ValueError):
+        return None
+    if isinstance(outputs, Mapping):
+        return [str(k) for k in outputs]
+    if isinstance(outputs, (list, tuple)):
+        return list(net.output_names)
+    return [str(net.output_names[0])] if getattr(net, "output_names", None) else None
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class MultiTaskModel(keras.Model):
+    """A Keras model that trains several tasks with a balanced objective.
+
+    `MultiTaskModel` wraps any multi-output Keras model (dict outputs, or
+    list outputs mapped to task names), or is subclassed in functional
+    style. Its `train_step` computes the K unweighted task losses,
+    multiplies them by the static `compile(loss_weights=...)` (1 by
+    default), passes them to the weighting, and applies the gradient of the
+    weighting's objective plus the model's regularisation losses (added
+    once, unweighted). `fit`, `evaluate`, `predict`, callbacks,
+    `jit_compile`, `save` and `export` work as for any Keras model.
+
+    Logs: `loss` (the objective), `<task>_loss` (unweighted epoch mean),
+    `<task>_weight` (the effective weight on that task's gradient, epoch
+    mean), the compiled task metrics, and their `val_` versions.
+
+    A non-finite task loss, objective or gradient never reaches the
+    weights: the update (optimizer step and weighting state) is skipped.
+    With `on_nonfinite="raise"` (default) training then stops with a
+    `FloatingPointError` naming the task(s) and the step; with `"skip"` it
+    goes on, counting skipped steps in the `skipped_steps` variable.
+
+    Args:
+        net: the multi-output model to wrap (omit when passing `inputs` and
+            `outputs`, as a functional subclass does).
+        weighting: a weighting alias (`"equal"`, `"fixed"`, `"uncertainty"`,
+            `"dwa"`, `"adaptive"`, `"bmtl"`, `"rlw"`, `"gls"`), a
+            `keras_mtl.weighting.Weighting` instance or a config dict.
+        tasks: task names in order; by default the output names of `net`.
+            Needed only for a subclassed `net` whose outputs are unknown
+            before it is called (else they are taken from the `compile`
+            loss dict).
+        on_nonfinite: `"raise"` or `"skip"`.
+        inputs, outputs: functional-style construction, as `keras.Model`.
+        **kwargs: `name`, `trainable`, `dtype` as for `keras.Model`.
+
+    Example:
+
+    ```python
+    inputs = keras.Input((64,))
+    h = keras.layers.Dense(128, activation="relu")(inputs)
+    net = keras.Model(inputs, {
+        "digit": keras.layers.Dense(10, activation="softmax", name="digit")(h),
+        "parity": keras.layers.Dense(1, activation="sigmoid", name="parity")(h),
+    })
+    model = keras_mtl.MultiTaskModel(net, weighting="adaptive")
+    model.compile(
+        optimizer="adam",
+        loss={"digit": "sparse_categorical_crossentropy",
+              "parity": "binary_crossentropy"},
+        metrics={"digit": ["accuracy"], "parity": ["accuracy"]},
+    )
+    model.fit(x, {"digit": y_digit, "parity": y_parity}, epochs=5)
+    ```
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        weighting = kwargs.pop("weighting", "equal")
+        tasks = kwargs.pop("tasks", None)
+        on_nonfinite = kwargs.pop("on_nonfinite", "raise")
+        net = kwargs.pop("net", None)
+        inputs = kwargs.pop("inputs", None)
+        outputs = kwargs.pop("outputs", None)
+        if len(args) == 2 and inputs is None and outputs is None:
+            inputs, outputs = args
+        elif len(args) == 1 and net is None and outputs is not None:
+            inputs = args[0]
+        elif len(args) == 1 and net is None:
+            net = args[0]
+        elif args:
+            raise TypeError(
+                "MultiTaskModel takes a model to wrap, MultiTaskModel(net, ...), or "
+                f"functional inputs and outputs; got {len(args)} positional arguments."
+            )
+        super().__init__(**kwargs)
+        if net is None:
+            if inputs is None or outputs is None:
+                raise ValueError(
+                    "MultiTaskModel needs a model to wrap (`net`) or `inputs` and "
+                    "`outputs`."
+                )
+            if isinstance(outputs, (list, tuple)) and tasks is None:
+                tasks = [_tensor_task_name(o, i) for i, o in enumerate(outputs)]
+            net = keras.Model(inputs=inputs, outputs=outputs, name=f"{self.name}_net")
+        elif isinstance(net, dict):
+            net = keras.saving.deserialize_keras_object(net)
+        if not isinstance(net, keras.layers.Layer):
+            raise TypeError(f"MultiTaskModel: `net` must be a Keras model; got {net!r}.")
+        if on_nonfinite not in NONFINITE_MODES:
+            raise ValueError(
+                f"on_nonfinite must be one of {NONFINITE_MODES}; got {on_nonfinite!r}."
+            )
+        self.net = net
+        self.on_nonfinite = on_nonfinite
+        self.weighting = weighting_lib.get(weighting)
+        self._task_losses: TaskLosses | None = None
+        self.task_names: list[str] | None = None
+        inferred = _output_task_names(net) if net.built else None
+        if tasks is not None:
+            tasks = [str(t) for t in tasks]
+            if inferred is not None and sorted(inferred) != sorted(tasks):
+                raise ValueError(
+                    f"tasks={tasks} do not match the outputs of the model "
+                    f"{inferred}."
+                )
+        elif inferred is not None:
+            tasks = inferred
+        if tasks is not None:
+            self._set_tasks(tasks)
+        if net.built:
+            self.built = True
+
+    # ------------------------------------------------------------------ tasks
+    def _set_tasks(self, tasks: list[str]) -> None:
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"Task names must be unique; got {tasks}.")
+        if len(tasks) < 2:
+            raise ValueError(
+                f"A multi-task model needs at least 2 tasks; got {len(tasks)}: {tasks}."
+            )
+        self.task_names = list(tasks)
+        num_tasks = len(tasks)
+        self.weighting.set_task_names(self.task_names)
+        if not self.weighting.built:
+            self.weighting.build((num_tasks,))
+        elif self.weighting.num_tasks != num_tasks:
+            raise ValueError(
+                f"The weighting was built for {self.weighting.num_tasks} tasks; the "
+                f"model has {num_tasks}: {tasks}."
+            )
+        # All training state of the model itself lives in variables.
+        self.task_loss_weights = self.add_weight(
+            shape=(num_tasks,),
+            initializer="ones",
+            trainable=False,
+            name="task_loss_weights",
+        )
+        self.train_steps = self.add_weight(
+            shape=(), dtype="int64", initializer="zeros", trainable=False,
+            name="train_steps",
+        )
+        self.skipped_steps = self.add_weight(
+            shape=(), dtype="int64", initializer="zeros", trainable=False,
+            name="skipped_steps",
+        )
+        self.last_nonfinite_step = self.add_weight(
+            shape=(), dtype="int64", initializer=keras.initializers.Constant(-1),
+            trainable=False, name="last_nonfinite_step",
+        )
+        self.nonfinite_tasks = self.add_weight(
+            shape=(num_tasks,), dtype="int32", initializer="zeros",
+            trainable=False, name="nonfinite_tasks",
+        )
+        self._task_loss_trackers = [
+            keras.metrics.Mean(name=f"{t}_loss") for t in self.task_names
+        ]
+        self._task_weight_trackers = [
+            keras.metrics.Mean(name=f"{t}_weight") for t in self.task_names
+        ]
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.task_names or [])
+
+    # ------------------------------------------------------------------ call
+    def call(self, inputs: Any, training: bool | None = None) -> dict[str, Any]:
+        outputs = self.net(inputs, training=training)
+        if isinstance(outputs, Mapping):
+            return dict(outputs)
+        if isinstance(outputs, (list, tuple)):
+            if self.task_names is None or len(outputs) != len(self.task_names):
+                raise ValueError(
+                    f"The model returned {len(outputs)} outputs; the tasks are "
+                    f"{self.task_names}. Pass `tasks=[...]` naming each output."
+                )
+            return dict(zip(self.task_names, outputs))
+        raise ValueError(
+            "A multi-task model must return a dict (or list) of outputs, one per task; "
+            f"got a single {type(outputs).__name__}."
+        )
+
+    # --------------------------------------------------------------- compile
+    def compile(
+        self,
+        optimizer: Any = "rmsprop",
+        loss: Any = None,
+        loss_weights: Any = None,
+        metrics: Any = None,
+        weighted_metrics: Any = None,
+        run_eagerly: bool = False,
+        steps_per_execution: int = 1,
+        jit_compile: bool | str = "auto",
+        auto_scale_loss: bool = True,
+    ) -> None:
+        """Configures training, as `keras.Model.compile`.
+
+        `loss` takes one loss per task (a dict keyed by task, a list in task
+        order, or one loss for every task); `loss_weights` static per-task
+        multipliers (dict or list) applied to the losses before the
+        weighting sees them. `metrics` / `weighted_metrics` are dicts keyed
+        by task, as for any multi-output Keras model.
+        """
+        if self.task_names is None:
+            if not isinstance(loss, Mapping):
+                raise ValueError(
+                    "The task names of this model are unknown (its outputs are not "
+                    "known before it is called): pass `tasks=[...]` to "
+                    "MultiTaskModel or a loss dict keyed by task name."
+                )
+            self._set_tasks([str(t) for t in loss])
+        tasks = self.task_names
+        self._task_losses = TaskLosses(tasks, loss)
+        self.task_loss_weights.assign(loss_weight_vector(loss_weights, tasks))
+        for what, value in (("metrics", metrics), ("weighted_metrics", weighted_metrics)):
+            if isinstance(value, Mapping):
+                unknown = [k for k in value if k not in tasks]
+                if unknown:
+                    raise ValueError(
+                        f"{what} names unknown task(s) {unknown}; the tasks are {tasks}."
+                    )
+        super().compile(
+            optimizer=optimizer,
+            loss=None,
+            metrics=metrics,
+            weighted_metrics=weighted_metrics,
+            run_eagerly=run_eagerly,
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+            auto_scale_loss=auto_scale_loss,
+        )
+        self._compile_config.config["loss"] = loss
+        self._compile_config.config["loss_weights"] = loss_weights
+        self.loss = loss
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    # ------------------------------------------------------------ the steps
+    def _objective(
+        self, y: Any, y_pred: Any, sample_weight: Any, training: bool
+    ) -> tuple[Any, Any, Any]:
+        """Unweighted task losses, the total objective and effective weights."""
+        if self._task_losses is None:
+            raise RuntimeError("Call compile() before training or evaluating.")
+        losses = self._task_losses(y, y_pred, sample_weight)
+        static = ops.convert_to_tensor(self.task_loss_weights)
+        objective, weights = self.weighting(losses * static, training=training)
+        total = ops.cast(objective, "float32")
+        for extra in self.losses:  # regularisation: added once, unweighted
+            total = total + ops.cast(ops.sum(extra), "float32")
+        return losses, total, weights * static
+
+    def _update_trackers(
+        self, losses: Any, total: Any, weights: Any, finite: Any, batch_size: Any
+    ) -> None:
+        # A skipped (non-finite) step must not turn the epoch means into NaN.
+        keep = ops.cast(finite, "float32")
+        zero = ops.zeros_like(losses)
+        losses = ops.where(finite, losses, zero)
+        weights = ops.where(finite, weights, zero)
+        self._loss_tracker.update_state(
+            ops.where(finite, total, 0.0), sample_weight=keep * ops.cast(batch_size, "float32")
+        )
+        for i in range(len(self.task_names)):
+            self._task_loss_trackers[i].update_state(losses[i], sample_weight=keep)
+            self._task_weight_trackers[i].update_state(weights[i], sample_weight=keep)
+
+    def train_step(self, data: Any) -> dict[str, Any]:
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        state = [v for v in self.weighting.non_trainable_variables]
+        state_before = [ops.convert_to_tensor(v) for v in state]
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            losses, total, weights = self._objective(
+                y, y_pred, sample_weight, training=True
+            )
+            scaled = self.optimizer.scale_loss(total)
+        gradients = tape.gradient(scaled, variables)
+        finite_losses = ops.isfinite(losses)
+        # One reduction per variable: a sum is finite iff every entry is
+        # (an overflowing sum of finite values is as good a reason to skip).
+        grad_sums = [ops.sum(ops.cast(g, "float32")) for g in gradients if g is not None]
+        grad_total = ops.sum(ops.stack(grad_sums)) if grad_sums else 0.0
+        finite = ops.logical_and(
+            ops.all(finite_losses),
+            ops.logical_and(ops.isfinite(total), ops.isfinite(grad_total)),
+        )
+        pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+
+        def apply() -> None:
+            self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+
+        if pairs:
+            tf.cond(finite, apply, lambda: None)
+        # Roll the weighting's state back where the step was not finite.
+        for variable, before in zip(state, state_before):
+            variable.assign(ops.where(finite, variable, before))
+        step = ops.convert_to_tensor(self.train_steps)
+        bad = ops.logical_not(finite)
+        self.last_nonfinite_step.assign(ops.where(bad, step, self.last_nonfinite_step))
+        self.nonfinite_tasks.assign(
+            ops.where(bad, ops.cast(ops.logical_not(finite_losses), "int32"), self.nonfinite_tasks)
+        )
+        self.skipped_steps.assign_add(ops.cast(bad, "int64"))
+        self.train_steps.assign_add(1)
+        batch_size = ops.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
+        self._update_trackers(losses, total, weights, finite, batch_size)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def test_step(self, data: Any) -> dict[str, Any]:
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=False)
+        losses, total, weights = self._objective(y, y_pred, sample_weight, training=False)
+        finite = ops.logical_and(ops.all(ops.isfinite(losses)), ops.isfinite(total))
+        batch_size = ops.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
+        self._update_trackers(losses, total, weights, finite, batch_size)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    # ------------------------------------------------------- fit and checks
+    def fit(self, *args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
+        """`keras.Model.fit`, plus the callbacks the weighting needs.
+
+        `EpochDriver` (epoch-level methods) and, with `on_nonfinite="raise"`,
+        `NonFiniteGuard` are added unless already in `callbacks`.
+        """
+        from keras_mtl.callbacks import EpochDriver, NonFiniteGuard
+
+        callbacks = list(callbacks or [])
+        needed = [EpochDriver]
+        if self.on_nonfinite == "raise":
+            needed.append(NonFiniteGuard)
+        for cls in reversed(needed):
+            if not any(isinstance(c, cls) for c in callbacks):
+                callbacks.insert(0, cls())
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def train_on_batch(self, *args: Any, **kwargs: Any) -> Any:
+        before = int(ops.convert_to_numpy(self.skipped_steps)) if self.task_names else 0
+        logs = super().train_on_batch(*args, **kwargs)
+        if self.on_nonfinite == "raise":
+            self.check_nonfinite(before)
+        return logs
+
+    def check_nonfinite(self, skipped_before: int, where: str = "") -> int:
+        """Raises `FloatingPointError` if steps were skipped since the count
+        `skipped_before`; returns the current count."""
+        skipped = int(ops.convert_to_numpy(self.skipped_steps))
+        if skipped > skipped_before:
+            mask = ops.convert_to_numpy(self.nonfinite_tasks)
+            step = int(ops.convert_to_numpy(self.last_nonfinite_step))
+            bad = [t for t, m in zip(self.task_names, mask) if m]
+            if bad:
+                what = "Task loss of " + ", ".join(f"'{t}'" for t in bad) + " is"
+            else:
+                what = "The objective or its gradient is"
+            raise FloatingPointError(
+                f"{what} NaN or infinite at training step {step}{where}. The update "
+                "was skipped: no weight or weighting state was changed. Pass "
+                "on_nonfinite='skip' to MultiTaskModel to skip such steps and go on."
+            )
+        return skipped
+
+    # ------------------------------------------------------ save and export
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {}
+        auto = getattr(self, "_auto_config", None)
+        if type(self) is not MultiTaskModel and auto is not None:
+            config.update(auto.config)  # a subclass's own constructor arguments
+        config.update(
+            {
+                "name": self.name,
+                "trainable": self.trainable,
+                "weighting": weighting_lib.serialize(self.weighting),
+                "tasks": self.task_names,
+                "on_nonfinite": self.on_nonfinite,
+            }
+        )
+        if type(self) is MultiTaskModel:
+            config["net"] = keras.saving.serialize_keras_object(self.net)
+        return config
+
+    @classmethod
+    def from_config(
+        cls, config: dict[str, Any], custom_objects: Any = None
+    ) -> MultiTaskModel:
+        config = dict(config)
+        net = config.pop("net", None)
+        if net is not None:
+            net = keras.saving.deserialize_keras_object(net, custom_objects=custom_objects)
+            return cls(net, **config)
+        return cls(**config)
+
+    def export(self, filepath: str, format: str = "tf_saved_model", **kwargs: Any) -> Any:
+        """Exports the inference graph only (`serve` runs `predict`'s
+        computation); the weighting and its training state are left out."""
+        return self._inference_model().export(filepath, format=format, **kwargs)
+
+    def _inference_model(self) -> keras.Model:
+        net = self.net
+        try:
+            outputs = net.output
+        except (AttributeError, ValueError):
+            outputs = None
+        if isinstance(outputs, Mapping):
+            return net
+        if isinstance(outputs, (list, tuple)):
+            return keras.Model(net.inputs, dict(zip(self.task_names, outputs)))
+        return _NamedOutputs(net, self.task_names)
+
+
+def _tensor_task_name(tensor: Any, index: int) -> str:
+    history = getattr(tensor, "_keras_history", None)
+    if history is not None:
+        return history.operation.name
+    return f"output_{index}"
+
+
+class _NamedOutputs(keras.Model):
+    """Inference-only view of a subclassed net with task-named dict outputs."""
+
+    def __init__(self, net: keras.Model, tasks: list[str]) -> None:
+        super().__init__(name=f"{net.name}_inference")
+        self.net = net
+        self.tasks = list(tasks)
+
+    def call(self, inputs: Any) -> dict[str, Any]:
+        outputs = self.net(inputs, training=False)
+        if isinstance(outputs, Mapping):
+            return dict(outputs)
+        return dict(zip(self.tasks, outputs))

@@ -1,0 +1,146 @@
+"""The base class of every loss-level weighting method."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+
+class Weighting(keras.layers.Layer):
+    """Base class of loss-level multi-task weighting methods.
+
+    A weighting maps the vector of the K unweighted task losses `L` (a 1-D
+    float tensor) to a scalar training objective and the vector of effective
+    task weights `w_i = d objective / d L_i`:
+
+    ```python
+    objective, weights = weighting(losses)
+    ```
+
+    It works eagerly and inside a traced or XLA-compiled step. Every piece of
+    state a method keeps (learned log-variances, loss histories, epoch
+    counters, random seeds) is a Keras variable of the layer, so a model that
+    owns the weighting saves, restores, distributes and compiles it like any
+    other weight. All arithmetic is done in float32 whatever the global dtype
+    policy is (mixed precision never reaches the weighting maths).
+
+    Subclasses implement `combine(losses, training)`; those with state create
+    it in `build_state(num_tasks)`. `training=False` (used by `evaluate`)
+    must not change any state.
+
+    Args:
+        name: Optional layer name.
+        **kwargs: Base `keras.layers.Layer` arguments.
+    """
+
+    def __init__(self, name: str | None = None, **kwargs: Any) -> None:
+        # The weighting maths always runs in float32 (mixed-precision safe).
+        kwargs["dtype"] = "float32"
+        super().__init__(name=name, **kwargs)
+        self.num_tasks: int | None = None
+        self.task_names: list[str] | None = None
+
+    def set_task_names(self, task_names: list[str]) -> None:
+        """Tells the weighting which task each loss position belongs to.
+
+        Called by `MultiTaskModel`; it lets methods that take per-task
+        arguments (such as `FixedWeighting`) accept dicts keyed by task name
+        and lets error messages name tasks.
+        """
+        self.task_names = list(task_names)
+
+    def task_name(self, index: int) -> str:
+        """The name of task `index`, or `"task <index>"` when unnamed."""
+        if self.task_names is not None and index < len(self.task_names):
+            return self.task_names[index]
+        return f"task {index}"
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if len(input_shape) != 1 or input_shape[0] is None:
+            raise ValueError(
+                f"{type(self).__name__} expects a 1-D tensor of K task losses "
+                f"with a known length K; got shape {tuple(input_shape)}."
+            )
+        num_tasks = int(input_shape[0])
+        if num_tasks < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 tasks; got {num_tasks}."
+            )
+        if self.task_names is not None and len(self.task_names) != num_tasks:
+            raise ValueError(
+                f"{type(self).__name__} was given {len(self.task_names)} task "
+                f"names {self.task_names} but {num_tasks} losses."
+            )
+        self.num_tasks = num_tasks
+        self.build_state(num_tasks)
+        self.built = True
+
+    def build_state(self, num_tasks: int) -> None:
+        """Creates the method's state variables (none by default)."""
+
+    def call(self, losses: Any, training: bool = True) -> tuple[Any, Any]:
+        losses = ops.cast(losses, "float32")
+        if losses.shape[0] != self.num_tasks:
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.num_tasks} tasks; "
+                f"got {losses.shape[0]} losses."
+            )
+        return self.combine(losses, training=training)
+
+    def combine(self, losses: Any, training: bool = True) -> tuple[Any, Any]:
+        """Returns `(objective, weights)` for a float32 `[K]` loss vector."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `combine(losses, training)`."
+        )
+
+    def compute_output_spec(
+        self, losses: Any, training: bool = True
+    ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+        return (
+            keras.KerasTensor((), dtype="float32"),
+            keras.KerasTensor(tuple(losses.shape), dtype="float32"),
+        )
+
+    # Epoch hooks, called by `keras_mtl.callbacks.EpochDriver` (added by
+    # `MultiTaskModel.fit`). They only write variables: the maths stays in
+    # the traced step.
+    def on_epoch_begin(self, epoch: int) -> None:
+        """Marks the start of training epoch `epoch` (0-based)."""
+
+    def on_train_end(self) -> None:
+        """Marks the end of a `fit` call."""
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.pop("dtype", None)  # always float32, set in __init__
+        return config
+
+
+def check_temperature(temperature: float, owner: str) -> float:
+    """Validates a softmax temperature: a finite number > 0."""
+    try:
+        value = float(temperature)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{owner}: temperature must be a number > 0; got {temperature!r}."
+        ) from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{owner}: temperature must be > 0; got {temperature!r}.")
+    return value
+
+
+def softmax_weights(scores: Any, temperature: float) -> Any:
+    """`K * softmax(scores / T)`: weights that sum to the number of tasks K.
+
+    Computed by Keras' max-shifted softmax, so large scores never overflow.
+    """
+    num_tasks = scores.shape[0]
+    return num_tasks * ops.softmax(scores / temperature)
+
+
+def weighted_sum(losses: Any, weights: Any) -> Any:
+    """`sum_i stop_gradient(w_i) * L_i`: the objective of a weighting whose
+    weights are treated as constants in the backward pass."""
+    return ops.sum(ops.stop_gradient(weights) * losses)
