@@ -116,7 +116,9 @@ class MultiTaskModel(keras.Model):
         elif isinstance(net, dict):
             net = keras.saving.deserialize_keras_object(net)
         if not isinstance(net, keras.layers.Layer):
-            raise TypeError(f"MultiTaskModel: `net` must be a Keras model; got {net!r}.")
+            raise TypeError(
+                f"MultiTaskModel: `net` must be a Keras model; got {net!r}."
+            )
         if on_nonfinite not in NONFINITE_MODES:
             raise ValueError(
                 f"on_nonfinite must be one of {NONFINITE_MODES}; got {on_nonfinite!r}."
@@ -131,8 +133,7 @@ class MultiTaskModel(keras.Model):
             tasks = [str(t) for t in tasks]
             if inferred is not None and sorted(inferred) != sorted(tasks):
                 raise ValueError(
-                    f"tasks={tasks} do not match the outputs of the model "
-                    f"{inferred}."
+                    f"tasks={tasks} do not match the outputs of the model {inferred}."
                 )
         elif inferred is not None:
             tasks = inferred
@@ -167,20 +168,32 @@ class MultiTaskModel(keras.Model):
             name="task_loss_weights",
         )
         self.train_steps = self.add_weight(
-            shape=(), dtype="int64", initializer="zeros", trainable=False,
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
             name="train_steps",
         )
         self.skipped_steps = self.add_weight(
-            shape=(), dtype="int64", initializer="zeros", trainable=False,
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
             name="skipped_steps",
         )
         self.last_nonfinite_step = self.add_weight(
-            shape=(), dtype="int64", initializer=keras.initializers.Constant(-1),
-            trainable=False, name="last_nonfinite_step",
+            shape=(),
+            dtype="int64",
+            initializer=keras.initializers.Constant(-1),
+            trainable=False,
+            name="last_nonfinite_step",
         )
         self.nonfinite_tasks = self.add_weight(
-            shape=(num_tasks,), dtype="int32", initializer="zeros",
-            trainable=False, name="nonfinite_tasks",
+            shape=(num_tasks,),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
+            name="nonfinite_tasks",
         )
         self._task_loss_trackers = [
             keras.metrics.Mean(name=f"{t}_loss") for t in self.task_names
@@ -242,7 +255,10 @@ class MultiTaskModel(keras.Model):
         tasks = self.task_names
         self._task_losses = TaskLosses(tasks, loss)
         self.task_loss_weights.assign(loss_weight_vector(loss_weights, tasks))
-        for what, value in (("metrics", metrics), ("weighted_metrics", weighted_metrics)):
+        for what, value in (
+            ("metrics", metrics),
+            ("weighted_metrics", weighted_metrics),
+        ):
             if isinstance(value, Mapping):
                 unknown = [k for k in value if k not in tasks]
                 if unknown:
@@ -293,7 +309,8 @@ class MultiTaskModel(keras.Model):
         losses = ops.where(finite, losses, zero)
         weights = ops.where(finite, weights, zero)
         self._loss_tracker.update_state(
-            ops.where(finite, total, 0.0), sample_weight=keep * ops.cast(batch_size, "float32")
+            ops.where(finite, total, 0.0),
+            sample_weight=keep * ops.cast(batch_size, "float32"),
         )
         for i in range(len(self.task_names)):
             self._task_loss_trackers[i].update_state(losses[i], sample_weight=keep)
@@ -314,7 +331,9 @@ class MultiTaskModel(keras.Model):
         finite_losses = ops.isfinite(losses)
         # One reduction per variable: a sum is finite iff every entry is
         # (an overflowing sum of finite values is as good a reason to skip).
-        grad_sums = [ops.sum(ops.cast(g, "float32")) for g in gradients if g is not None]
+        grad_sums = [
+            ops.sum(ops.cast(g, "float32")) for g in gradients if g is not None
+        ]
         grad_total = ops.sum(ops.stack(grad_sums)) if grad_sums else 0.0
         finite = ops.logical_and(
             ops.all(finite_losses),
@@ -334,7 +353,11 @@ class MultiTaskModel(keras.Model):
         bad = ops.logical_not(finite)
         self.last_nonfinite_step.assign(ops.where(bad, step, self.last_nonfinite_step))
         self.nonfinite_tasks.assign(
-            ops.where(bad, ops.cast(ops.logical_not(finite_losses), "int32"), self.nonfinite_tasks)
+            ops.where(
+                bad,
+                ops.cast(ops.logical_not(finite_losses), "int32"),
+                self.nonfinite_tasks,
+            )
         )
         self.skipped_steps.assign_add(ops.cast(bad, "int64"))
         self.train_steps.assign_add(1)
@@ -345,7 +368,9 @@ class MultiTaskModel(keras.Model):
     def test_step(self, data: Any) -> dict[str, Any]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred = self(x, training=False)
-        losses, total, weights = self._objective(y, y_pred, sample_weight, training=False)
+        losses, total, weights = self._objective(
+            y, y_pred, sample_weight, training=False
+        )
         finite = ops.logical_and(ops.all(ops.isfinite(losses)), ops.isfinite(total))
         batch_size = ops.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
         self._update_trackers(losses, total, weights, finite, batch_size)
@@ -421,11 +446,15 @@ class MultiTaskModel(keras.Model):
         config = dict(config)
         net = config.pop("net", None)
         if net is not None:
-            net = keras.saving.deserialize_keras_object(net, custom_objects=custom_objects)
+            net = keras.saving.deserialize_keras_object(
+                net, custom_objects=custom_objects
+            )
             return cls(net, **config)
         return cls(**config)
 
-    def export(self, filepath: str, format: str = "tf_saved_model", **kwargs: Any) -> Any:
+    def export(
+        self, filepath: str, format: str = "tf_saved_model", **kwargs: Any
+    ) -> Any:
         """Exports the inference graph only (`serve` runs `predict`'s
         computation); the weighting and its training state are left out."""
         return self._inference_model().export(filepath, format=format, **kwargs)

@@ -100,7 +100,9 @@ def _per_task(
             )
         return dict(zip(tasks, value))
     if not allow_single:
-        raise ValueError(f"{what} must be a dict keyed by task or a list; got {value!r}.")
+        raise ValueError(
+            f"{what} must be a dict keyed by task or a list; got {value!r}."
+        )
     return {t: value for t in tasks}
 
 

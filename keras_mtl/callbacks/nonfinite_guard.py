@@ -29,7 +29,9 @@ class NonFiniteGuard(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+    def on_train_batch_end(
+        self, batch: int, logs: dict[str, Any] | None = None
+    ) -> None:
         self._skipped = self.model.check_nonfinite(
             self._skipped, where=f" (epoch {self._epoch + 1}, batch {batch + 1})"
         )

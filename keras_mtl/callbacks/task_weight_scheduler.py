@@ -65,8 +65,10 @@ class TaskWeightScheduler(keras.callbacks.Callback):
             raise ValueError(f"TaskWeightScheduler: non-finite weights {new!r}.")
         self.model.task_loss_weights.assign(values)
         if self.verbose and not np.allclose(values, current):
-            print(f"\nEpoch {epoch + 1}: TaskWeightScheduler set task weights "
-                  f"{dict(zip(tasks, values))}.")
+            print(
+                f"\nEpoch {epoch + 1}: TaskWeightScheduler set task weights "
+                f"{dict(zip(tasks, values))}."
+            )
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is not None:

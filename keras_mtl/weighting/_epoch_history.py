@@ -59,7 +59,11 @@ class EpochLossHistory(keras.layers.Layer):
             name="history",
         )
         self.completed = self.add_weight(
-            shape=(), dtype="int32", initializer="zeros", trainable=False, name="completed"
+            shape=(),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
+            name="completed",
         )
         self.built = True
 

@@ -127,7 +127,9 @@ class BMTL(Weighting):
         try:
             self.power = float(power)
         except (TypeError, ValueError):
-            raise ValueError(f"BMTL: power must be a number >= 1; got {power!r}.") from None
+            raise ValueError(
+                f"BMTL: power must be a number >= 1; got {power!r}."
+            ) from None
         if not (self.power >= 1.0 and math.isfinite(self.power)):
             raise ValueError(
                 f"BMTL: power must be >= 1 (h(l) = l**p is convex only then); got {power!r}."
