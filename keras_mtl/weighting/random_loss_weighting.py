@@ -27,8 +27,9 @@ class RandomLossWeighting(Weighting):
     rate by K to match the step size of equal weighting.
 
     The randomness comes from a `keras.random.SeedGenerator` whose state is a
-    variable of this layer: it is saved and restored with the model, and the
-    draw works inside a traced or XLA-compiled step. Evaluation
+    variable of this layer: it is saved and restored with the model's
+    weights (so a resumed run continues the sequence), and the draw works
+    inside a traced or XLA-compiled step. Evaluation
     (`training=False`) uses the expected weights 1/K and does not advance the
     generator. (TensorFlow picks its random-number algorithm per device, so
     a given seed yields a different, equally valid sequence under XLA than
@@ -73,6 +74,33 @@ class RandomLossWeighting(Weighting):
         else:
             weights = ops.full((num_tasks,), 1.0 / num_tasks, dtype="float32")
         return weighted_sum(losses, weights), weights
+
+    # Keras saves a layer's own variables but not the state of its
+    # `SeedGenerator`s (`Dropout` restarts its stream after loading). The
+    # weight sequence is part of an RLW run, so it is saved with the weights
+    # (`model.save`, `save_weights`, `BackupAndRestore`) and a resumed run
+    # continues it instead of replaying it.
+    def _saved_variables(self) -> list[Any]:
+        own = self._trainable_variables + self._non_trainable_variables
+        return [*own, self.seed_generator.state]
+
+    def save_own_variables(self, store: Any) -> None:
+        for i, variable in enumerate(self._saved_variables()):
+            store[f"{i}"] = variable
+
+    def load_own_variables(self, store: Any) -> None:
+        variables = self._saved_variables()
+        num_saved = len(store.keys())
+        # A file without the generator state (saved by a plain layer) loads
+        # the other variables and keeps the current generator state.
+        if num_saved not in (len(variables), len(variables) - 1):
+            raise ValueError(
+                f"Layer '{self.name}' expected {len(variables)} variables, but "
+                f"received {num_saved} variables during loading. Expected: "
+                f"{[v.name for v in variables]}"
+            )
+        for i, variable in enumerate(variables[:num_saved]):
+            variable.assign(store[f"{i}"])
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "seed": self.seed}

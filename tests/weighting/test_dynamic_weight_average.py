@@ -1,0 +1,169 @@
+"""Tests of DynamicWeightAverage (Liu, Johns & Davison 2019)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl
+from keras_mtl.weighting import DynamicWeightAverage
+
+# Known training losses per epoch (several steps each, 3 tasks).
+EPOCHS = [
+    [[1.0, 2.0, 0.5], [0.8, 1.6, 0.7], [0.9, 2.2, 0.6]],
+    [[0.7, 1.9, 0.2], [0.5, 1.5, 0.3]],
+    [[0.4, 1.0, 0.2], [0.6, 1.4, 0.2], [0.5, 1.2, 0.2], [0.3, 1.6, 0.2]],
+    [[0.3, 0.9, 0.1]],
+]
+
+
+def np_dwa(older, newer, temperature=2.0):
+    r = np.asarray(newer, np.float64) / np.asarray(older, np.float64)
+    e = np.exp(r / temperature - np.max(r / temperature))
+    return len(r) * e / e.sum()
+
+
+def epoch_means():
+    return [np.mean(np.asarray(e, np.float64), axis=0) for e in EPOCHS]
+
+
+def run(w, step, epochs=EPOCHS, first_epoch=0):
+    """Runs the epochs; returns the weights of every step, per epoch."""
+    out = []
+    for e, steps in enumerate(epochs, start=first_epoch):
+        w.on_epoch_begin(e)
+        out.append([step(tf.constant(s, tf.float32))[1].numpy() for s in steps])
+    return out
+
+
+def make(**kwargs):
+    w = DynamicWeightAverage(**kwargs)
+    w.build((3,))
+    return w
+
+
+def test_weights_per_epoch():
+    w = make()
+    weights = run(w, w)
+    means = epoch_means()
+    for e in (0, 1):
+        for step_w in weights[e]:
+            np.testing.assert_allclose(step_w, np.ones(3))
+    for step_w in weights[2]:
+        np.testing.assert_allclose(step_w, np_dwa(means[0], means[1]), rtol=1e-5)
+    for step_w in weights[3]:
+        np.testing.assert_allclose(step_w, np_dwa(means[1], means[2]), rtol=1e-5)
+
+
+def test_objective_and_temperature():
+    w = make(temperature=0.5)
+    run(w, w, EPOCHS[:2])
+    w.on_epoch_begin(2)
+    losses = np.array([0.4, 1.0, 0.2], np.float32)
+    objective, weights = w(tf.constant(losses))
+    means = epoch_means()
+    exp_w = np_dwa(means[0], means[1], temperature=0.5)
+    np.testing.assert_allclose(weights.numpy(), exp_w, rtol=1e-5)
+    np.testing.assert_allclose(float(objective), np.sum(exp_w * losses), rtol=1e-5)
+    np.testing.assert_allclose(weights.numpy().sum(), 3.0, rtol=1e-6)
+
+
+def test_eager_and_xla_agree():
+    eager = make()
+    jitted = make()
+    step = tf.function(lambda x: jitted(x), jit_compile=True)
+    for a, b in zip(run(eager, eager), run(jitted, step), strict=True):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6)
+
+
+def test_reannouncing_an_epoch_does_not_roll():
+    w = make()
+    w.on_epoch_begin(0)
+    for s in EPOCHS[0]:
+        w(tf.constant(s))
+    w.on_epoch_begin(1)
+    w(tf.constant(EPOCHS[1][0]))
+    w.on_epoch_begin(1)  # e.g. a resumed run announcing the same epoch
+    w.on_epoch_begin(1)
+    _, weights = w(tf.constant(EPOCHS[1][1]))
+    np.testing.assert_allclose(weights.numpy(), np.ones(3))
+    assert int(w.epoch_history.completed.numpy()) == 1
+    w.on_epoch_begin(2)
+    _, weights = w(tf.constant(EPOCHS[2][0]))
+    means = epoch_means()
+    np.testing.assert_allclose(weights.numpy(), np_dwa(means[0], means[1]), rtol=1e-5)
+
+
+def test_train_end_then_new_fit_closes_last_epoch():
+    w = make()
+    run(w, w, EPOCHS[:2])
+    w.on_train_end()
+    w.on_epoch_begin(0)  # a second fit() starts again at epoch 0
+    _, weights = w(tf.constant(EPOCHS[2][0]))
+    means = epoch_means()
+    np.testing.assert_allclose(weights.numpy(), np_dwa(means[0], means[1]), rtol=1e-5)
+    assert int(w.epoch_history.completed.numpy()) == 2
+
+
+def test_training_false_changes_no_variable_and_reads_next_weights():
+    w = make()
+    run(w, w, EPOCHS[:2])
+    w.on_epoch_begin(2)
+    before = [v.numpy().copy() for v in w.variables]
+    _, eval_weights = w(tf.constant([9.0, 9.0, 9.0]), training=False)
+    for a, v in zip(before, w.variables, strict=True):
+        np.testing.assert_array_equal(a, v.numpy())
+    means = epoch_means()
+    np.testing.assert_allclose(
+        eval_weights.numpy(), np_dwa(means[0], means[1]), rtol=1e-5
+    )
+    _, train_weights = w(tf.constant(EPOCHS[2][0]))
+    np.testing.assert_allclose(train_weights.numpy(), eval_weights.numpy())
+
+
+def test_gradient_equals_weights():
+    w = make()
+    run(w, w, EPOCHS[:2])
+    w.on_epoch_begin(2)
+    losses = tf.Variable(EPOCHS[2][0], dtype=tf.float32)
+    with tf.GradientTape() as tape:
+        objective, weights = w(losses)
+    np.testing.assert_allclose(tape.gradient(objective, losses), weights, rtol=1e-6)
+
+
+def test_zero_denominator_keeps_weights_finite():
+    w = make()
+    run(w, w, [[[0.0, 1.0, 0.0]], [[0.5, 1.0, 0.0]], [[1.0, 1.0, 1.0]]])
+    _, weights = w(tf.constant([1.0, 1.0, 1.0]))
+    assert np.all(np.isfinite(weights.numpy()))
+    np.testing.assert_allclose(weights.numpy().sum(), 3.0, rtol=1e-6)
+    assert weights.numpy()[0] > weights.numpy()[1]
+
+
+def test_alias_and_serialization():
+    w = keras_mtl.weighting.get("dwa", temperature=3.0)
+    assert type(w) is DynamicWeightAverage
+    config = w.get_config()
+    assert config["temperature"] == 3.0
+    assert DynamicWeightAverage.from_config(config).temperature == 3.0
+    restored = keras_mtl.weighting.deserialize(keras_mtl.weighting.serialize(w))
+    assert type(restored) is DynamicWeightAverage
+    assert restored.temperature == 3.0
+    assert keras_mtl.weighting.get("dwa").temperature == 2.0
+
+
+def test_state_restore():
+    w = make()
+    run(w, w, EPOCHS[:3])
+    clone = DynamicWeightAverage.from_config(w.get_config())
+    clone.build((3,))
+    clone.set_weights(w.get_weights())
+    for a, b in zip(
+        run(w, w, EPOCHS[3:], 3), run(clone, clone, EPOCHS[3:], 3), strict=True
+    ):
+        np.testing.assert_allclose(np.array(a), np.array(b))
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), float("nan"), "x"])
+def test_bad_temperature(bad):
+    with pytest.raises(ValueError, match="temperature"):
+        DynamicWeightAverage(temperature=bad)
