@@ -329,16 +329,18 @@ class MultiTaskModel(keras.Model):
             scaled = self.optimizer.scale_loss(total)
         gradients = tape.gradient(scaled, variables)
         finite_losses = ops.isfinite(losses)
-        # One reduction per variable: a sum is finite iff every entry is
-        # (an overflowing sum of finite values is as good a reason to skip).
-        grad_sums = [
-            ops.sum(ops.cast(g, "float32")) for g in gradients if g is not None
-        ]
-        grad_total = ops.sum(ops.stack(grad_sums)) if grad_sums else 0.0
-        finite = ops.logical_and(
-            ops.all(finite_losses),
-            ops.logical_and(ops.isfinite(total), ops.isfinite(grad_total)),
-        )
+        finite = ops.logical_and(ops.all(finite_losses), ops.isfinite(total))
+        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # One reduction per variable: a sum is finite iff every entry is
+            # (an overflowing sum of finite values is as good a reason to
+            # skip). A loss-scale optimizer checks its (scaled) gradients
+            # itself and lowers the scale on overflow: it must see them.
+            grad_sums = [
+                ops.sum(ops.cast(g, "float32")) for g in gradients if g is not None
+            ]
+            if grad_sums:
+                grad_total = ops.sum(ops.stack(grad_sums))
+                finite = ops.logical_and(finite, ops.isfinite(grad_total))
         pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
 
         def apply() -> None:
