@@ -105,13 +105,16 @@ class AdaptiveWeighting(Weighting):
             return softmax_weights(levels, self.temperature)
         # Proportional: clamp at 0 (losses are non-negative; a negative
         # custom loss must not flip a weight's sign) and fall back to equal
-        # weights when every loss is 0.
+        # weights when every loss is 0. Dividing by the largest loss first
+        # keeps the sum in [1, K]: no underflow for tiny losses, no overflow
+        # of the sum for huge ones.
         levels = ops.maximum(levels, 0.0)
-        total = ops.sum(levels)
+        peak = ops.max(levels)
+        scaled = levels / ops.where(peak > 0.0, peak, 1.0)
         num_tasks = levels.shape[0]
         equal = ops.ones_like(levels)
         return ops.where(
-            total > 0.0, num_tasks * levels / ops.maximum(total, 1e-30), equal
+            peak > 0.0, num_tasks * scaled / ops.maximum(ops.sum(scaled), 1.0), equal
         )
 
     def combine(self, losses: Any, training: bool = True) -> tuple[Any, Any]:

@@ -181,18 +181,34 @@ class BMTL(Weighting):
 
 def _check_increasing_convex(fn: Callable[[Any], Any]) -> None:
     """Raises ValueError unless `fn` is increasing and convex on the grid."""
-    grid = ops.convert_to_tensor(_CHECK_GRID.astype("float32"))
-    try:
-        values = np.asarray(ops.convert_to_numpy(fn(grid)), dtype="float64")
-    except Exception as error:  # a user function failing on a tensor
-        raise ValueError(
-            f"BMTL: the transform {fn!r} could not be evaluated on a float32 tensor "
-            f"of losses (it must use keras.ops): {error}"
-        ) from error
+
+    def evaluate(points: np.ndarray) -> np.ndarray:
+        grid = ops.convert_to_tensor(points.astype("float32"))
+        try:
+            return np.asarray(ops.convert_to_numpy(fn(grid)), dtype="float64")
+        except Exception as error:  # a user function failing on a tensor
+            raise ValueError(
+                f"BMTL: the transform {fn!r} could not be evaluated on a float32 "
+                f"tensor of losses (it must use keras.ops): {error}"
+            ) from error
+
+    values = evaluate(_CHECK_GRID)
     if values.shape != _CHECK_GRID.shape or not np.all(np.isfinite(values)):
         raise ValueError(
             f"BMTL: the transform {fn!r} must map each loss to a finite number on "
             f"losses in [0, 10] (elementwise); got shape {values.shape}."
+        )
+    # Elementwise: h(L_i) must not depend on the other losses, so evaluating
+    # a shorter, reversed subset of the grid must give the same values.
+    subset = _CHECK_GRID[::-7]
+    again = evaluate(subset)
+    scale = 1e-5 * max(1.0, float(np.max(np.abs(values))))
+    if again.shape != subset.shape or not np.allclose(
+        again, values[::-7], rtol=1e-5, atol=scale
+    ):
+        raise ValueError(
+            f"BMTL: the transform {fn!r} must be elementwise: h(L_i) may depend "
+            "only on L_i, not on the other tasks' losses."
         )
     steps = np.diff(values)
     if np.any(steps <= 0):

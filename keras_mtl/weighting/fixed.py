@@ -18,10 +18,11 @@ class FixedWeighting(Weighting):
 
     $$\\mathcal{L} = \\sum_{i=1}^{K} c_i L_i, \\qquad w_i = c_i.$$
 
-    The weights live in a (non-trainable) variable, so a callback such as
-    `keras_mtl.callbacks.TaskWeightScheduler` or a plain
+    The weights live in a (non-trainable) variable: a callback or a plain
     `weighting.weights_variable.assign(...)` changes them between steps
-    without retracing the compiled step.
+    without retracing the compiled step. (In a `MultiTaskModel`,
+    `keras_mtl.callbacks.TaskWeightScheduler` writes the model's
+    `task_loss_weights` instead, which multiply these.)
 
     Args:
         weights: one non-negative finite number per task, as a sequence in
