@@ -1,0 +1,219 @@
+"""`keras-mtl bench`: compare balancing methods on a multi-task dataset.
+
+    keras-mtl bench --dataset multi_digits \\
+        --methods equal,uncertainty,dwa,adaptive,bmtl --epochs 8 --seeds 3 --out runs/digits
+
+Writes `results.json`, `results.csv`, `results.md` and PNG plots into
+`--out`, prints the results table (markdown) at the end. Also runnable as
+`python -m keras_mtl.bench ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_METHODS = "equal,uncertainty,dwa,adaptive,bmtl"
+# Every loss-level method that needs no user input ("fixed" needs weights).
+ALL_METHODS = "equal,uncertainty,dwa,adaptive,adaptive:mode=epoch,bmtl,rlw,gls"
+DEFAULT_EPOCHS = {"multi_digits": 8, "goemotions": 3, "toy": 0}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from keras_mtl.datasets import names as dataset_names
+
+    parser = argparse.ArgumentParser(
+        prog="keras-mtl bench",
+        description="Train one network per method and seed on a multi-task dataset "
+        "and compare the balancing methods (per-task metrics, Δm%, mean rank).",
+    )
+    parser.add_argument(
+        "--dataset",
+        default="multi_digits",
+        help=f"one of: {', '.join(dataset_names())} (default: multi_digits, offline)",
+    )
+    parser.add_argument(
+        "--methods",
+        default=DEFAULT_METHODS,
+        help="comma-separated weighting aliases, each optionally with arguments as "
+        "name:key=value (e.g. adaptive:mode=epoch); 'all' for every loss-level "
+        f"method (default: {DEFAULT_METHODS})",
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per method")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--max-examples",
+        type=int,
+        default=None,
+        help="cap the examples per split (quick runs; datasets that support it)",
+    )
+    parser.add_argument("--baseline", default="equal", help="the Δm baseline method")
+    parser.add_argument("--out", default="runs/bench", help="output directory")
+    parser.add_argument(
+        "--jit-compile", choices=["auto", "true", "false"], default="auto"
+    )
+    parser.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return parser
+
+
+def split_methods(text: str) -> list[str]:
+    if text.strip() == "all":
+        text = ALL_METHODS
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise ValueError("--methods is empty.")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"--methods lists a method twice: {methods}.")
+    return methods
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `keras-mtl` command; `bench` is its one subcommand."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: keras-mtl bench [options]   (keras-mtl bench --help for options)")
+        return 0 if argv else 2
+    if argv[0] != "bench":
+        print(f"keras-mtl: unknown command {argv[0]!r}; the command is 'bench'.")
+        return 2
+    return bench(argv[1:])
+
+
+def bench(argv: Sequence[str]) -> int:
+    """Runs the benchmark described by the command-line arguments `argv`."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from keras_mtl.bench.runner import parse_method
+    from keras_mtl.datasets import names as dataset_names
+
+    if args.dataset not in dataset_names():
+        parser.error(
+            f"unknown dataset {args.dataset!r}; valid datasets: {', '.join(dataset_names())}"
+        )
+    try:
+        methods = split_methods(args.methods)
+        for method in methods:
+            parse_method(method)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    epochs = (
+        args.epochs if args.epochs is not None else DEFAULT_EPOCHS.get(args.dataset, 5)
+    )
+    command = "keras-mtl bench " + " ".join(argv)
+    if args.dataset == "toy":
+        from keras_mtl.bench.toy import run_toy
+
+        return run_toy(
+            methods, out, steps=epochs or None, plots=not args.no_plots, command=command
+        )
+    return run_bench(args, methods, epochs, out, command)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from keras_mtl.datasets import load
+
+    kwargs: dict[str, Any] = {}
+    if args.batch_size is not None:
+        kwargs["batch_size"] = args.batch_size
+    if args.max_examples is not None:
+        kwargs["max_examples"] = args.max_examples
+    return load(args.dataset, **kwargs)
+
+
+def run_bench(
+    args: argparse.Namespace, methods: list[str], epochs: int, out: Path, command: str
+) -> int:
+    from keras_mtl.bench import report
+    from keras_mtl.bench.runner import prepare, run
+
+    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+    started = time.time()
+    data = _load(args)
+    prepared = prepare(data)
+    runs = []
+    for method in methods:
+        for seed in range(args.seeds):
+            print(
+                f"\n=== {args.dataset} | method {method} | seed {seed} ===", flush=True
+            )
+            runs.append(
+                run(
+                    prepared,
+                    method,
+                    seed,
+                    epochs,
+                    learning_rate=args.learning_rate,
+                    jit_compile=jit,
+                    verbose=args.verbose,
+                )
+            )
+    summary = report.summarize(runs, data.tasks, baseline=args.baseline)
+    table = report.markdown_table(summary, data.tasks)
+    meta = {
+        "command": command,
+        "dataset": args.dataset,
+        "methods": methods,
+        "epochs": epochs,
+        "seeds": args.seeds,
+        "baseline": summary["baseline"],
+        "learning_rate": args.learning_rate,
+        "wall_seconds": round(time.time() - started, 1),
+        "machine": _machine(),
+        "tasks": {t: vars(spec) for t, spec in data.tasks.items()},
+    }
+    (out / "results.json").write_text(
+        json.dumps(
+            {"meta": meta, "summary": summary, "runs": [vars(r) for r in runs]},
+            indent=2,
+            default=str,
+        )
+    )
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "seed", "task", "metric", "value"])
+        for r in runs:
+            for task, scores in r.test.items():
+                for metric, value in scores.items():
+                    writer.writerow([r.method, r.seed, task, metric, value])
+    (out / "results.md").write_text(f"`{command}`\n\n{table}\n")
+    if not args.no_plots:
+        from keras_mtl.bench import plots
+
+        for path in plots.training_curves(runs, data.tasks, out):
+            print(f"wrote {path}")
+    print(f"\n{table}\nResults in {out}/ (results.json, results.csv, results.md)")
+    return 0
+
+
+def _machine() -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""PNG plots of benchmark runs (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mean_curve(runs: Sequence[Any], key: str) -> np.ndarray | None:
+    curves = [r.history[key] for r in runs if key in r.history]
+    if not curves:
+        return None
+    length = min(len(c) for c in curves)
+    return np.mean([c[:length] for c in curves], axis=0)
+
+
+def training_curves(
+    runs: Sequence[Any], tasks: Mapping[str, Any], out: Path
+) -> list[Path]:
+    """`val_loss_curves.png` (one panel per task, one line per method) and
+    `task_weights.png` (one panel per method, one line per task), each
+    averaged over seeds. Returns the written paths."""
+    plt = _pyplot()
+    methods = list(dict.fromkeys(r.method for r in runs))
+    by_method = {m: [r for r in runs if r.method == m] for m in methods}
+    written = []
+
+    fig, axes = plt.subplots(
+        1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False
+    )
+    for ax, task in zip(axes[0], tasks):
+        for m in methods:
+            curve = _mean_curve(by_method[m], f"val_{task}_loss")
+            if curve is not None:
+                ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", ms=3, label=m)
+        ax.set_title(f"{task}: validation loss")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "val_loss_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+    cols = min(4, len(methods))
+    rows = int(np.ceil(len(methods) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax, m in zip(axes.ravel(), methods):
+        for task in tasks:
+            curve = _mean_curve(by_method[m], f"{task}_weight")
+            if curve is not None:
+                ax.plot(
+                    np.arange(1, len(curve) + 1), curve, marker="o", ms=3, label=task
+                )
+        ax.set_title(f"{m}: task weights")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes.ravel()[len(methods) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = out / "task_weights.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    return written

@@ -1,0 +1,182 @@
+"""The toy benchmark: each method's optimisation path on the 2-D two-loss problem."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_mtl import weighting as weighting_lib
+
+DEFAULT_STEPS = 5000
+STEPS_PER_EPOCH = 100  # epoch-level methods see an "epoch" every 100 steps
+
+
+def optimise_path(
+    problem: Any,
+    method: str,
+    start: np.ndarray,
+    steps: int = DEFAULT_STEPS,
+    learning_rate: float = 1e-2,
+) -> dict[str, np.ndarray]:
+    """Runs Adam on the two toy losses balanced by `method` from `start`.
+
+    Returns `params` `[steps + 1, 2]`, `losses` `[steps + 1, 2]` and
+    `weights` `[steps, 2]` along the path.
+    """
+    from keras_mtl.bench.runner import parse_method
+
+    name, kwargs = parse_method(method)
+    weighting = weighting_lib.get(name, **kwargs)
+    weighting.set_task_names(list(problem.tasks))
+    weighting.build((2,))
+    params = keras.Variable(np.asarray(start, dtype="float32"), name="params")
+    variables = [params, *weighting.trainable_variables]
+    optimizer = keras.optimizers.Adam(learning_rate)
+    optimizer.build(variables)
+
+    @tf.function
+    def run_chunk(n: Any) -> tuple[Any, Any, Any]:
+        path = tf.TensorArray(tf.float32, size=n)
+        loss_path = tf.TensorArray(tf.float32, size=n)
+        weight_path = tf.TensorArray(tf.float32, size=n)
+        for i in tf.range(n):
+            with tf.GradientTape() as tape:
+                losses = problem.losses(params)
+                objective, weights = weighting(losses, training=True)
+            gradients = tape.gradient(objective, variables)
+            optimizer.apply(gradients, variables)
+            path = path.write(i, params.value)
+            loss_path = loss_path.write(i, problem.losses(params))
+            weight_path = weight_path.write(i, weights)
+        return path.stack(), loss_path.stack(), weight_path.stack()
+
+    start_losses = np.asarray(problem.losses(params))
+    chunks = []
+    done = 0
+    epoch = 0
+    while done < steps:
+        n = min(STEPS_PER_EPOCH, steps - done)
+        weighting.on_epoch_begin(epoch)
+        chunks.append([np.asarray(t) for t in run_chunk(tf.constant(n))])
+        done += n
+        epoch += 1
+    return {
+        "params": np.concatenate([[start], *[c[0] for c in chunks]]),
+        "losses": np.concatenate([[start_losses], *[c[1] for c in chunks]]),
+        "weights": np.concatenate([c[2] for c in chunks]),
+    }
+
+
+def distance_to_front(point: np.ndarray, front: np.ndarray) -> float:
+    """Euclidean distance in loss space from `point` to the sampled front."""
+    return float(np.min(np.linalg.norm(front - point[None, :], axis=1)))
+
+
+def run_toy(
+    methods: list[str],
+    out: Path,
+    steps: int | None = None,
+    plots: bool = True,
+    command: str = "",
+) -> int:
+    """Runs every method from every start point; writes results and plots."""
+    from keras_mtl.datasets import load
+
+    problem = load("toy")
+    steps = steps or DEFAULT_STEPS
+    front = problem.pareto_front(400)
+    paths: dict[str, list[dict[str, np.ndarray]]] = {}
+    for method in methods:
+        print(
+            f"=== toy | method {method} | {steps} steps x {len(problem.start_points)} starts"
+        )
+        paths[method] = [
+            optimise_path(problem, method, start, steps)
+            for start in problem.start_points
+        ]
+    lines = [
+        "| method | "
+        + " | ".join(f"start {i + 1}" for i in range(len(problem.start_points)))
+        + " | reached front |",
+        "|---|" + "---|" * (len(problem.start_points) + 1),
+    ]
+    results: dict[str, Any] = {}
+    for method, runs in paths.items():
+        distances = [distance_to_front(r["losses"][-1], front) for r in runs]
+        distances = [d if np.isfinite(d) else float("inf") for d in distances]
+        finals = [r["losses"][-1].tolist() for r in runs]
+        reached = sum(d < 0.05 for d in distances)
+        results[method] = {"final_losses": finals, "distance_to_front": distances}
+        cells = [
+            f"({f[0]:.3f}, {f[1]:.3f})" if np.all(np.isfinite(f)) else "diverged"
+            for f in finals
+        ]
+        lines.append(
+            f"| `{method}` | " + " | ".join(cells) + f" | {reached}/{len(runs)} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Final (L1, L2) after {steps} Adam steps (lr 0.01) from each start point; "
+        "'reached front': loss-space distance to the Pareto front < 0.05. "
+        f"L1 is scaled by {problem.loss_scale} (the loss-scale imbalance). The toy "
+        "losses go negative (down to -2 and -20): methods that assume non-negative "
+        "losses (uncertainty, gls, adaptive:form=proportional) may diverge here."
+    )
+    table = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(
+        json.dumps({"command": command, "steps": steps, "results": results}, indent=2)
+    )
+    (out / "results.md").write_text(f"`{command}`\n\n{table}\n")
+    if plots:
+        path = plot_toy(problem, paths, out)
+        print(f"wrote {path}")
+    print(f"\n{table}\nResults in {out}/")
+    return 0
+
+
+def plot_toy(
+    problem: Any, paths: dict[str, list[dict[str, np.ndarray]]], out: Path
+) -> Path:
+    """`toy_paths.png`: for each method, the paths in parameter space over the
+    contour of L1 + L2 (top) and in loss space against the Pareto front (bottom)."""
+    from keras_mtl.bench.plots import _pyplot
+
+    plt = _pyplot()
+    grid = np.linspace(-10, 10, 201, dtype="float32")
+    xx, yy = np.meshgrid(grid, grid)
+    points = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    total = np.asarray(problem.losses(points)).sum(axis=1).reshape(xx.shape)
+    pareto_x = problem.pareto_set(200)
+    front = problem.pareto_front(200)
+    methods = list(paths)
+    fig, axes = plt.subplots(
+        2, len(methods), figsize=(3.6 * len(methods), 7), squeeze=False
+    )
+    for j, method in enumerate(methods):
+        top, bottom = axes[0][j], axes[1][j]
+        top.contourf(xx, yy, total, levels=30, cmap="viridis", alpha=0.8)
+        top.plot(pareto_x[:, 0], pareto_x[:, 1], color="black", lw=2)
+        bottom.plot(front[:, 0], front[:, 1], color="black", lw=2, label="Pareto front")
+        for r in paths[method]:
+            top.plot(r["params"][:, 0], r["params"][:, 1], color="red", lw=1.2)
+            top.scatter(
+                *r["params"][0], color="white", edgecolor="black", s=25, zorder=3
+            )
+            bottom.plot(r["losses"][:, 0], r["losses"][:, 1], lw=1.2)
+        top.set_title(method)
+        top.set_xlim(-10, 10)
+        top.set_ylim(-10, 10)
+        bottom.set_xlabel("L1")
+        bottom.set_ylabel("L2")
+        bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / "toy_paths.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
