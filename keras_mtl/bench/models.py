@@ -76,8 +76,13 @@ def text_transformer(
 ) -> keras.Model:
     """Token + position embedding, one Transformer encoder block, mean pooling
     over non-padding tokens, and one head per task. Input: token ids."""
+    import warnings
+
     import keras_nlp
 
+    # keras-nlp's position embedding warns that it drops the padding mask;
+    # the mask of the token embedding is still what the encoder receives.
+    warnings.filterwarnings("ignore", message=".*does not support masking.*")
     tokens = keras.Input((sequence_length,), dtype="int32", name="token_ids")
     h = keras_nlp.layers.TokenAndPositionEmbedding(
         vocabulary_size, sequence_length, embedding_dim, mask_zero=True

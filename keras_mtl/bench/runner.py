@@ -45,51 +45,65 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
 
 @dataclass
 class Prepared:
-    """A dataset made ready for a network: text tokenized, the network builder."""
+    """What every run on one dataset shares: the loader arguments, the task
+    specs, the network builder and (for text) the tokenizer.
 
-    data: MultiTaskData
-    train: Any
-    validation: Any
-    test: Any
+    Each run loads its own pipelines with its seed (`load_for(seed)`), so
+    every method sees the same data order for the same seed.
+    """
+
+    dataset: str
+    load_kwargs: dict[str, Any]
+    tasks: dict[str, Any]
     build: Any  # () -> keras.Model
+    transform: Any = None  # tf.data map function (x, y) -> (x, y), or None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def load_for(self, seed: int) -> tuple[Any, Any, Any]:
+        from keras_mtl.datasets import load
 
-def prepare(data: MultiTaskData, max_vocabulary_texts: int = 20000) -> Prepared:
-    """Builds what every run on `data` shares (e.g. the WordPiece vocabulary)."""
+        data = load(self.dataset, seed=seed, **self.load_kwargs)
+        if self.transform is None:
+            return data.train, data.validation, data.test
+        return tuple(
+            ds.map(self.transform).cache()
+            for ds in (data.train, data.validation, data.test)
+        )
+
+
+def prepare(
+    dataset: str,
+    load_kwargs: dict[str, Any] | None = None,
+    vocabulary_texts: int = 20000,
+) -> Prepared:
+    """Loads `dataset` once to learn its tasks and build what runs share (the
+    WordPiece vocabulary is computed from the training text of seed 0)."""
+    from keras_mtl.datasets import load
+
+    load_kwargs = dict(load_kwargs or {})
+    data: MultiTaskData = load(dataset, seed=0, **load_kwargs)
+    tasks = dict(data.tasks)
     if data.info.get("input") == "text":
         sequence_length = int(data.info.get("sequence_length", 64))
         texts = [
             t.decode("utf-8")
             for t in data.train.unbatch()
             .map(lambda x, y: x)
-            .take(max_vocabulary_texts)
+            .take(vocabulary_texts)
             .as_numpy_iterator()
         ]
         tokenizer = models.word_piece_tokenizer(texts, sequence_length=sequence_length)
-        vocabulary_size = tokenizer.vocabulary_size()
-
-        def tokenize(ds: Any) -> Any:
-            return ds.map(lambda x, y: (tokenizer(x), y)).cache()
-
+        vocabulary_size = int(tokenizer.vocabulary_size())
         return Prepared(
-            data,
-            tokenize(data.train),
-            tokenize(data.validation),
-            tokenize(data.test),
-            lambda: models.text_transformer(
-                vocabulary_size, sequence_length, data.tasks
-            ),
-            {"vocabulary_size": vocabulary_size},
+            dataset,
+            load_kwargs,
+            tasks,
+            lambda: models.text_transformer(vocabulary_size, sequence_length, tasks),
+            transform=lambda x, y: (tokenizer(x), y),
+            extra={"vocabulary_size": vocabulary_size},
         )
     shape = tuple(data.info["input_shape"])
-    return Prepared(
-        data,
-        data.train,
-        data.validation,
-        data.test,
-        lambda: models.image_cnn(shape, data.tasks),
-    )
+    return Prepared(dataset, load_kwargs, tasks, lambda: models.image_cnn(shape, tasks))
 
 
 @dataclass
@@ -113,7 +127,8 @@ def run(
     """Trains one network with one method from the seed's initialisation."""
     name, kwargs = parse_method(method)
     keras.utils.set_random_seed(seed)
-    tasks = prepared.data.tasks
+    tasks = prepared.tasks
+    train, validation, test = prepared.load_for(seed)
     model = MultiTaskModel(
         prepared.build(), weighting=weighting_lib.get(name, **kwargs)
     )
@@ -124,16 +139,16 @@ def run(
     )
     start = time.perf_counter()
     history = model.fit(
-        prepared.train,
-        validation_data=prepared.validation,
+        train,
+        validation_data=validation,
         epochs=epochs,
         verbose=verbose,
     )
     seconds = time.perf_counter() - start
     # The test pipeline is not shuffled: predictions and targets align.
-    probabilities = model.predict(prepared.test.map(lambda x, y: x), verbose=0)
+    probabilities = model.predict(test.map(lambda x, y: x), verbose=0)
     truths: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
-    for _, y in prepared.test.as_numpy_iterator():
+    for _, y in test.as_numpy_iterator():
         for t in tasks:
             truths[t].append(y[t])
     scores = {

@@ -63,6 +63,7 @@ def load_multi_digits(
     batch_size: int = 128,
     seed: int = 0,
     split_seed: int = 0,
+    max_examples: int | None = None,
 ) -> MultiTaskData:
     """Load MultiDigits (see the module docstring for the construction).
 
@@ -72,6 +73,8 @@ def load_multi_digits(
         seed: draws the training pairs and the per-epoch training order.
         split_seed: splits the source images and draws the validation/test
             pairs; keep it fixed to compare training seeds on equal terms.
+        max_examples: if given, caps the number of pairs of every split
+            (quick runs).
 
     Returns:
         `MultiTaskData` with tasks left/right (multiclass, 10) and sum_parity
@@ -89,6 +92,12 @@ def load_multi_digits(
         labels, (SOURCE_FRACTIONS["validation"], SOURCE_FRACTIONS["test"]), split_seed
     )
     counts = {"train": num_train, "validation": num_validation, "test": num_test}
+    if max_examples is not None:
+        if isinstance(max_examples, bool) or not isinstance(max_examples, int):
+            raise ValueError(f"max_examples must be an int >= 1; got {max_examples!r}.")
+        if max_examples < 1:
+            raise ValueError(f"max_examples must be >= 1; got {max_examples!r}.")
+        counts = {split: min(n, max_examples) for split, n in counts.items()}
     return build_multi_digit(
         name="multi_digits",
         sources={split: (images, labels, indices[split]) for split in SPLITS},
