@@ -13,8 +13,8 @@ want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "Setting up .venv (TensorFlow, Keras, test tools): about a minute..." >&2
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" >&2 || true
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test,datasets]" 2>&1 \
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test,bench]" 2>&1 \
     | grep -v "is ignored" >&2 || true
-  .venv/bin/python -c "import keras_mtl, sklearn, pytest" # fail loudly if the install did not work
+  .venv/bin/python -c "import keras_mtl, sklearn, pytest, keras_nlp, matplotlib, tensorflow_datasets" # fail loudly if the install did not work
   echo "$want" > "$stamp"
 fi

@@ -47,6 +47,7 @@ def training_curves(
                 ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", ms=3, label=m)
         ax.set_title(f"{task}: validation loss")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
@@ -67,6 +68,7 @@ def training_curves(
                 )
         ax.set_title(f"{m}: task weights")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     for ax in axes.ravel()[len(methods) :]:
