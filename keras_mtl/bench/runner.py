@@ -65,10 +65,16 @@ class Prepared:
         data = load(self.dataset, seed=seed, **self.load_kwargs)
         if self.transform is None:
             return data.train, data.validation, data.test
-        return tuple(
-            ds.map(self.transform).cache()
-            for ds in (data.train, data.validation, data.test)
+        # The training pipeline reshuffles every epoch: caching it after the
+        # shuffle would replay the first epoch's order. Only the fixed
+        # validation and test sets are cached.
+        autotune = -1  # tf.data.AUTOTUNE
+        train = data.train.map(self.transform, num_parallel_calls=autotune)
+        validation, test = (
+            ds.map(self.transform, num_parallel_calls=autotune).cache()
+            for ds in (data.validation, data.test)
         )
+        return train, validation, test
 
 
 def prepare(
@@ -143,6 +149,7 @@ def run(
         validation_data=validation,
         epochs=epochs,
         verbose=verbose,
+        shuffle=False,  # the pipelines shuffle themselves
     )
     seconds = time.perf_counter() - start
     # The test pipeline is not shuffled: predictions and targets align.
