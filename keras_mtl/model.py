@@ -13,6 +13,8 @@ from keras_mtl import weighting as weighting_lib
 from keras_mtl.tasks import TaskLosses, loss_weight_vector
 
 NONFINITE_MODES = ("raise", "skip")
+# Constructor arguments of MultiTaskModel itself (serialised by get_config).
+_MODEL_ARGS = ("net", "inputs", "outputs", "weighting", "tasks", "on_nonfinite")
 
 
 def _output_task_names(net: keras.Model) -> list[str] | None:
@@ -84,6 +86,14 @@ class MultiTaskModel(keras.Model):
     model.fit(x, {"digit": y_digit, "parity": y_parity}, epochs=5)
     ```
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> MultiTaskModel:
+        # keras.Model.__new__ drops the constructor arguments, so the
+        # auto-config of a subclass (its `get_config`) would hold only the
+        # defaults of its own arguments. Record them as keras.Layer does;
+        # the model's own arguments are serialised by `get_config`.
+        own = {k: v for k, v in kwargs.items() if k not in _MODEL_ARGS}
+        return keras.layers.Layer.__new__(cls, *args, **own)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         weighting = kwargs.pop("weighting", "equal")
@@ -319,14 +329,18 @@ class MultiTaskModel(keras.Model):
     def train_step(self, data: Any) -> dict[str, Any]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         state = [v for v in self.weighting.non_trainable_variables]
-        state_before = [ops.convert_to_tensor(v) for v in state]
-        variables = self.trainable_variables
+        # A copy, not `convert_to_tensor` (on TensorFlow that returns the
+        # variable itself, whose value is read after the update).
+        state_before = [ops.copy(v) for v in state]
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             losses, total, weights = self._objective(
                 y, y_pred, sample_weight, training=True
             )
             scaled = self.optimizer.scale_loss(total)
+        # Read after the forward pass: a subclassed net creates its variables
+        # in its first call (inside the first trace of this step).
+        variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         finite_losses = ops.isfinite(losses)
         finite = ops.logical_and(ops.all(finite_losses), ops.isfinite(total))
@@ -351,7 +365,7 @@ class MultiTaskModel(keras.Model):
         # Roll the weighting's state back where the step was not finite.
         for variable, before in zip(state, state_before):
             variable.assign(ops.where(finite, variable, before))
-        step = ops.convert_to_tensor(self.train_steps)
+        step = ops.copy(self.train_steps)
         bad = ops.logical_not(finite)
         self.last_nonfinite_step.assign(ops.where(bad, step, self.last_nonfinite_step))
         self.nonfinite_tasks.assign(
@@ -470,8 +484,19 @@ class MultiTaskModel(keras.Model):
         if isinstance(outputs, Mapping):
             return net
         if isinstance(outputs, (list, tuple)):
-            return keras.Model(net.inputs, dict(zip(self.task_names, outputs)))
-        return _NamedOutputs(net, self.task_names)
+            # `net.input`, not `net.inputs`: keep the input structure, so a
+            # single-input net serves a tensor, not a list of one tensor.
+            return keras.Model(net.input, dict(zip(self.task_names, outputs)))
+        wrapper = _NamedOutputs(net, self.task_names)
+        # Export needs a built, called model: call the wrapper symbolically
+        # on the input shape the subclassed net recorded at its first call.
+        shapes = list((getattr(net, "_build_shapes_dict", None) or {}).values())
+        if len(shapes) == 1 and all(
+            isinstance(d, (int, type(None))) for d in tuple(shapes[0])
+        ):
+            shape = (None, *tuple(shapes[0])[1:])
+            wrapper(keras.KerasTensor(shape, dtype=net.input_dtype))
+        return wrapper
 
 
 def _tensor_task_name(tensor: Any, index: int) -> str:

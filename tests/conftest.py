@@ -1,0 +1,177 @@
+"""Shared fixtures: real offline data (scikit-learn digits) and tiny nets.
+
+Two tasks on the 8x8 digit images: "digit" (10 classes, sparse categorical
+cross-entropy) and "parity" (the digit is odd, binary cross-entropy).
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+
+import keras_mtl  # noqa: E402
+
+NUM_SAMPLES = 512  # 8 batches of 64: a few epochs take well under a second
+BATCH_SIZE = 64
+TASKS = ["digit", "parity"]
+TASK_LOSSES = {
+    "digit": "sparse_categorical_crossentropy",
+    "parity": "binary_crossentropy",
+}
+TASK_METRICS = {"digit": ["accuracy"], "parity": ["accuracy"]}
+
+
+class Digits:
+    """The digits data: `x` float32 `(N, 64)` in [0, 1], `y` a dict of targets."""
+
+    def __init__(self, num_samples: int = NUM_SAMPLES) -> None:
+        data = load_digits()
+        self.x = (data.data[:num_samples] / 16.0).astype("float32")
+        labels = data.target[:num_samples]
+        self.y = {
+            "digit": labels.astype("int32"),
+            "parity": (labels % 2).astype("float32"),
+        }
+
+    def batch(self, start: int = 0, size: int = BATCH_SIZE):
+        """One fixed batch `(x, y)`."""
+        end = start + size
+        return self.x[start:end], {k: v[start:end] for k, v in self.y.items()}
+
+
+@pytest.fixture(scope="session")
+def digits() -> Digits:
+    return Digits()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+
+
+def build_net(
+    hidden: int = 32,
+    outputs: str = "dict",
+    kernel_regularizer=None,
+    seed: int = 0,
+    regression: bool = False,
+) -> keras.Model:
+    """A tiny functional net `(N, 64) -> {digit, parity}`.
+
+    `outputs`: "dict" (outputs keyed by task) or "list" ([digit, parity],
+    named by their layers). `regression=True` gives both heads one linear
+    unit (for "mse" on integer targets).
+    """
+    inputs = keras.Input((64,), name="pixels")
+    h = keras.layers.Dense(
+        hidden,
+        activation="relu",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+        kernel_regularizer=kernel_regularizer,
+        name="hidden",
+    )(inputs)
+    init = keras.initializers.GlorotUniform(seed=seed + 1)
+    if regression:
+        digit = keras.layers.Dense(1, kernel_initializer=init, name="digit")(h)
+        parity = keras.layers.Dense(1, kernel_initializer=init, name="parity")(h)
+    else:
+        digit = keras.layers.Dense(
+            10, activation="softmax", kernel_initializer=init, name="digit"
+        )(h)
+        parity = keras.layers.Dense(
+            1, activation="sigmoid", kernel_initializer=init, name="parity"
+        )(h)
+    if outputs == "list":
+        return keras.Model(inputs, [digit, parity], name="list_net")
+    return keras.Model(inputs, {"digit": digit, "parity": parity}, name="dict_net")
+
+
+class SubclassedNet(keras.Model):
+    """A subclassed (not functional) net: its outputs are unknown before a call."""
+
+    def __init__(self, hidden: int = 32, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(hidden, activation="relu")
+        self.digit = keras.layers.Dense(10, activation="softmax")
+        self.parity = keras.layers.Dense(1, activation="sigmoid")
+
+    def call(self, x):
+        h = self.hidden(x)
+        return {"digit": self.digit(h), "parity": self.parity(h)}
+
+
+def weighting_for(alias: str):
+    """A weighting from its alias, with the arguments it needs."""
+    if alias == "fixed":
+        return keras_mtl.weighting.get("fixed", weights=[1.0, 0.5])
+    if alias == "rlw":
+        return keras_mtl.weighting.get("rlw", seed=7)
+    return keras_mtl.weighting.get(alias)
+
+
+def build_model(
+    weighting="equal",
+    net=None,
+    optimizer=None,
+    loss=None,
+    metrics=None,
+    on_nonfinite: str = "raise",
+    jit_compile=False,
+    **compile_kwargs,
+) -> keras_mtl.MultiTaskModel:
+    """A compiled MultiTaskModel around `net` (default: `build_net()`)."""
+    if isinstance(weighting, str):
+        weighting = weighting_for(weighting)
+    model = keras_mtl.MultiTaskModel(
+        net if net is not None else build_net(),
+        weighting=weighting,
+        on_nonfinite=on_nonfinite,
+    )
+    model.compile(
+        optimizer=optimizer or keras.optimizers.Adam(1e-2),
+        loss=loss or dict(TASK_LOSSES),
+        metrics=metrics,
+        jit_compile=jit_compile,
+        **compile_kwargs,
+    )
+    return model
+
+
+@pytest.fixture
+def task_losses() -> dict:
+    """The compile loss dict of the two digit tasks (a fresh copy)."""
+    return dict(TASK_LOSSES)
+
+
+@pytest.fixture
+def task_metrics() -> dict:
+    return {k: list(v) for k, v in TASK_METRICS.items()}
+
+
+@pytest.fixture
+def make_net():
+    return build_net
+
+
+@pytest.fixture
+def make_subclassed_net():
+    return SubclassedNet
+
+
+@pytest.fixture
+def make_model():
+    return build_model
+
+
+def variable_values(variables) -> list[np.ndarray]:
+    return [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
+
+
+@pytest.fixture
+def values_of():
+    """`values_of(variables)`: numpy copies of the variables' values."""
+    return variable_values
