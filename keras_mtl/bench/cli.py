@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"method (default: {DEFAULT_METHODS})",
     )
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run")
-    parser.add_argument("--seeds", type=int, default=2, help="seeds per method (default 2)")
+    parser.add_argument(
+        "--seeds", type=int, default=2, help="seeds per method (default 2)"
+    )
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument(

@@ -45,7 +45,10 @@ class LossTransform(WeightedTaskLoss):
     ) -> None:
         kwargs.pop("weighting", None)
         method = BMTL(
-            transform=transform, temperature=temperature, power=power, normalize=normalize
+            transform=transform,
+            temperature=temperature,
+            power=power,
+            normalize=normalize,
         )
         super().__init__(weighting=method, add_loss=add_loss, **kwargs)
 

@@ -35,7 +35,9 @@ class UncertaintyWeightedLoss(WeightedTaskLoss):
     ) -> None:
         kwargs.pop("weighting", None)
         super().__init__(
-            weighting=UncertaintyWeighting(initial_log_variance), add_loss=add_loss, **kwargs
+            weighting=UncertaintyWeighting(initial_log_variance),
+            add_loss=add_loss,
+            **kwargs,
         )
         self.initial_log_variance = float(initial_log_variance)
 
