@@ -1,8 +1,15 @@
 """keras_mtl: multi-task loss balancing for Keras 3."""
 
-from keras_mtl import callbacks, layers, weighting
+from keras_mtl import aggregation, callbacks, layers, weighting
 from keras_mtl.model import MultiTaskModel
 
 __version__ = "0.1.0"
 
-__all__ = ["MultiTaskModel", "callbacks", "layers", "weighting", "__version__"]
+__all__ = [
+    "MultiTaskModel",
+    "aggregation",
+    "callbacks",
+    "layers",
+    "weighting",
+    "__version__",
+]

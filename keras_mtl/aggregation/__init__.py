@@ -1,9 +1,85 @@
 """Gradient-level multi-task methods: aggregators (Jacobian [K, D] -> direction [D]).
 
-Work in progress: the aggregators are usable standalone; their use inside
-`MultiTaskModel` (per-task gradients in `train_step`) comes next.
+```python
+agg = keras_mtl.aggregation.get("nash_mtl")
+direction = agg(jacobian)  # [K, D] numpy or tensor, eager or traced -> [D]
+```
+
+The aggregators are usable standalone here; using them inside
+`MultiTaskModel` (per-task gradients in `train_step`) is not wired yet.
 """
 
-from keras_mtl.aggregation.base import Aggregator, GramianWeightedAggregator, gramian
+from __future__ import annotations
 
-__all__ = ["Aggregator", "GramianWeightedAggregator", "gramian"]
+from typing import Any
+
+import keras
+
+from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation.base import Aggregator, GramianWeightedAggregator, gramian
+from keras_mtl.aggregation.config import ConFIG
+from keras_mtl.aggregation.db_mtl import DBMTL
+from keras_mtl.aggregation.excess_mtl import ExcessMTL
+from keras_mtl.aggregation.fairgrad import FairGrad
+from keras_mtl.aggregation.graddrop import GradDrop
+from keras_mtl.aggregation.gradvac import GradVac
+from keras_mtl.aggregation.moco import MoCo
+from keras_mtl.aggregation.nash_mtl import NashMTL
+from keras_mtl.aggregation.pcgrad import PCGrad
+
+ALIASES: dict[str, type[Aggregator]] = {**ALIASES_B}
+
+
+def names() -> list[str]:
+    """The string aliases `get` accepts."""
+    return sorted(ALIASES)
+
+
+def get(identifier: Any, **kwargs: Any) -> Aggregator:
+    """An aggregator from an alias, a class, a config dict or an instance."""
+    if isinstance(identifier, Aggregator):
+        if kwargs:
+            raise ValueError(
+                f"Arguments {sorted(kwargs)} were given with an Aggregator instance "
+                f"({type(identifier).__name__}); pass them to its constructor."
+            )
+        return identifier
+    if isinstance(identifier, str):
+        key = identifier.strip().lower()
+        if key not in ALIASES:
+            raise ValueError(
+                f"Unknown aggregator {identifier!r}. Valid names: {', '.join(names())}."
+            )
+        return ALIASES[key](**kwargs)
+    if isinstance(identifier, type) and issubclass(identifier, Aggregator):
+        return identifier(**kwargs)
+    if isinstance(identifier, dict):
+        if kwargs:
+            raise ValueError("Arguments cannot be combined with a config dict.")
+        obj = keras.saving.deserialize_keras_object(identifier)
+        if not isinstance(obj, Aggregator):
+            raise TypeError(f"Config does not describe an Aggregator: {identifier!r}")
+        return obj
+    raise TypeError(
+        "An aggregator must be a string alias, an Aggregator subclass or instance, "
+        f"or a config dict; got {identifier!r}. Valid names: {', '.join(names())}."
+    )
+
+
+__all__ = [
+    "ALIASES",
+    "Aggregator",
+    "ConFIG",
+    "DBMTL",
+    "ExcessMTL",
+    "FairGrad",
+    "GradDrop",
+    "GradVac",
+    "GramianWeightedAggregator",
+    "MoCo",
+    "NashMTL",
+    "PCGrad",
+    "get",
+    "gramian",
+    "names",
+]

@@ -119,10 +119,13 @@ def project_onto_simplex(v: Any) -> Any:
     by the sort-based algorithm (Held, Wolfe & Crowder 1974; Duchi et al.
     2008): fixed cost, no iteration, traceable."""
     num = v.shape[0]
+    # Shifting by a constant does not change the projection; shifting by the
+    # maximum keeps huge inputs from losing the simplex to rounding.
+    v = v - ops.max(v)
     u = ops.flip(ops.sort(v), axis=0)
     cumulative = ops.cumsum(u) - 1.0
     index = ops.arange(1, num + 1, dtype="float32")
     condition = u - cumulative / index > 0
-    rho = ops.max(ops.where(condition, index, 0.0))  # >= 1: u[0] always qualifies
+    rho = ops.maximum(ops.max(ops.where(condition, index, 0.0)), 1.0)
     theta = ops.take(cumulative, ops.cast(rho, "int32") - 1) / rho
     return ops.maximum(v - theta, 0.0)

@@ -1,0 +1,96 @@
+"""ConFIG (Liu et al., ICLR 2025): conflict-free update with equal cosines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from keras_mtl.aggregation._helpers_b import check_number, safe_divide, unit_rows
+from keras_mtl.aggregation.base import Aggregator
+
+_MIN_NORM = 1e-3
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class ConFIG(Aggregator):
+    """Conflict-Free Inverse Gradients (ConFIG): the direction that makes the
+    same angle with every task gradient, with a length set by the conflict.
+
+    With $U$ the `[K, D]` matrix of unit task gradients
+    $u_i = g_i / \\lVert g_i\\rVert$,
+
+    $$d_u = \\frac{U^{+}\\mathbf{1}}{\\lVert U^{+}\\mathbf{1}\\rVert},
+      \\qquad d = \\Big(\\sum_{i=1}^{K} g_i^\\top d_u\\Big)\\, d_u ,$$
+
+    where $U^{+}\\mathbf{1}$ is the minimum-norm solution of $U x = \\mathbf 1$
+    (every task gets the same cosine $1/\\lVert x\\rVert > 0$ with $d$, so
+    no task's loss increases to first order when $U$ has full row rank).
+    The length is the sum of the projections of the task gradients on
+    $d_u$: large when the tasks agree, small when they conflict.
+
+    $U^{+}\\mathbf 1 = U^\\top (U U^\\top)^{+}\\mathbf 1$ is computed from the
+    eigendecomposition of the `[K, K]` Gramian $UU^\\top$, treating
+    eigenvalues below `rcond` times the largest as 0 (they are float32
+    rounding noise of linearly dependent gradients; numpy's and torch's
+    `pinv` use a cutoff too). When $U x = \\mathbf 1$ has no solution
+    $U^{+}\\mathbf 1$ is the least-squares one; if it vanishes (norm below
+    $10^{-3}$, while a solvable system gives norm $\\ge 1$), as for exactly
+    opposite gradients, the tasks cancel and $d = 0$ (its direction would
+    be rounding noise). Since $d = d_u d_u^\\top \\sum_i g_i$, always
+    $\\lVert d\\rVert \\le \\lVert \\sum_i g_i\\rVert$. Zero rows are
+    ignored (their unit vector is 0). Positively homogeneous
+    (`scale_degree = 1`).
+
+    Reference: Q. Liu, M. Chu and N. Thuerey, "ConFIG: Towards Conflict-free
+    Training of Physics Informed Neural Networks", ICLR 2025
+    (arXiv 2408.11104). TorchJD and the authors' package compute the same
+    direction with `torch.linalg.pinv`; the paper's momentum variant (M-ConFIG)
+    is not included.
+
+    Args:
+        rcond: relative eigenvalue cutoff of the Gramian's pseudo-inverse
+            (in (0, 1]; 1e-4 drops directions whose singular value is below
+            1% of the largest).
+
+    Example:
+
+    ```python
+    import numpy as np
+    agg = keras_mtl.aggregation.ConFIG()
+    d = agg(np.array([[1.0, 0.0], [0.0, 2.0]]))
+    # d_u = [1, 1]/sqrt(2); length = (1 + 2)/sqrt(2): d = [1.5, 1.5]
+    ```
+    """
+
+    scale_degree = 1
+
+    def __init__(self, rcond: float = 1e-4, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rcond = check_number(rcond, "rcond", "ConFIG", 0.0, 1.0, low_open=True)
+
+    def aggregate(self, jacobian: Any, training: bool = True) -> Any:
+        units = unit_rows(jacobian)
+        gram = ops.matmul(units, ops.transpose(units))
+        gram = 0.5 * (gram + ops.transpose(gram))
+        # pinv(U) 1 = U^T pinv(U U^T) 1, with the pseudo-inverse of the
+        # Gramian from its eigendecomposition: eigenvalues below
+        # rcond * largest are rounding noise of dependent rows and dropped.
+        eigenvalues, eigenvectors = ops.eigh(gram)
+        keep = eigenvalues > self.rcond * ops.max(eigenvalues)
+        inverse = ops.where(keep, 1.0 / ops.where(keep, eigenvalues, 1.0), 0.0)
+        projections = ops.sum(eigenvectors, axis=0)  # V^T 1
+        coefficients = ops.matmul(eigenvectors, (inverse * projections)[:, None])
+        best = ops.matmul(ops.transpose(coefficients), units)[0]
+        # |pinv(U) 1| >= 1 when U x = 1 is solvable; a (least-squares) solution
+        # of norm < min_norm means the tasks cancel out (e.g. exactly opposite
+        # gradients, where it is exactly 0): its direction would be rounding
+        # noise, so the result is 0.
+        norm = ops.sqrt(ops.sum(best * best))
+        unit = ops.where(norm > _MIN_NORM, safe_divide(best, norm), 0.0)
+        length = ops.sum(ops.matmul(jacobian, unit[:, None]))
+        return length * unit
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rcond": self.rcond}

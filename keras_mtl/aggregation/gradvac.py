@@ -1,0 +1,132 @@
+"""Gradient Vaccine (Wang et al., ICLR 2021): adaptive similarity targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from keras_mtl.aggregation._helpers_b import (
+    SeededAggregator,
+    check_number,
+    fixed_orders,
+    random_orders,
+    row_norms,
+    safe_divide,
+)
+
+# The largest |target| used in the correction: a cosine of exactly 1 cannot
+# be reached by adding a finite multiple of g_j.
+_TARGET_CAP = 0.9999
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class GradVac(SeededAggregator):
+    """Gradient Vaccine (GradVac): pull each pair of task gradients up to a
+    running target cosine similarity.
+
+    GradVac keeps a target $\\hat\\phi_{ij}$ for every ordered pair of
+    tasks, an exponential moving average of their observed cosine
+    similarity (initially 0, where GradVac coincides with PCGrad's
+    condition). For every task i, starting from $g'_i = g_i$, the other
+    tasks j are visited in a random order; with
+    $\\phi_{ij} = \\cos(g'_i, g_j)$, if $\\phi_{ij} < \\hat\\phi_{ij}$ then
+
+    $$g'_i \\leftarrow g'_i + \\frac{\\lVert g'_i\\rVert
+        \\big(\\hat\\phi_{ij}\\sqrt{1-\\phi_{ij}^2}
+              - \\phi_{ij}\\sqrt{1-\\hat\\phi_{ij}^2}\\big)}
+        {\\lVert g_j\\rVert \\sqrt{1-\\hat\\phi_{ij}^2}}\\; g_j ,$$
+
+    which makes $\\cos(g'_i, g_j) = \\hat\\phi_{ij}$ exactly, and in every
+    case (as in the paper's algorithm)
+    $\\hat\\phi_{ij} \\leftarrow (1-\\beta)\\hat\\phi_{ij} + \\beta\\phi_{ij}$.
+    The direction is $d = \\sum_i g'_i$. The targets live in a `[K, K]`
+    variable `targets`, updated only when `training=True`; evaluation uses
+    the fixed order 0, ..., K-1 and does not advance the random generator
+    (whose state is saved with the layer). In the correction the target is
+    capped at $|\\hat\\phi| \\le 0.9999$ (a cosine of 1 would need an
+    infinite multiple of $g_j$). Positively homogeneous
+    (`scale_degree = 1`): cosines and norm ratios do not depend on scale.
+
+    The paper applies the procedure per layer or per parameter block
+    ("granularity"); here it acts on the whole Jacobian (LibMTL's
+    `GradVac_group_type=0`). LibMTL updates the targets only when a
+    correction happens and defaults to $\\beta = 0.5$; this follows the
+    paper (update at every visit, $\\beta = 0.01$).
+
+    Reference: Z. Wang, Y. Tsvetkov, O. Firat and Y. Cao, "Gradient Vaccine:
+    Investigating and Improving Multi-task Optimization in Massively
+    Multilingual Models", ICLR 2021 (arXiv 2010.05874).
+
+    Args:
+        beta: EMA rate $\\beta \\in (0, 1]$ of the targets.
+        seed: int seeding the visiting orders, or None for a random seed.
+
+    Example:
+
+    ```python
+    import numpy as np
+    agg = keras_mtl.aggregation.GradVac(beta=0.01, seed=0)
+    d = agg(np.array([[1.0, 0.0], [-1.0, 1.0]]))
+    # first call: targets are 0, so this is PCGrad: d = [0.5, 1.5]
+    ```
+    """
+
+    scale_degree = 1
+
+    def __init__(
+        self, beta: float = 0.01, seed: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(seed=seed, **kwargs)
+        self.beta = check_number(beta, "beta", "GradVac", 0.0, 1.0, low_open=True)
+
+    def build_state(self, num_tasks: int, dim: int | None) -> None:
+        self.targets = self.add_weight(
+            shape=(num_tasks, num_tasks),
+            initializer="zeros",
+            trainable=False,
+            name="targets",
+        )
+
+    def aggregate(self, jacobian: Any, training: bool = True) -> Any:
+        num_tasks = jacobian.shape[0]
+        if num_tasks == 1:
+            return jacobian[0]
+        if training:
+            orders = random_orders(num_tasks, self.seed_generator)
+        else:
+            orders = fixed_orders(num_tasks)
+        targets = ops.convert_to_tensor(self.targets)
+        norms = row_norms(jacobian)
+        tasks = ops.arange(num_tasks, dtype="int32")
+        adjusted = jacobian
+        new_targets = targets
+        for step in range(num_tasks):
+            others = orders[:, step]
+            valid = ops.not_equal(others, tasks)
+            other_grads = ops.take(jacobian, others, axis=0)
+            other_norms = ops.take(norms, others, axis=0)
+            own_norms = row_norms(adjusted)
+            dots = ops.sum(adjusted * other_grads, axis=1)
+            cosine = ops.clip(safe_divide(dots, own_norms * other_norms), -1.0, 1.0)
+            target = ops.take_along_axis(targets, others[:, None], axis=1)[:, 0]
+            capped = ops.clip(target, -_TARGET_CAP, _TARGET_CAP)
+            root_target = ops.sqrt(1.0 - capped * capped)
+            root_cosine = ops.sqrt(1.0 - cosine * cosine)
+            coefficient = safe_divide(
+                own_norms * (capped * root_cosine - cosine * root_target),
+                other_norms * root_target,
+            )
+            correct = ops.logical_and(valid, cosine < target)
+            coefficient = ops.where(correct, ops.maximum(coefficient, 0.0), 0.0)
+            adjusted = adjusted + coefficient[:, None] * other_grads
+            visit = ops.one_hot(others, num_tasks) * ops.cast(valid, "float32")[:, None]
+            ema = (1.0 - self.beta) * target + self.beta * cosine
+            new_targets = new_targets + visit * (ema - target)[:, None]
+        if training:
+            self.targets.assign(new_targets)
+        return ops.sum(adjusted, axis=0)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "beta": self.beta}

@@ -1,0 +1,106 @@
+"""Tests of ConFIG (Liu et al. 2025)."""
+
+import numpy as np
+import pytest
+from _checks_b import assert_config_round_trip, assert_finite_direction, jitted
+from _degenerate import degenerate_jacobians
+from hypothesis import given, settings
+
+from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation.config import ConFIG
+
+RNG = np.random.default_rng(3)
+
+
+def numpy_config(jacobian):
+    """ConFIG with numpy's SVD pseudo-inverse (TorchJD / the authors' form)."""
+    jacobian = jacobian.astype(np.float64)
+    units = jacobian / np.linalg.norm(jacobian, axis=1, keepdims=True)
+    best = np.linalg.pinv(units) @ np.ones(len(jacobian))
+    unit = best / np.linalg.norm(best)
+    return (jacobian @ unit).sum() * unit
+
+
+def cosines(jacobian, d):
+    return jacobian @ d / (np.linalg.norm(jacobian, axis=1) * np.linalg.norm(d))
+
+
+@pytest.mark.parametrize("num_tasks", [1, 2, 3, 5])
+def test_equal_cosines_and_matches_pinv(num_tasks):
+    j = RNG.normal(size=(num_tasks, 8)) * RNG.uniform(0.1, 10, size=(num_tasks, 1))
+    j = j.astype(np.float32)
+    d = ConFIG()(j).numpy()
+    c = cosines(j.astype(np.float64), d)
+    np.testing.assert_allclose(c, np.full(num_tasks, c[0]), atol=1e-4)
+    assert c[0] > 0
+    np.testing.assert_allclose(d, numpy_config(j), rtol=1e-3, atol=1e-4)
+
+
+def test_docstring_example_and_single_task():
+    np.testing.assert_allclose(
+        ConFIG()(np.array([[1.0, 0.0], [0.0, 2.0]])), [1.5, 1.5], rtol=1e-5
+    )
+    g = RNG.normal(size=(1, 5)).astype(np.float32)
+    np.testing.assert_allclose(ConFIG()(g), g[0], rtol=1e-5)
+
+
+def test_dependent_gradients():
+    g = RNG.normal(size=6).astype(np.float32)
+    # Exactly opposite: U x = 1 has least-squares solution x = 0: d = 0.
+    np.testing.assert_allclose(ConFIG()(np.stack([g, -3.0 * g])), np.zeros(6))
+    # Parallel, same sense: d is their sum.
+    np.testing.assert_allclose(
+        ConFIG()(np.stack([g, 2.5 * g, g])), 4.5 * g, rtol=1e-5, atol=1e-6
+    )
+    # Two along g, one against: x = u / 3, d is the sum (along g).
+    np.testing.assert_allclose(
+        ConFIG()(np.stack([g, 2.0 * g, -0.5 * g])), 2.5 * g, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_zero_row_is_ignored():
+    j = RNG.normal(size=(2, 5)).astype(np.float32)
+    padded = np.concatenate([j, np.zeros((1, 5), np.float32)])
+    np.testing.assert_allclose(ConFIG()(padded), ConFIG()(j), rtol=1e-4, atol=1e-6)
+
+
+def test_permutation_invariant():
+    j = RNG.normal(size=(4, 7)).astype(np.float32)
+    np.testing.assert_allclose(
+        ConFIG()(j), ConFIG()(j[[3, 1, 0, 2]]), rtol=1e-4, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("factor", [1e-25, 3.0, 1e25])
+def test_positively_homogeneous(factor):
+    assert ConFIG.scale_degree == 1
+    j = RNG.normal(size=(3, 6)).astype(np.float32)
+    np.testing.assert_allclose(
+        ConFIG()(j * np.float32(factor)), ConFIG()(j).numpy() * factor, rtol=1e-4
+    )
+
+
+def test_eager_equals_jit():
+    j = RNG.normal(size=(4, 9)).astype(np.float32)
+    agg = ConFIG()
+    np.testing.assert_allclose(jitted(agg)(j), agg(j), rtol=1e-5, atol=1e-6)
+
+
+def test_config_and_validation():
+    assert ALIASES_B["config"] is ConFIG
+    assert_config_round_trip(ConFIG(rcond=1e-5))
+    with pytest.raises(ValueError):
+        ConFIG(rcond=0.0)
+
+
+@settings(deadline=None, max_examples=30)
+@given(degenerate_jacobians())
+def test_degenerate_jacobians_give_finite_directions(jacobian):
+    d = ConFIG()(jacobian).numpy().astype(np.float64)
+    assert_finite_direction(ConFIG(), jacobian, calls=1)
+    # |d| <= |sum of the (cleaned, rescaled) gradients|
+    clean = np.where(np.isfinite(jacobian), jacobian, 0.0).astype(np.float64)
+    peak = np.abs(clean).max()
+    if peak > 0:
+        bound = np.linalg.norm((clean / peak).sum(0)) * peak
+        assert np.linalg.norm(d) <= bound * (1 + 1e-3) + 1e-6 * peak

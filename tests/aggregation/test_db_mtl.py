@@ -1,0 +1,107 @@
+"""Tests of DB-MTL's gradient balancing (Lin et al. 2023)."""
+
+import numpy as np
+import pytest
+from _checks_b import (
+    assert_config_round_trip,
+    assert_finite_direction,
+    assert_same_values,
+    jitted,
+    values,
+)
+from _degenerate import degenerate_jacobians
+from hypothesis import given, settings
+
+from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation.db_mtl import DBMTL
+
+RNG = np.random.default_rng(7)
+
+
+def numpy_db_mtl(sequence, beta=0.9, beta_sigma=0.5):
+    """LibMTL's update, written with an explicit ratio of norms."""
+    buffer = np.zeros(sequence[0].shape)
+    out = []
+    for t, j in enumerate(sequence, start=1):
+        b = beta / t**beta_sigma
+        buffer = j + b * (buffer - j)
+        norms = np.linalg.norm(buffer, axis=1)
+        alpha = norms.max() / norms
+        out.append((alpha[:, None] * buffer).sum(0))
+    return out, buffer
+
+
+@pytest.mark.parametrize("beta_sigma", [0.0, 0.5])
+def test_matches_numpy_over_several_calls(beta_sigma):
+    seq = [RNG.normal(size=(3, 5)).astype(np.float32) for _ in range(4)]
+    expected, buffer = numpy_db_mtl(seq, 0.9, beta_sigma)
+    agg = DBMTL(beta=0.9, beta_sigma=beta_sigma)
+    for j, d in zip(seq, expected):
+        np.testing.assert_allclose(agg(j), d, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(agg.smoothed.numpy(), buffer, rtol=1e-5, atol=1e-6)
+    assert agg.step.numpy() == 4
+
+
+def test_docstring_example_and_equal_norm_contributions():
+    d = DBMTL()(np.array([[3.0, 0.0], [0.0, 1.0]]))
+    np.testing.assert_allclose(d, [0.3, 0.3], rtol=1e-5)
+    # Without smoothing: every orthogonal gradient is scaled to the max norm.
+    j = np.diag([5.0, 0.1, 2.0]).astype(np.float32)
+    np.testing.assert_allclose(DBMTL(beta=0.0)(j), [5.0, 5.0, 5.0], rtol=1e-5)
+
+
+def test_zero_gradient_contributes_nothing():
+    j = np.array([[1.0, 2.0], [0.0, 0.0]], np.float32)
+    np.testing.assert_allclose(DBMTL(beta=0.0)(j), [1.0, 2.0], rtol=1e-6)
+
+
+def test_evaluation_keeps_state_and_returns_the_update():
+    seq = [RNG.normal(size=(3, 4)).astype(np.float32) for _ in range(2)]
+    agg = DBMTL()
+    agg(seq[0])
+    before = values(agg)
+    d_eval = agg(seq[1], training=False).numpy()
+    assert_same_values(before, values(agg))
+    np.testing.assert_allclose(agg(seq[1]), d_eval, rtol=1e-6)
+
+
+@pytest.mark.parametrize("factor", [1e-28, 3.0, 1e28])
+def test_positively_homogeneous(factor):
+    assert DBMTL.scale_degree == 1
+    seq = [RNG.normal(size=(3, 6)).astype(np.float32) for _ in range(3)]
+    a, b = DBMTL(), DBMTL()
+    for j in seq:
+        np.testing.assert_allclose(
+            b(j * np.float32(factor)), a(j).numpy() * factor, rtol=1e-5
+        )
+
+
+def test_permutation_invariant():
+    seq = [RNG.normal(size=(4, 5)).astype(np.float32) for _ in range(3)]
+    a, b = DBMTL(), DBMTL()
+    for j in seq:
+        np.testing.assert_allclose(a(j), b(j[[3, 1, 2, 0]]), rtol=1e-5, atol=1e-6)
+
+
+def test_eager_equals_jit():
+    seq = [RNG.normal(size=(3, 7)).astype(np.float32) for _ in range(3)]
+    eager, compiled = DBMTL(), DBMTL()
+    compiled.build((3, 7))
+    step = jitted(compiled)
+    for j in seq:
+        np.testing.assert_allclose(step(j), eager(j), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(compiled.smoothed, eager.smoothed, rtol=1e-5)
+
+
+def test_config_and_validation():
+    assert ALIASES_B["db_mtl"] is DBMTL
+    assert_config_round_trip(DBMTL(beta=0.5, beta_sigma=0.0))
+    for kwargs in ({"beta": 1.0}, {"beta": -0.1}, {"beta_sigma": -1.0}):
+        with pytest.raises(ValueError):
+            DBMTL(**kwargs)
+
+
+@settings(deadline=None, max_examples=30)
+@given(degenerate_jacobians())
+def test_degenerate_jacobians_give_finite_directions(jacobian):
+    assert_finite_direction(DBMTL(), jacobian)

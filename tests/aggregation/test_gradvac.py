@@ -1,0 +1,139 @@
+"""Tests of GradVac (Wang et al. 2021)."""
+
+import numpy as np
+import pytest
+from _checks_b import (
+    assert_config_round_trip,
+    assert_finite_direction,
+    assert_same_values,
+    eager_uniform,
+    jitted,
+    values,
+)
+from _degenerate import degenerate_jacobians
+from hypothesis import given, settings
+
+from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation.gradvac import GradVac
+
+RNG = np.random.default_rng(2)
+
+
+def cos(a, b):
+    return a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+
+
+def numpy_gradvac(jacobian, orders, targets, beta):
+    """One GradVac call, task by task (the paper's Algorithm 1 loop)."""
+    jacobian = jacobian.astype(np.float64)
+    targets = targets.astype(np.float64).copy()
+    total = np.zeros(jacobian.shape[1])
+    for i, order in enumerate(orders):
+        g = jacobian[i].copy()
+        for j in order:
+            if j == i:
+                continue
+            c = cos(g, jacobian[j])
+            t = targets[i, j]
+            if c < t:
+                # Solve for the multiple a of g_j with cos(g + a g_j, g_j) = t.
+                a = (
+                    np.linalg.norm(g)
+                    * (t * np.sqrt(1 - c * c) - c * np.sqrt(1 - t * t))
+                    / (np.linalg.norm(jacobian[j]) * np.sqrt(1 - t * t))
+                )
+                g = g + a * jacobian[j]
+            targets[i, j] = (1 - beta) * t + beta * c
+        total += g
+    return total, targets
+
+
+def test_first_call_is_pcgrad_for_two_tasks():
+    j = np.array([[1.0, 0.0], [-1.0, 1.0]], np.float32)
+    np.testing.assert_allclose(GradVac(seed=0)(j), [0.5, 1.5], rtol=1e-6)
+
+
+def test_matches_numpy_over_several_calls():
+    beta = 0.3
+    agg = GradVac(beta=beta, seed=11)
+    targets = np.zeros((4, 4))
+    for draw in range(4):
+        j = RNG.normal(size=(4, 7)).astype(np.float32)
+        j[1] = 0.8 * j[0] + 0.2 * j[1]  # one related pair: positive targets
+        orders = np.argsort(eager_uniform((4, 4), 11, draw), axis=-1)
+        expected, targets = numpy_gradvac(j, orders, targets, beta)
+        np.testing.assert_allclose(agg(j), expected, rtol=2e-4, atol=1e-4)
+        np.testing.assert_allclose(agg.targets.numpy(), targets, atol=1e-5)
+    assert agg.targets.numpy()[0, 1] > 0.1
+
+
+def test_correction_reaches_the_target_cosine():
+    g1 = np.array([1.0, 0.2, -0.5], np.float32)
+    g2 = np.array([-0.3, 1.0, 0.4], np.float32)
+    agg = GradVac(seed=0)
+    agg.build((2, 3))
+    # Target 0.6 for (0, 1); -1 for (1, 0), which never triggers.
+    agg.targets.assign(np.array([[0.0, 0.6], [-1.0, 0.0]], np.float32))
+    d = agg(np.stack([g1, g2])).numpy()
+    assert cos(g1, g2) < 0.6
+    np.testing.assert_allclose(cos(d - g2, g2), 0.6, rtol=1e-5)
+    new = agg.targets.numpy()
+    np.testing.assert_allclose(new[0, 1], 0.99 * 0.6 + 0.01 * cos(g1, g2), rtol=1e-5)
+    np.testing.assert_allclose(new[1, 0], 0.99 * -1.0 + 0.01 * cos(g1, g2), rtol=1e-5)
+
+
+def test_evaluation_keeps_state():
+    j = RNG.normal(size=(3, 5)).astype(np.float32)
+    agg = GradVac(beta=0.5, seed=1)
+    agg(j)
+    before = values(agg)
+    agg(j, training=False)
+    assert_same_values(before, values(agg))
+
+
+@pytest.mark.parametrize("factor", [2.0**-70, 2.0**70])
+def test_positively_homogeneous(factor):
+    seq = [RNG.normal(size=(3, 6)).astype(np.float32) for _ in range(3)]
+    a, b = GradVac(beta=0.5, seed=6), GradVac(beta=0.5, seed=6)
+    for j in seq:
+        np.testing.assert_allclose(
+            b(j * np.float32(factor)), a(j).numpy() * factor, rtol=1e-4
+        )
+
+
+def test_two_tasks_permutation_invariant():
+    seq = [RNG.normal(size=(2, 6)).astype(np.float32) for _ in range(3)]
+    a, b = GradVac(beta=0.5, seed=0), GradVac(beta=0.5, seed=0)
+    for j in seq:
+        np.testing.assert_allclose(a(j), b(j[::-1]), rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_reproducible_in_jit():
+    j = RNG.normal(size=(4, 6)).astype(np.float32)
+    agg = GradVac(beta=0.5, seed=3)
+    agg.build(j.shape)
+    step = jitted(agg)
+
+    def sequence():
+        agg.seed_generator.state.assign([3, 0])
+        agg.targets.assign(np.zeros((4, 4), np.float32))
+        return np.array([step(j).numpy() for _ in range(3)]), agg.targets.numpy()
+
+    (d1, t1), (d2, t2) = sequence(), sequence()
+    np.testing.assert_array_equal(d1, d2)
+    np.testing.assert_array_equal(t1, t2)
+
+
+def test_config_and_validation():
+    assert ALIASES_B["gradvac"] is GradVac
+    assert_config_round_trip(GradVac(beta=0.2, seed=5))
+    for bad in (0.0, 1.1, -1.0):
+        with pytest.raises(ValueError):
+            GradVac(beta=bad)
+
+
+@settings(deadline=None, max_examples=30)
+@given(degenerate_jacobians())
+def test_degenerate_jacobians_give_finite_directions(jacobian):
+    # One training call (targets become non-zero) and one evaluation call.
+    assert_finite_direction(GradVac(beta=0.5, seed=0), jacobian, calls=1)

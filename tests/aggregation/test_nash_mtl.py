@@ -1,0 +1,139 @@
+"""Tests of Nash-MTL (Navon et al. 2022)."""
+
+import numpy as np
+import pytest
+from _checks_b import (
+    assert_config_round_trip,
+    assert_finite_direction,
+    assert_same_values,
+    jitted,
+    padded,
+    values,
+)
+from _degenerate import degenerate_jacobians
+from hypothesis import given, settings
+
+from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation.nash_mtl import NashMTL
+
+RNG = np.random.default_rng(4)
+# One compiled NashMTL for the stateless checks (update_every=1: the output
+# depends on J only); eager calls run the 20 solver iterations op by op.
+_STEP = {}
+
+
+def nash(jacobian):
+    if jacobian.shape not in _STEP:
+        agg = NashMTL()
+        agg.build(jacobian.shape)
+        _STEP[jacobian.shape] = jitted(agg)
+    return _STEP[jacobian.shape](jacobian).numpy()
+
+
+def well_conditioned(num_tasks, dim=12):
+    """Rows of different norms, pairwise angles well away from 0 and pi."""
+    q, _ = np.linalg.qr(RNG.normal(size=(dim, num_tasks)))
+    mix = np.eye(num_tasks) + 0.3 * RNG.normal(size=(num_tasks, num_tasks))
+    scales = RNG.uniform(0.5, 3.0, size=(num_tasks, 1))
+    return (scales * (mix @ q.T)).astype(np.float32)
+
+
+@pytest.mark.parametrize("num_tasks", [1, 3, 6])
+def test_weights_solve_the_bargaining_condition(num_tasks):
+    j = well_conditioned(num_tasks)
+    g = (j @ j.T).astype(np.float64)
+    alpha = NashMTL().weights(g.astype(np.float32)).numpy().astype(np.float64)
+    assert np.all(alpha > 0)
+    np.testing.assert_allclose(alpha * (g @ alpha), np.ones(num_tasks), atol=2e-3)
+
+
+def test_orthogonal_gradients_weigh_by_inverse_norm():
+    j = np.diag([2.0, 0.5, 4.0]).astype(np.float32)
+    alpha = NashMTL().weights(j @ j.T).numpy()
+    np.testing.assert_allclose(alpha, [0.5, 2.0, 0.25], rtol=1e-4)
+    np.testing.assert_allclose(NashMTL()(j), [1.0, 1.0, 1.0], rtol=1e-4)  # eager
+
+
+@pytest.mark.parametrize("num_tasks", [2, 5])
+def test_direction_has_norm_sqrt_k_and_equalised_progress(num_tasks):
+    # Zero-padded rows take no part: |d|^2 = sum_i alpha_i (G alpha)_i = K.
+    j = padded(well_conditioned(num_tasks))
+    d = nash(j).astype(np.float64)
+    np.testing.assert_allclose(np.linalg.norm(d), np.sqrt(num_tasks), rtol=1e-3)
+    # g_i . d = 1 / alpha_i > 0: no task is hurt to first order.
+    assert np.all(j[:num_tasks] @ d > 0)
+
+
+@pytest.mark.parametrize("factor", [1e-25, 7.0, 1e25])
+def test_scale_invariant(factor):
+    assert NashMTL.scale_degree == 0
+    j = padded(well_conditioned(3))
+    np.testing.assert_allclose(
+        nash(j * np.float32(factor)), nash(j), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_permutation_invariant():
+    j = padded(well_conditioned(4))
+    np.testing.assert_allclose(
+        nash(j), nash(j[[1, 3, 0, 2, 4, 5]]), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_update_every_reuses_the_stored_weights_under_jit():
+    # Also checks the compiled step against eager weights.
+    agg = NashMTL(update_every=3)
+    agg.build((3, 12))
+    step = jitted(agg)
+    solver = NashMTL()
+    stored = []
+    for n in range(5):
+        j = well_conditioned(3)
+        d = step(j).numpy()
+        weights = agg.task_weights.numpy()
+        scaled = j / np.abs(j).max()
+        np.testing.assert_allclose(d, weights @ scaled, rtol=1e-5, atol=1e-6)
+        if n % 3 == 0:
+            fresh = solver.weights(scaled @ scaled.T).numpy()  # eager
+            np.testing.assert_allclose(weights, fresh, rtol=1e-4)
+        else:
+            np.testing.assert_array_equal(weights, stored[-1])
+        stored.append(weights)
+    assert agg.step.numpy() == 5
+    before = values(agg)
+    step_eval = agg(j, training=False)  # eager evaluation: no state change
+    assert_same_values(before, values(agg))
+    np.testing.assert_allclose(step_eval, weights @ scaled, rtol=1e-5, atol=1e-6)
+
+
+def test_max_norm_clips():
+    j = well_conditioned(4)
+    d = NashMTL(max_norm=1.0)(j).numpy()
+    np.testing.assert_allclose(np.linalg.norm(d), 1.0, rtol=1e-5)
+    full = padded(j)
+    full = nash(full)[: j.shape[1]]
+    np.testing.assert_allclose(d, full / 2.0, rtol=1e-4, atol=1e-6)
+
+
+def test_eager_equals_jit():
+    j = padded(well_conditioned(4))
+    np.testing.assert_allclose(NashMTL()(j), nash(j), rtol=1e-4, atol=1e-6)
+
+
+def test_config_and_validation():
+    assert ALIASES_B["nash_mtl"] is NashMTL
+    assert_config_round_trip(NashMTL(update_every=4, max_norm=1.0, iterations=20))
+    for kwargs in ({"update_every": 0}, {"max_norm": -1.0}, {"iterations": 1.5}):
+        with pytest.raises(ValueError):
+            NashMTL(**kwargs)
+
+
+@settings(deadline=None, max_examples=30)
+@given(degenerate_jacobians())
+def test_degenerate_jacobians_give_finite_directions(jacobian):
+    # Default solver, compiled, on the zero-padded Jacobian (same direction).
+    d = nash(padded(jacobian))
+    assert np.all(np.isfinite(d))
+    assert np.all(d[jacobian.shape[1] :] == 0.0)
+    # Eager, unpadded (output shape), with a short solve to keep this fast.
+    assert_finite_direction(NashMTL(iterations=1), jacobian, calls=1)

@@ -1,0 +1,162 @@
+"""Tests of PCGrad (Yu et al. 2020)."""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+from _checks_b import (
+    assert_config_round_trip,
+    assert_finite_direction,
+    assert_same_values,
+    eager_uniform,
+    jitted,
+    values,
+)
+from _degenerate import degenerate_jacobians
+from hypothesis import given, settings
+
+from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation.pcgrad import PCGrad
+
+RNG = np.random.default_rng(0)
+
+
+def two_task_closed_form(g1, g2):
+    dot = g1 @ g2
+    if dot >= 0:
+        return g1 + g2
+    return g1 - dot / (g2 @ g2) * g2 + g2 - dot / (g1 @ g1) * g1
+
+
+def numpy_pcgrad(jacobian, orders):
+    """Task by task, other task by other task (LibMTL's loop)."""
+    jacobian = jacobian.astype(np.float64)
+    total = np.zeros(jacobian.shape[1])
+    for i, order in enumerate(orders):
+        g = jacobian[i].copy()
+        for j in order:
+            if j == i:
+                continue
+            dot = g @ jacobian[j]
+            if dot < 0:
+                g = g - dot / (jacobian[j] @ jacobian[j]) * jacobian[j]
+        total += g
+    return total
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_two_tasks_closed_form(trial):
+    j = RNG.normal(size=(2, 7)).astype(np.float32)
+    if trial % 2:
+        j[1] = -j[0] + 0.3 * RNG.normal(size=7)  # make them conflict
+    expected = two_task_closed_form(*j.astype(np.float64))
+    for training in (True, False):
+        d = PCGrad(seed=trial)(j, training=training)
+        np.testing.assert_allclose(d, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_docstring_example():
+    d = PCGrad(seed=0)(np.array([[1.0, 0.0], [-1.0, 1.0]]))
+    np.testing.assert_allclose(d, [0.5, 1.5], rtol=1e-6)
+
+
+def test_matches_numpy_with_the_seeded_orders():
+    j = RNG.normal(size=(5, 9)).astype(np.float32)
+    agg = PCGrad(seed=3)
+    for draw in range(3):
+        orders = np.argsort(eager_uniform((5, 5), 3, draw), axis=-1)
+        np.testing.assert_allclose(
+            agg(j), numpy_pcgrad(j, orders), rtol=1e-4, atol=1e-5
+        )
+
+
+def test_evaluation_uses_fixed_order_and_keeps_generator():
+    j = RNG.normal(size=(4, 6)).astype(np.float32)
+    agg = PCGrad(seed=1)
+    agg(j)
+    before = values(agg)
+    d = agg(j, training=False)
+    assert_same_values(before, values(agg))
+    np.testing.assert_allclose(d, numpy_pcgrad(j, [range(4)] * 4), rtol=1e-4, atol=1e-5)
+
+
+def test_result_is_one_of_the_orderings():
+    j = RNG.normal(size=(3, 4)).astype(np.float32)
+    perms = list(itertools.permutations(range(3)))
+    candidates = [
+        numpy_pcgrad(j, orders) for orders in itertools.product(perms, repeat=3)
+    ]
+    step = jitted(PCGrad(seed=5))
+    for _ in range(5):
+        d = step(j).numpy()
+        assert min(np.abs(c - d).max() for c in candidates) < 1e-4
+
+
+def test_two_tasks_permutation_invariant():
+    j = RNG.normal(size=(2, 5)).astype(np.float32)
+    np.testing.assert_allclose(PCGrad(seed=0)(j), PCGrad(seed=0)(j[::-1]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("factor", [2.0**-40, 0.25, 2.0**50])
+def test_positively_homogeneous(factor):
+    assert PCGrad.scale_degree == 1
+    j = RNG.normal(size=(4, 6)).astype(np.float32)
+    d = PCGrad(seed=9)(j).numpy()
+    scaled = PCGrad(seed=9)(j * np.float32(factor)).numpy()
+    np.testing.assert_allclose(scaled, d * factor, rtol=1e-5)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_same_seed_same_sequence(jit):
+    j = RNG.normal(size=(5, 6)).astype(np.float32)
+    agg = PCGrad(seed=2)
+    step = jitted(agg) if jit else agg
+
+    def sequence():
+        agg.seed_generator.state.assign([2, 0])
+        return np.array([np.asarray(step(j)) for _ in range(6)])
+
+    first = sequence()
+    np.testing.assert_array_equal(first, sequence())
+    assert len({tuple(np.round(row, 5)) for row in first}) > 1  # orders vary
+
+
+def test_eager_and_jit_agree_in_evaluation():
+    j = RNG.normal(size=(4, 6)).astype(np.float32)
+    agg = PCGrad(seed=0)
+    np.testing.assert_allclose(
+        jitted(agg, training=False)(j), agg(j, training=False), rtol=1e-5
+    )
+
+
+def test_generator_state_is_saved():
+    j = RNG.normal(size=(5, 6)).astype(np.float32)
+    agg = PCGrad(seed=4)
+    agg(j)
+    agg(j)
+    store = {}
+    agg.save_own_variables(store)
+    other = PCGrad(seed=4)
+    other.build(j.shape)
+    other.load_own_variables(store)
+    np.testing.assert_array_equal(agg(j), other(j))
+
+
+def test_config_and_alias():
+    assert ALIASES_B["pcgrad"] is PCGrad
+    assert_config_round_trip(PCGrad(seed=3, name="surgery"))
+    with pytest.raises(ValueError):
+        PCGrad(seed=1.5)
+
+
+def test_inside_a_keras_model_input_shape():
+    agg = PCGrad(seed=0)
+    out = agg.compute_output_spec(keras.KerasTensor((3, 8)))
+    assert out.shape == (8,)
+
+
+@settings(deadline=None, max_examples=30)
+@given(degenerate_jacobians())
+def test_degenerate_jacobians_give_finite_directions(jacobian):
+    assert_finite_direction(PCGrad(seed=0), jacobian)
