@@ -9,12 +9,22 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_mtl import aggregation as aggregation_lib
+from keras_mtl import gradients as gradients_lib
 from keras_mtl import weighting as weighting_lib
 from keras_mtl.tasks import TaskLosses, loss_weight_vector
 
 NONFINITE_MODES = ("raise", "skip")
 # Constructor arguments of MultiTaskModel itself (serialised by get_config).
-_MODEL_ARGS = ("net", "inputs", "outputs", "weighting", "tasks", "on_nonfinite")
+_MODEL_ARGS = (
+    "net",
+    "inputs",
+    "outputs",
+    "weighting",
+    "aggregator",
+    "tasks",
+    "on_nonfinite",
+)
 
 
 def _output_task_names(net: keras.Model) -> list[str] | None:
@@ -97,6 +107,7 @@ class MultiTaskModel(keras.Model):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         weighting = kwargs.pop("weighting", "equal")
+        aggregator = kwargs.pop("aggregator", None)
         tasks = kwargs.pop("tasks", None)
         on_nonfinite = kwargs.pop("on_nonfinite", "raise")
         net = kwargs.pop("net", None)
@@ -136,6 +147,10 @@ class MultiTaskModel(keras.Model):
         self.net = net
         self.on_nonfinite = on_nonfinite
         self.weighting = weighting_lib.get(weighting)
+        self.aggregator = (
+            None if aggregator is None else aggregation_lib.get(aggregator)
+        )
+        self._shared_variables: list[Any] | None = None
         self._task_losses: TaskLosses | None = None
         self.task_names: list[str] | None = None
         inferred = _output_task_names(net) if net.built else None
@@ -211,6 +226,29 @@ class MultiTaskModel(keras.Model):
         self._task_weight_trackers = [
             keras.metrics.Mean(name=f"{t}_weight") for t in self.task_names
         ]
+        if self.aggregator is not None:
+            self._cosine_tracker = keras.metrics.Mean(name="grad_cosine_min")
+            if self.net.built:
+                self._find_shared_variables()
+
+    def _find_shared_variables(self) -> list[Any]:
+        """The net's trainable variables used by two or more task losses; the
+        aggregator is built for their total size."""
+        if self._shared_variables is None:
+            variables = list(self.net.trainable_variables)
+            indices = gradients_lib.shared_variable_indices(
+                self.net, variables, self.task_names
+            )
+            if not indices:
+                raise ValueError(
+                    "No parameter is shared by two or more tasks: there is nothing "
+                    "for the aggregator to balance."
+                )
+            self._shared_variables = [variables[i] for i in indices]
+            dim = sum(int(ops.size(v)) for v in self._shared_variables)
+            if not self.aggregator.built:
+                self.aggregator.build((len(self.task_names), dim))
+        return self._shared_variables
 
     @property
     def output_names(self) -> list[str]:
@@ -285,6 +323,13 @@ class MultiTaskModel(keras.Model):
             jit_compile=jit_compile,
             auto_scale_loss=auto_scale_loss,
         )
+        if self.aggregator is not None and isinstance(
+            self.optimizer, keras.optimizers.LossScaleOptimizer
+        ):
+            raise NotImplementedError(
+                "Aggregators with mixed_float16 loss scaling are not supported yet; "
+                "use mixed_bfloat16 or float32."
+            )
         self._compile_config.config["loss"] = loss
         self._compile_config.config["loss_weights"] = loss_weights
         self.loss = loss
@@ -305,10 +350,15 @@ class MultiTaskModel(keras.Model):
         losses = self._task_losses(y, y_pred, sample_weight)
         static = ops.convert_to_tensor(self.task_loss_weights)
         objective, weights = self.weighting(losses * static, training=training)
-        total = ops.cast(objective, "float32")
-        for extra in self.losses:  # regularisation: added once, unweighted
-            total = total + ops.cast(ops.sum(extra), "float32")
+        total = ops.cast(objective, "float32") + self._regularization()
         return losses, total, weights * static
+
+    def _regularization(self) -> Any:
+        """The model's own losses (`model.losses`): added once, unweighted."""
+        total = ops.zeros((), "float32")
+        for extra in self.losses:
+            total = total + ops.cast(ops.sum(extra), "float32")
+        return total
 
     def _update_trackers(
         self, losses: Any, total: Any, weights: Any, finite: Any, batch_size: Any
@@ -332,16 +382,27 @@ class MultiTaskModel(keras.Model):
         # A copy, not `convert_to_tensor` (on TensorFlow that returns the
         # variable itself, whose value is read after the update).
         state_before = [ops.copy(v) for v in state]
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(persistent=self.aggregator is not None) as tape:
             y_pred = self(x, training=True)
             losses, total, weights = self._objective(
                 y, y_pred, sample_weight, training=True
             )
             scaled = self.optimizer.scale_loss(total)
+            if self.aggregator is not None:
+                # Sliced inside the tape: a slice taken after it is not recorded.
+                terms = ops.stop_gradient(weights) * losses
+                task_terms = [terms[k] for k in range(len(self.task_names))]
+                regularization = self._regularization()
         # Read after the forward pass: a subclassed net creates its variables
         # in its first call (inside the first trace of this step).
         variables = self.trainable_variables
-        gradients = tape.gradient(scaled, variables)
+        if self.aggregator is None:
+            gradients = tape.gradient(scaled, variables)
+        else:
+            gradients, weights = self._aggregated_gradients(
+                tape, task_terms, total, regularization, variables, weights
+            )
+            del tape
         finite_losses = ops.isfinite(losses)
         finite = ops.logical_and(ops.all(finite_losses), ops.isfinite(total))
         if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
@@ -380,6 +441,44 @@ class MultiTaskModel(keras.Model):
         batch_size = ops.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
         self._update_trackers(losses, total, weights, finite, batch_size)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _aggregated_gradients(
+        self,
+        tape: Any,
+        task_terms: list[Any],
+        total: Any,
+        regularization: Any,
+        variables: list[Any],
+        weights: Any,
+    ) -> tuple[list[Any], Any]:
+        """Gradients with the shared parameters' part replaced by the
+        aggregator's direction for the Jacobian of the (loss-level weighted)
+        task losses; returns them and the effective task weights."""
+        shared = self._find_shared_variables()
+        shared_ids = {id(v) for v in shared}
+        jacobian = ops.stack(
+            [
+                gradients_lib.flatten(tape.gradient(term, shared), shared)
+                for term in task_terms
+            ]
+        )
+        direction = self.aggregator(jacobian, training=True)
+        shared_grads = gradients_lib.unflatten(direction, shared)
+        if self.losses:
+            for i, g in enumerate(tape.gradient(regularization, shared)):
+                if g is not None:
+                    shared_grads[i] = shared_grads[i] + g
+        by_id = {id(v): g for v, g in zip(shared, shared_grads)}
+        others = [v for v in variables if id(v) not in shared_ids]
+        # Task heads, weighting parameters, regularisation: the objective's gradient.
+        other_grads = dict(zip((id(v) for v in others), tape.gradient(total, others)))
+        gradients = [
+            by_id[id(v)] if id(v) in shared_ids else other_grads[id(v)]
+            for v in variables
+        ]
+        combination = gradients_lib.combination_weights(jacobian, direction)
+        self._cosine_tracker.update_state(gradients_lib.min_cosine(jacobian))
+        return gradients, weights * combination
 
     def test_step(self, data: Any) -> dict[str, Any]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -447,6 +546,11 @@ class MultiTaskModel(keras.Model):
                 "name": self.name,
                 "trainable": self.trainable,
                 "weighting": weighting_lib.serialize(self.weighting),
+                "aggregator": (
+                    None
+                    if self.aggregator is None
+                    else keras.saving.serialize_keras_object(self.aggregator)
+                ),
                 "tasks": self.task_names,
                 "on_nonfinite": self.on_nonfinite,
             }

@@ -90,21 +90,21 @@ class GramianWeightedAggregator(Aggregator):
     `G = J @ J.T` (`[K, K]`) only (TorchJD's "weighting ∘ Gramian" split).
 
     ```python
-    weights = aggregator.weights(gramian)   # [K]
+    weights = aggregator.gramian_weights(gramian)   # [K]
     ```
 
-    Subclasses implement `weights(gramian)`. `weights` must be
-    scale-aware: the base calls it on the Gramian of the normalised
-    Jacobian.
+    Subclasses implement `gramian_weights(gramian)`; the base calls it on
+    the Gramian of the normalised Jacobian. (Not `weights`: that name is
+    Keras' list of a layer's variables.)
     """
 
-    def weights(self, gramian: Any) -> Any:
+    def gramian_weights(self, gramian: Any) -> Any:
         """Task weights `[K]` from a Gramian `[K, K]`."""
         raise NotImplementedError(f"{type(self).__name__} must implement `weights`.")
 
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
         gramian = ops.matmul(jacobian, ops.transpose(jacobian))
-        weights = self.weights(gramian)
+        weights = self.gramian_weights(gramian)
         return ops.matmul(weights[None, :], jacobian)[0]
 
 

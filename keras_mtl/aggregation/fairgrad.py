@@ -70,7 +70,7 @@ class FairGrad(GramianWeightedAggregator):
         self.iterations = check_int(iterations, "iterations", "FairGrad")
         self.scale_degree = (1.0 - self.alpha) / (1.0 + self.alpha)
 
-    def weights(self, gramian: Any) -> Any:
+    def gramian_weights(self, gramian: Any) -> Any:
         """The FairGrad weights `w` (`[K]`) of a Gramian `G` (`[K, K]`)."""
         return alpha_fair_weights(gramian, self.alpha, self.iterations, RIDGE)
 

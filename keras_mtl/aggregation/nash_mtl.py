@@ -97,7 +97,7 @@ class NashMTL(Aggregator):
             shape=(), dtype="int32", initializer="zeros", trainable=False, name="step"
         )
 
-    def weights(self, gramian: Any) -> Any:
+    def gramian_weights(self, gramian: Any) -> Any:
         """The Nash weights `alpha` (`[K]`) of a Gramian `G` (`[K, K]`)."""
         return alpha_fair_weights(gramian, 1.0, self.iterations, RIDGE)
 
@@ -105,10 +105,10 @@ class NashMTL(Aggregator):
         gramian = ops.matmul(jacobian, ops.transpose(jacobian))
         step = ops.convert_to_tensor(self.step)
         if self.update_every == 1:
-            weights = self.weights(gramian)
+            weights = self.gramian_weights(gramian)
         else:
             recompute = ops.equal(ops.mod(step, self.update_every), 0)
-            weights = ops.where(recompute, self.weights(gramian), self.task_weights)
+            weights = ops.where(recompute, self.gramian_weights(gramian), self.task_weights)
         if training:
             self.task_weights.assign(weights)
             self.step.assign(step + 1)

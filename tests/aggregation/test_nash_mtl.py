@@ -42,14 +42,14 @@ def well_conditioned(num_tasks, dim=12):
 def test_weights_solve_the_bargaining_condition(num_tasks):
     j = well_conditioned(num_tasks)
     g = (j @ j.T).astype(np.float64)
-    alpha = NashMTL().weights(g.astype(np.float32)).numpy().astype(np.float64)
+    alpha = NashMTL().gramian_weights(g.astype(np.float32)).numpy().astype(np.float64)
     assert np.all(alpha > 0)
     np.testing.assert_allclose(alpha * (g @ alpha), np.ones(num_tasks), atol=2e-3)
 
 
 def test_orthogonal_gradients_weigh_by_inverse_norm():
     j = np.diag([2.0, 0.5, 4.0]).astype(np.float32)
-    alpha = NashMTL().weights(j @ j.T).numpy()
+    alpha = NashMTL().gramian_weights(j @ j.T).numpy()
     np.testing.assert_allclose(alpha, [0.5, 2.0, 0.25], rtol=1e-4)
     np.testing.assert_allclose(NashMTL()(j), [1.0, 1.0, 1.0], rtol=1e-4)  # eager
 
@@ -94,7 +94,7 @@ def test_update_every_reuses_the_stored_weights_under_jit():
         scaled = j / np.abs(j).max()
         np.testing.assert_allclose(d, weights @ scaled, rtol=1e-5, atol=1e-6)
         if n % 3 == 0:
-            fresh = solver.weights(scaled @ scaled.T).numpy()  # eager
+            fresh = solver.gramian_weights(scaled @ scaled.T).numpy()  # eager
             np.testing.assert_allclose(weights, fresh, rtol=1e-4)
         else:
             np.testing.assert_array_equal(weights, stored[-1])

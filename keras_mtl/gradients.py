@@ -1,0 +1,94 @@
+"""Per-task gradients inside a TensorFlow training step, for aggregators."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+def shared_variable_indices(
+    net: keras.Model, variables: Sequence[Any], tasks: Sequence[str]
+) -> list[int]:
+    """Indices of the `variables` that two or more task outputs depend on.
+
+    Found once, eagerly, from a forward pass of a zero batch through the
+    built `net` (with `training=False`, so no statistics change): a variable
+    is shared if the gradients of at least two outputs reach it.
+    """
+    inputs = net.inputs
+    if not inputs:
+        raise ValueError(
+            "Shared parameters are found from a built functional model; pass "
+            "`shared=[...]` (variables or layer names) for this model."
+        )
+    zeros = [ops.zeros((1, *tuple(t.shape)[1:]), dtype=t.dtype) for t in inputs]
+    feed = zeros[0] if len(zeros) == 1 else zeros
+    counts = [0] * len(variables)
+    sources = [v.value for v in variables]
+    with tf.GradientTape(persistent=True) as tape:
+        outputs = net(feed, training=False)
+        if isinstance(outputs, (list, tuple)):
+            outputs = dict(zip(tasks, outputs))
+        sums = {t: ops.sum(ops.cast(outputs[t], "float32")) for t in tasks}
+    for task in tasks:
+        grads = tape.gradient(sums[task], sources)
+        for i, g in enumerate(grads):
+            if g is not None:
+                counts[i] += 1
+    del tape
+    return [i for i, c in enumerate(counts) if c >= 2]
+
+
+def flatten(tensors: Sequence[Any], like: Sequence[Any]) -> Any:
+    """Concatenates tensors into one vector; `None` entries become zeros
+    shaped like the matching entry of `like`."""
+    parts = [
+        ops.reshape(
+            ops.cast(t, "float32") if t is not None else ops.zeros(v.shape), (-1,)
+        )
+        for t, v in zip(tensors, like)
+    ]
+    return ops.concatenate(parts, axis=0)
+
+
+def unflatten(vector: Any, like: Sequence[Any]) -> list[Any]:
+    """Splits a vector into tensors shaped like the entries of `like`."""
+    out, start = [], 0
+    for v in like:
+        size = 1
+        for d in v.shape:
+            size *= int(d)
+        out.append(
+            ops.cast(ops.reshape(vector[start : start + size], v.shape), v.dtype)
+        )
+        start += size
+    return out
+
+
+def combination_weights(jacobian: Any, direction: Any, ridge: float = 1e-6) -> Any:
+    """The weights `w` with `w @ J` closest to `direction` (least squares,
+    ridge-regularised): each task's effective weight in the direction."""
+    scale = ops.maximum(ops.max(ops.abs(jacobian)), 1e-30)
+    j = jacobian / scale
+    gram = ops.matmul(j, ops.transpose(j))
+    k = gram.shape[0]
+    trace = ops.trace(gram) / k
+    system = gram + (ridge * ops.maximum(trace, 1e-30)) * ops.eye(k)
+    rhs = ops.matmul(j, direction[:, None] / scale)
+    return ops.linalg.solve(system, rhs)[:, 0]
+
+
+def min_cosine(jacobian: Any) -> Any:
+    """The smallest pairwise cosine similarity between the task gradients."""
+    scale = ops.maximum(ops.max(ops.abs(jacobian)), 1e-30)
+    j = jacobian / scale
+    gram = ops.matmul(j, ops.transpose(j))
+    norms = ops.sqrt(ops.maximum(ops.diagonal(gram), 1e-30))
+    cosine = gram / (norms[:, None] * norms[None, :])
+    k = gram.shape[0]
+    off_diagonal = ops.where(ops.eye(k) > 0, 2.0, cosine)
+    return ops.min(off_diagonal)
