@@ -69,6 +69,11 @@ class MultiTaskModel(keras.Model):
         weighting: a weighting alias (`"equal"`, `"fixed"`, `"uncertainty"`,
             `"dwa"`, `"adaptive"`, `"bmtl"`, `"rlw"`, `"gls"`), a
             `keras_mtl.weighting.Weighting` instance or a config dict.
+        aggregator: optional gradient-level method (an alias such as
+            `"pcgrad"` or `"nash_mtl"`, a `keras_mtl.aggregation.Aggregator`
+            or a config): the gradient of the parameters shared by two or
+            more tasks is then the aggregator's direction for the Jacobian
+            of the (weighted) task losses; see `docs/aggregation/index.md`.
         tasks: task names in order; by default the output names of `net`.
             Needed only for a subclassed `net` whose outputs are unknown
             before it is called (else they are taken from the `compile`
