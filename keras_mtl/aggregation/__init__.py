@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
-
+from keras_mtl._registry import resolve
 from keras_mtl.aggregation._aliases_b import ALIASES_B
 from keras_mtl.aggregation.base import Aggregator, GramianWeightedAggregator, gramian
 from keras_mtl.aggregation.config import ConFIG
@@ -37,33 +36,7 @@ def names() -> list[str]:
 
 def get(identifier: Any, **kwargs: Any) -> Aggregator:
     """An aggregator from an alias, a class, a config dict or an instance."""
-    if isinstance(identifier, Aggregator):
-        if kwargs:
-            raise ValueError(
-                f"Arguments {sorted(kwargs)} were given with an Aggregator instance "
-                f"({type(identifier).__name__}); pass them to its constructor."
-            )
-        return identifier
-    if isinstance(identifier, str):
-        key = identifier.strip().lower()
-        if key not in ALIASES:
-            raise ValueError(
-                f"Unknown aggregator {identifier!r}. Valid names: {', '.join(names())}."
-            )
-        return ALIASES[key](**kwargs)
-    if isinstance(identifier, type) and issubclass(identifier, Aggregator):
-        return identifier(**kwargs)
-    if isinstance(identifier, dict):
-        if kwargs:
-            raise ValueError("Arguments cannot be combined with a config dict.")
-        obj = keras.saving.deserialize_keras_object(identifier)
-        if not isinstance(obj, Aggregator):
-            raise TypeError(f"Config does not describe an Aggregator: {identifier!r}")
-        return obj
-    raise TypeError(
-        "An aggregator must be a string alias, an Aggregator subclass or instance, "
-        f"or a config dict; got {identifier!r}. Valid names: {', '.join(names())}."
-    )
+    return resolve(identifier, kwargs, ALIASES, Aggregator, "aggregator")
 
 
 __all__ = [

@@ -15,6 +15,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_mtl._seed_state import SavesSeedGeneratorState
 from keras_mtl.aggregation.base import Aggregator
 
 
@@ -112,7 +113,7 @@ def fixed_orders(num_tasks: int) -> Any:
     return ops.tile(row[None, :], (num_tasks, 1))
 
 
-class SeededAggregator(Aggregator):
+class SeededAggregator(SavesSeedGeneratorState, Aggregator):
     """An aggregator that draws from a `keras.random.SeedGenerator`.
 
     Keras saves a layer's own variables but not the state of its seed
@@ -126,26 +127,6 @@ class SeededAggregator(Aggregator):
         super().__init__(**kwargs)
         self.seed = check_seed(seed, type(self).__name__)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
-
-    def _saved_variables(self) -> list[Any]:
-        own = self._trainable_variables + self._non_trainable_variables
-        return [*own, self.seed_generator.state]
-
-    def save_own_variables(self, store: Any) -> None:
-        for i, variable in enumerate(self._saved_variables()):
-            store[f"{i}"] = variable
-
-    def load_own_variables(self, store: Any) -> None:
-        variables = self._saved_variables()
-        num_saved = len(store.keys())
-        if num_saved not in (len(variables), len(variables) - 1):
-            raise ValueError(
-                f"Layer '{self.name}' expected {len(variables)} variables, but "
-                f"received {num_saved} variables during loading. Expected: "
-                f"{[v.name for v in variables]}"
-            )
-        for i, variable in enumerate(variables[:num_saved]):
-            variable.assign(store[f"{i}"])
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "seed": self.seed}

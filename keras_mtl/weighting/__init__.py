@@ -12,6 +12,7 @@ from typing import Any
 
 import keras
 
+from keras_mtl._registry import resolve
 from keras_mtl.weighting.adaptive import AdaptiveWeighting
 from keras_mtl.weighting.base import Weighting
 from keras_mtl.weighting.bmtl import BMTL
@@ -58,30 +59,7 @@ def get(identifier: Any, **kwargs: Any) -> Weighting:
     objective, weights = w(keras.ops.convert_to_tensor([0.5, 2.0]))
     ```
     """
-    if isinstance(identifier, Weighting):
-        if kwargs:
-            raise ValueError(
-                f"Arguments {sorted(kwargs)} were given with a Weighting instance "
-                f"({type(identifier).__name__}); pass them to its constructor."
-            )
-        return identifier
-    if isinstance(identifier, str):
-        key = identifier.strip().lower()
-        if key not in ALIASES:
-            raise ValueError(
-                f"Unknown weighting {identifier!r}. Valid names: {', '.join(names())}."
-            )
-        return ALIASES[key](**kwargs)
-    if isinstance(identifier, type) and issubclass(identifier, Weighting):
-        return identifier(**kwargs)
-    if isinstance(identifier, dict):
-        if kwargs:
-            raise ValueError("Arguments cannot be combined with a config dict.")
-        return deserialize(identifier)
-    raise TypeError(
-        "A weighting must be a string alias, a Weighting subclass or instance, or "
-        f"a config dict; got {identifier!r}. Valid names: {', '.join(names())}."
-    )
+    return resolve(identifier, kwargs, ALIASES, Weighting, "weighting")
 
 
 def serialize(weighting: Weighting) -> dict[str, Any]:
@@ -91,10 +69,7 @@ def serialize(weighting: Weighting) -> dict[str, Any]:
 
 def deserialize(config: dict[str, Any]) -> Weighting:
     """Rebuilds a weighting from `serialize`'s output."""
-    obj = keras.saving.deserialize_keras_object(config)
-    if not isinstance(obj, Weighting):
-        raise TypeError(f"Config does not describe a Weighting: {config!r}")
-    return obj
+    return resolve(config, {}, ALIASES, Weighting, "weighting")
 
 
 __all__ = [

@@ -8,11 +8,12 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_mtl._seed_state import SavesSeedGeneratorState
 from keras_mtl.weighting.base import Weighting, weighted_sum
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class RandomLossWeighting(Weighting):
+class RandomLossWeighting(SavesSeedGeneratorState, Weighting):
     """Random Loss Weighting (RLW): fresh random task weights every step.
 
     At each training step a vector $z \\sim \\mathcal{N}(0, I_K)$ is drawn and
@@ -74,33 +75,6 @@ class RandomLossWeighting(Weighting):
         else:
             weights = ops.full((num_tasks,), 1.0 / num_tasks, dtype="float32")
         return weighted_sum(losses, weights), weights
-
-    # Keras saves a layer's own variables but not the state of its
-    # `SeedGenerator`s (`Dropout` restarts its stream after loading). The
-    # weight sequence is part of an RLW run, so it is saved with the weights
-    # (`model.save`, `save_weights`, `BackupAndRestore`) and a resumed run
-    # continues it instead of replaying it.
-    def _saved_variables(self) -> list[Any]:
-        own = self._trainable_variables + self._non_trainable_variables
-        return [*own, self.seed_generator.state]
-
-    def save_own_variables(self, store: Any) -> None:
-        for i, variable in enumerate(self._saved_variables()):
-            store[f"{i}"] = variable
-
-    def load_own_variables(self, store: Any) -> None:
-        variables = self._saved_variables()
-        num_saved = len(store.keys())
-        # A file without the generator state (saved by a plain layer) loads
-        # the other variables and keeps the current generator state.
-        if num_saved not in (len(variables), len(variables) - 1):
-            raise ValueError(
-                f"Layer '{self.name}' expected {len(variables)} variables, but "
-                f"received {num_saved} variables during loading. Expected: "
-                f"{[v.name for v in variables]}"
-            )
-        for i, variable in enumerate(variables[:num_saved]):
-            variable.assign(store[f"{i}"])
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "seed": self.seed}
