@@ -108,7 +108,9 @@ class NashMTL(Aggregator):
             weights = self.gramian_weights(gramian)
         else:
             recompute = ops.equal(ops.mod(step, self.update_every), 0)
-            weights = ops.where(recompute, self.gramian_weights(gramian), self.task_weights)
+            weights = ops.where(
+                recompute, self.gramian_weights(gramian), self.task_weights
+            )
         if training:
             self.task_weights.assign(weights)
             self.step.assign(step + 1)
