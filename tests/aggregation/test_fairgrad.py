@@ -38,7 +38,12 @@ def well_conditioned(num_tasks, dim=10):
 def test_weights_solve_the_fairness_condition(alpha, num_tasks):
     j = well_conditioned(num_tasks)
     g = (j @ j.T).astype(np.float64)
-    w = FairGrad(alpha=alpha).gramian_weights(g.astype(np.float32)).numpy().astype(np.float64)
+    w = (
+        FairGrad(alpha=alpha)
+        .gramian_weights(g.astype(np.float32))
+        .numpy()
+        .astype(np.float64)
+    )
     assert np.all(w > 0)
     # G w = w^(-1/alpha), written as w^(1/alpha) * (G w) = 1.
     np.testing.assert_allclose(w ** (1 / alpha) * (g @ w), 1.0, atol=2e-3)
