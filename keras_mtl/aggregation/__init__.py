@@ -14,19 +14,28 @@ from __future__ import annotations
 from typing import Any
 
 from keras_mtl._registry import resolve
+from keras_mtl.aggregation._aliases_a import ALIASES_A
 from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation.aligned_mtl import AlignedMTL
 from keras_mtl.aggregation.base import Aggregator, GramianWeightedAggregator, gramian
+from keras_mtl.aggregation.cagrad import CAGrad
 from keras_mtl.aggregation.config import ConFIG
 from keras_mtl.aggregation.db_mtl import DBMTL
+from keras_mtl.aggregation.dualproj import DualProj
 from keras_mtl.aggregation.excess_mtl import ExcessMTL
 from keras_mtl.aggregation.fairgrad import FairGrad
 from keras_mtl.aggregation.graddrop import GradDrop
 from keras_mtl.aggregation.gradvac import GradVac
+from keras_mtl.aggregation.imtl_g import IMTLG
+from keras_mtl.aggregation.mean import Mean
+from keras_mtl.aggregation.mgda import MGDA
 from keras_mtl.aggregation.moco import MoCo
 from keras_mtl.aggregation.nash_mtl import NashMTL
 from keras_mtl.aggregation.pcgrad import PCGrad
+from keras_mtl.aggregation.sum import Sum
+from keras_mtl.aggregation.upgrad import UPGrad
 
-ALIASES: dict[str, type[Aggregator]] = {**ALIASES_B}
+ALIASES: dict[str, type[Aggregator]] = {**ALIASES_A, **ALIASES_B}
 
 
 def names() -> list[str]:
@@ -42,6 +51,14 @@ def get(identifier: Any, **kwargs: Any) -> Aggregator:
 __all__ = [
     "ALIASES",
     "Aggregator",
+    "AlignedMTL",
+    "CAGrad",
+    "DualProj",
+    "IMTLG",
+    "MGDA",
+    "Mean",
+    "Sum",
+    "UPGrad",
     "ConFIG",
     "DBMTL",
     "ExcessMTL",

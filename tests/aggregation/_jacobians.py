@@ -1,0 +1,180 @@
+"""Shared strategy and checks for the tests of Mean, Sum, MGDA, UPGrad,
+DualProj, IMTLG, AlignedMTL and CAGrad.
+
+`jacobians()` draws degenerate float32 Jacobians `[K, D]` (K in 1..6, D in
+1..20): zero rows, identical, opposite and parallel rows, rank-deficient
+matrices, more tasks than dimensions, and magnitudes near 1e-30 and 1e30
+(whole matrix, or mixed per row).
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from hypothesis import strategies as st
+
+KINDS = (
+    "random",
+    "zero_rows",
+    "all_zero",
+    "identical",
+    "opposite",
+    "parallel",
+    "rank_deficient",
+    "nearly_parallel",
+    "single_nonzero",
+)
+SCALES = (1.0, 1e-30, 1e30, "mixed")
+
+
+def make_jacobian(kind, scale, num_tasks, dim, seed):
+    """One float32 Jacobian of the given kind, deterministic in `seed`."""
+    rng = np.random.default_rng(seed)
+    k = num_tasks
+    j = rng.normal(size=(k, dim))
+    if kind == "zero_rows":
+        j[rng.random(k) < 0.5] = 0.0
+    elif kind == "all_zero":
+        j[:] = 0.0
+    elif kind == "identical":
+        j[:] = j[0]
+    elif kind == "opposite":
+        j[0::2] = j[0]
+        j[1::2] = -j[0]
+    elif kind == "parallel":
+        j = rng.uniform(-3.0, 3.0, size=(k, 1)) * j[0][None, :]
+    elif kind == "rank_deficient":
+        rank = max(1, min(k, dim) - 1)
+        j = rng.normal(size=(k, rank)) @ rng.normal(size=(rank, dim))
+    elif kind == "nearly_parallel":
+        j = j[0][None, :] + 1e-4 * j
+    elif kind == "single_nonzero":
+        j[:] = 0.0
+        j[rng.integers(k), rng.integers(dim)] = rng.choice([-1.0, 1.0])
+    if scale == "mixed":
+        j = j * rng.choice([1e-30, 1.0, 1e30], size=(k, 1))
+    else:
+        j = j * scale
+    return j.astype(np.float32)
+
+
+@st.composite
+def jacobians(draw, max_tasks=6, max_dim=20):
+    """A degenerate float32 Jacobian `[K, D]`."""
+    num_tasks = draw(st.integers(1, max_tasks))
+    dim = draw(st.integers(1, max_dim))
+    kind = draw(st.sampled_from(KINDS))
+    scale = draw(st.sampled_from(SCALES))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return make_jacobian(kind, scale, num_tasks, dim, seed)
+
+
+def random_jacobian(num_tasks, dim, seed, spread=1.0):
+    """A generic Jacobian whose row norms differ by up to `10**spread`."""
+    rng = np.random.default_rng(seed)
+    j = rng.normal(size=(num_tasks, dim))
+    j *= 10.0 ** rng.uniform(-spread / 2, spread / 2, size=(num_tasks, 1))
+    return j.astype(np.float32)
+
+
+class Graph:
+    """Runs an aggregator in graph mode (`tf.function`, no XLA) with one
+    trace per number of tasks K (D is dynamic), a fresh instance per K.
+
+    The aggregators loop a few hundred times in-graph; eagerly every
+    iteration is a Python round trip, so the numeric tests run here."""
+
+    def __init__(self, factory, method="call"):
+        self.factory = factory
+        self.method = method
+        self.functions = {}
+
+    def function(self, num_tasks):
+        if num_tasks not in self.functions:
+            aggregator = self.factory()
+            if self.method == "call":
+                spec = tf.TensorSpec([num_tasks, None], tf.float32)
+                fn = aggregator
+            else:
+                spec = tf.TensorSpec([num_tasks, num_tasks], tf.float32)
+                fn = getattr(aggregator, self.method)
+            self.functions[num_tasks] = tf.function(
+                fn, input_signature=[spec], autograph=False
+            )
+        return self.functions[num_tasks]
+
+    def __call__(self, array):
+        array = np.asarray(array, np.float32)
+        out = self.function(array.shape[0])(tf.constant(array))
+        return np.asarray(out, dtype=np.float64)
+
+
+def direction(aggregator, jacobian):
+    """The aggregator's direction as a float64 numpy array."""
+    return np.asarray(aggregator(jacobian), dtype=np.float64)
+
+
+def jitted(aggregator):
+    """The aggregator inside an XLA-compiled `tf.function`."""
+    return tf.function(lambda x: aggregator(x), jit_compile=True, autograph=False)
+
+
+def assert_finite_direction(run, jacobian):
+    """`run(jacobian)` (an aggregator or a `Graph`) is finite with shape [D]."""
+    out = np.asarray(run(jacobian))
+    assert out.shape == (jacobian.shape[1],)
+    assert np.all(np.isfinite(out)), (jacobian, out)
+
+
+def assert_eager_xla_and_graph_agree(aggregator, run, jacobian, rtol=1e-5):
+    """An eager call on a numpy array (float64: cast inside), an
+    XLA-compiled call and the graph-mode `run` agree, relative to the
+    output's norm."""
+    eager = direction(aggregator, jacobian.astype(np.float64))
+    assert eager.shape == (jacobian.shape[1],)
+    compiled = np.asarray(jitted(aggregator)(tf.constant(jacobian)), np.float64)
+    graph = run(jacobian)
+    scale = max(np.linalg.norm(eager), 1e-30)
+    assert np.linalg.norm(eager - compiled) <= rtol * scale, (eager, compiled)
+    assert np.linalg.norm(eager - graph) <= rtol * scale, (eager, graph)
+
+
+def assert_config_round_trip(aggregator):
+    config = aggregator.get_config()
+    clone = type(aggregator).from_config(config)
+    assert clone.get_config() == config
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(aggregator)
+    )
+    assert type(restored) is type(aggregator)
+    assert restored.get_config() == config
+
+
+def assert_permutation_invariant(run, jacobian, seed=0, rtol=1e-4):
+    perm = np.random.default_rng(seed).permutation(jacobian.shape[0])
+    a = run(jacobian)
+    b = run(jacobian[perm])
+    assert np.linalg.norm(a - b) <= rtol * max(np.linalg.norm(a), 1e-30), (a, b)
+
+
+def assert_homogeneous(
+    aggregator, jacobian, factors=(1e-20, 1e-3, 7.0, 1e20), rtol=1e-4
+):
+    """`f(cJ) = c f(J)` for positive `c`."""
+    base = direction(aggregator, jacobian)
+    for c in factors:
+        scaled = direction(
+            aggregator, (c * jacobian.astype(np.float64)).astype(np.float32)
+        )
+        assert np.linalg.norm(scaled / c - base) <= rtol * np.linalg.norm(base), (
+            c,
+            base,
+            scaled,
+        )
+
+
+def assert_non_conflicting(jacobian, d, tol=1e-5):
+    """`<d, g_i> >= -tol * ||d|| * ||g_i||` for every task."""
+    j = jacobian.astype(np.float64)
+    dots = j @ d
+    bounds = tol * np.linalg.norm(d) * np.linalg.norm(j, axis=1)
+    assert np.all(dots >= -bounds), (dots, bounds)

@@ -1,0 +1,55 @@
+"""Tests of Sum: the sum of the task gradients."""
+
+import numpy as np
+import pytest
+from _jacobians import (
+    Graph,
+    assert_config_round_trip,
+    assert_eager_xla_and_graph_agree,
+    assert_finite_direction,
+    assert_homogeneous,
+    assert_permutation_invariant,
+    jacobians,
+    random_jacobian,
+)
+from hypothesis import given, settings
+
+from keras_mtl.aggregation.sum import Sum
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (2, 5), (6, 20)])
+def test_sum_of_rows(shape):
+    j = random_jacobian(*shape, seed=1, spread=3.0)
+    np.testing.assert_allclose(
+        Sum()(j), j.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_weights_are_ones():
+    w = Sum().gramian_weights(np.eye(4, dtype=np.float32))
+    np.testing.assert_allclose(w, np.ones(4))
+
+
+def test_huge_and_tiny_rows_do_not_overflow():
+    j = np.array([[3e37, 1e-30], [3e37, -1e-30]], np.float32)
+    np.testing.assert_allclose(Sum()(j), [6e37, 0.0], rtol=1e-6)
+
+
+def test_non_finite_entries_are_zeroed():
+    j = np.array([[np.nan, 2.0], [np.inf, 4.0]], np.float32)
+    np.testing.assert_allclose(Sum()(j), [0.0, 6.0])
+
+
+def test_generic_properties():
+    j = random_jacobian(4, 7, seed=3)
+    run = Graph(Sum)
+    assert_homogeneous(run, j)
+    assert_permutation_invariant(run, j)
+    assert_eager_xla_and_graph_agree(Sum(), run, j)
+    assert_config_round_trip(Sum(name="s"))
+
+
+@settings(deadline=None, max_examples=40)
+@given(jacobians())
+def test_degenerate_jacobians_give_finite_directions(jacobian):
+    assert_finite_direction(Sum(), jacobian)

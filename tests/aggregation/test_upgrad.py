@@ -1,0 +1,101 @@
+"""Tests of UPGrad (and of the shared non-negative QP solver): the mean of
+the task gradients projected onto the dual cone of all of them."""
+
+import numpy as np
+import pytest
+from _jacobians import (
+    Graph,
+    assert_config_round_trip,
+    assert_eager_xla_and_graph_agree,
+    assert_finite_direction,
+    assert_homogeneous,
+    assert_non_conflicting,
+    assert_permutation_invariant,
+    jacobians,
+    random_jacobian,
+)
+from hypothesis import given, settings
+from scipy.optimize import nnls
+
+from keras_mtl.aggregation.upgrad import UPGrad
+
+RUN = Graph(UPGrad)
+
+
+def project_onto_dual_cone(jacobian, v):
+    """Reference projection of `v` onto {x : J x >= 0} (float64, SciPy's
+    NNLS on the dual: min_{w >= 0} ||v + J^T w||)."""
+    j = jacobian.astype(np.float64)
+    w, _ = nnls(j.T, -np.asarray(v, np.float64), maxiter=10_000)
+    return v + j.T @ w
+
+
+def reference(jacobian):
+    j = jacobian.astype(np.float64)
+    return np.mean([project_onto_dual_cone(j, g) for g in j], axis=0)
+
+
+def test_documented_example():
+    np.testing.assert_allclose(
+        RUN(np.array([[1.0, 0.0], [-1.0, 1.0]])), [0.25, 0.75], atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_matches_scipy_reference(seed):
+    rng = np.random.default_rng(300 + seed)
+    k, dim = [(2, 3), (3, 2), (4, 9), (5, 5), (6, 12), (6, 3), (3, 15), (4, 4)][seed]
+    j = random_jacobian(k, dim, seed, spread=1.0)
+    j[0] -= 2.0 * j[1] * rng.uniform(0.5, 1.5)  # make some gradients conflict
+    expected = reference(j)
+    d = RUN(j)
+    scale = np.linalg.norm(j, axis=1).max()
+    np.testing.assert_allclose(d, expected, atol=2e-5 * scale)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_non_conflicting(seed):
+    j = random_jacobian(6, 10, seed, spread=2.0)
+    j[1] = -0.5 * j[0] + 0.1 * j[1]
+    d = RUN(j)
+    assert np.linalg.norm(d) > 0
+    assert_non_conflicting(j, d)
+
+
+def test_equals_mean_without_conflict():
+    rng = np.random.default_rng(5)
+    j = np.abs(rng.normal(size=(4, 6))).astype(np.float32)  # pairwise dots >= 0
+    np.testing.assert_allclose(RUN(j), j.mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_opposite_gradients_give_zero():
+    j = np.array([[1.0, -2.0, 0.5], [-1.0, 2.0, -0.5]], np.float32)
+    np.testing.assert_allclose(RUN(j), 0.0, atol=1e-6)
+
+
+def test_more_tasks_than_dimensions():
+    j = random_jacobian(6, 3, seed=11)
+    np.testing.assert_allclose(RUN(j), reference(j), atol=1e-4 * np.abs(j).max())
+
+
+def test_generic_properties():
+    j = random_jacobian(4, 9, seed=7, spread=2.0)
+    j[2] = -j[0] + 0.3 * j[2]
+    assert_homogeneous(RUN, j)
+    assert_permutation_invariant(RUN, j)
+    # Fewer iterations: the same code path, and eager loops are slow.
+    fast = lambda: UPGrad(iterations=50)  # noqa: E731
+    assert_eager_xla_and_graph_agree(fast(), Graph(fast), j)
+    assert_config_round_trip(UPGrad(iterations=50, name="upgrad"))
+
+
+@pytest.mark.parametrize("iterations", [0, -3, 1.5])
+def test_invalid_iterations(iterations):
+    with pytest.raises(ValueError, match="iterations"):
+        UPGrad(iterations=iterations)
+
+
+@settings(deadline=None, max_examples=40)
+@given(jacobians())
+def test_degenerate_jacobians_give_finite_directions(jacobian):
+    assert_finite_direction(RUN, jacobian)
