@@ -1,4 +1,5 @@
-"""Tests of DynamicWeightAverage (Liu, Johns & Davison 2019)."""
+"""Tests of DynamicWeightAverage (Liu, Johns & Davison 2019),
+keras_mtl/weighting/dynamic_weight_average.py."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""Tests of GeometricLossStrategy (Chennupati et al. 2019)."""
+"""Tests of GeometricLossStrategy (Chennupati et al. 2019),
+keras_mtl/weighting/geometric_loss_strategy.py."""
 
 import numpy as np
 import pytest

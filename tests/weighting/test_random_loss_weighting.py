@@ -1,4 +1,5 @@
-"""Tests of RandomLossWeighting (Lin et al. 2022)."""
+"""Tests of RandomLossWeighting (Lin et al. 2022),
+keras_mtl/weighting/random_loss_weighting.py."""
 
 import keras
 import numpy as np
