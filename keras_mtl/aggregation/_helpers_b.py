@@ -128,6 +128,14 @@ class SeededAggregator(SavesSeedGeneratorState, Aggregator):
         self.seed = check_seed(seed, type(self).__name__)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
 
+    def task_orders(self, num_tasks: int, training: bool) -> Any:
+        """`[K, K]` int32 orders in which each task meets the others: random
+        (from the seed generator) in training, `0..K-1` in evaluation, so
+        evaluation neither draws nor advances the stream."""
+        if training:
+            return random_orders(num_tasks, self.seed_generator)
+        return fixed_orders(num_tasks)
+
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "seed": self.seed}
 

@@ -10,8 +10,6 @@ from keras import ops
 from keras_mtl.aggregation._helpers_b import (
     SeededAggregator,
     check_number,
-    fixed_orders,
-    random_orders,
     row_norms,
     safe_divide,
 )
@@ -93,10 +91,7 @@ class GradVac(SeededAggregator):
         num_tasks = jacobian.shape[0]
         if num_tasks == 1:
             return jacobian[0]
-        if training:
-            orders = random_orders(num_tasks, self.seed_generator)
-        else:
-            orders = fixed_orders(num_tasks)
+        orders = self.task_orders(num_tasks, training)
         targets = ops.convert_to_tensor(self.targets)
         norms = row_norms(jacobian)
         tasks = ops.arange(num_tasks, dtype="int32")

@@ -9,8 +9,6 @@ from keras import ops
 
 from keras_mtl.aggregation._helpers_b import (
     SeededAggregator,
-    fixed_orders,
-    random_orders,
     safe_divide,
 )
 
@@ -70,10 +68,7 @@ class PCGrad(SeededAggregator):
         num_tasks = jacobian.shape[0]
         if num_tasks == 1:
             return jacobian[0]
-        if training:
-            orders = random_orders(num_tasks, self.seed_generator)
-        else:
-            orders = fixed_orders(num_tasks)
+        orders = self.task_orders(num_tasks, training)
         squared_norms = ops.sum(jacobian * jacobian, axis=1)
         tasks = ops.arange(num_tasks, dtype="int32")
         projected = jacobian
