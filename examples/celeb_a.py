@@ -4,8 +4,9 @@ CelebA (Liu et al., 2015) comes through tensorflow-datasets: the first run
 downloads and prepares it (about 1.4 GB; some mirrors need a manual
 download, see the tfds "celeb_a" page) into ~/tensorflow_datasets (or
 --data-dir). Images are resized to --image-size. One small CNN with a
-sigmoid head per attribute is trained with a loss-weighting method,
-evaluated per task on the test split and exported.
+sigmoid head per attribute is trained with a balancing method (a loss
+weighting, a gradient aggregator or both), evaluated per task on the test
+split and exported.
 
     python examples/celeb_a.py --method adaptive --epochs 3 --max-examples 20000
     python examples/celeb_a.py --attributes Smiling,Male,Eyeglasses,Young
@@ -54,7 +55,9 @@ def print_table(scores):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="adaptive", help="e.g. equal, dwa, bmtl")
+    parser.add_argument(
+        "--method", default="adaptive", help="e.g. equal, dwa, pcgrad, adaptive+upgrad"
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-examples", type=int, default=None, help="per split")
@@ -80,12 +83,10 @@ def main(argv=None) -> dict:
     )
     tasks = data.tasks
 
-    # Wrap the network; the weighting balances the attribute losses.
-    name, options = parse_method(args.method)
+    # Wrap the network; the method (a weighting, an aggregator or both,
+    # e.g. "adaptive+upgrad") balances the attribute losses.
     net = build_net(data.info["input_shape"], tasks)
-    model = keras_mtl.MultiTaskModel(
-        net, weighting=keras_mtl.weighting.get(name, **options)
-    )
+    model = keras_mtl.MultiTaskModel(net, **parse_method(args.method).build())
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss={t: spec.loss for t, spec in tasks.items()},

@@ -61,7 +61,9 @@ def print_table(scores):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="bmtl", help="e.g. equal, dwa, adaptive")
+    parser.add_argument(
+        "--method", default="bmtl", help="e.g. equal, dwa, pcgrad, bmtl+upgrad"
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-examples", type=int, default=None, help="per split")
@@ -104,12 +106,10 @@ def main(argv=None) -> dict:
         for ds in (data.train, data.validation, data.test)
     )
 
-    # Wrap the network; the weighting balances the three taxonomy losses.
-    name, options = parse_method(args.method)
+    # Wrap the network; the method (a weighting, an aggregator or both,
+    # e.g. "adaptive+upgrad") balances the three taxonomy losses.
     net = build_net(tokenizer.vocabulary_size(), args.sequence_length, tasks)
-    model = keras_mtl.MultiTaskModel(
-        net, weighting=keras_mtl.weighting.get(name, **options)
-    )
+    model = keras_mtl.MultiTaskModel(net, **parse_method(args.method).build())
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss={t: spec.loss for t, spec in tasks.items()},

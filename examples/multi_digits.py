@@ -2,10 +2,12 @@
 
 MultiDigits is MultiMNIST built from the 8x8 digits scikit-learn ships, so
 nothing is downloaded. One small CNN with three heads is trained with a
-loss-weighting method, evaluated per task on the test split and exported.
+balancing method (a loss weighting, a gradient aggregator or both),
+evaluated per task on the test split and exported.
 
     python examples/multi_digits.py --method adaptive --epochs 5
     python examples/multi_digits.py --method dwa:temperature=2 --max-examples 2000
+    python examples/multi_digits.py --method adaptive+pcgrad --epochs 5
 """
 
 import argparse
@@ -51,7 +53,9 @@ def print_table(scores):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="adaptive", help="e.g. equal, dwa, bmtl")
+    parser.add_argument(
+        "--method", default="adaptive", help="e.g. equal, dwa, pcgrad, adaptive+upgrad"
+    )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument(
@@ -71,12 +75,10 @@ def main(argv=None) -> dict:
     )
     tasks = data.tasks  # left, right (10 classes), sum_parity (binary)
 
-    # Wrap the network; the weighting balances the three task losses.
-    name, options = parse_method(args.method)
+    # Wrap the network; the method (a weighting, an aggregator or both,
+    # e.g. "adaptive+upgrad") balances the three task losses.
     net = build_net(data.info["input_shape"], tasks)
-    model = keras_mtl.MultiTaskModel(
-        net, weighting=keras_mtl.weighting.get(name, **options)
-    )
+    model = keras_mtl.MultiTaskModel(net, **parse_method(args.method).build())
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss={t: spec.loss for t, spec in tasks.items()},

@@ -3,8 +3,9 @@
 MultiMNIST (Sener & Koltun, 2018) composes pairs of MNIST digits on a 36x36
 canvas. The first run downloads MNIST (~11 MB) through tensorflow-datasets
 into ~/tensorflow_datasets (or --data-dir); later runs read it from there.
-One small CNN with two heads is trained with a loss-weighting method,
-evaluated per task on the test split and exported.
+One small CNN with two heads is trained with a balancing method (a loss
+weighting, a gradient aggregator or both), evaluated per task on the test
+split and exported.
 
     python examples/multi_mnist.py --method adaptive --epochs 5
     python examples/multi_mnist.py --method bmtl --max-examples 10000
@@ -53,7 +54,9 @@ def print_table(scores):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="adaptive", help="e.g. equal, dwa, bmtl")
+    parser.add_argument(
+        "--method", default="adaptive", help="e.g. equal, dwa, pcgrad, adaptive+upgrad"
+    )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument(
@@ -78,12 +81,10 @@ def main(argv=None) -> dict:
     )
     tasks = data.tasks  # left, right: 10 classes each
 
-    # Wrap the network; the weighting balances the two task losses.
-    name, options = parse_method(args.method)
+    # Wrap the network; the method (a weighting, an aggregator or both,
+    # e.g. "adaptive+upgrad") balances the two task losses.
     net = build_net(data.info["input_shape"], tasks)
-    model = keras_mtl.MultiTaskModel(
-        net, weighting=keras_mtl.weighting.get(name, **options)
-    )
+    model = keras_mtl.MultiTaskModel(net, **parse_method(args.method).build())
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss={t: spec.loss for t, spec in tasks.items()},

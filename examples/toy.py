@@ -1,4 +1,4 @@
-"""Loss-weighting methods on the 2-D two-objective toy problem (no data, no net).
+"""Balancing methods on the 2-D two-objective toy problem (no data, no net).
 
 The toy problem of CAGrad, Nash-MTL and FAMO: two losses of two parameters,
 L1 scaled by 0.1 (a loss-scale imbalance), five start points and a known
@@ -9,6 +9,7 @@ gls) may diverge here.
 
     python examples/toy.py                                 # equal, dwa, adaptive
     python examples/toy.py --method equal --method bmtl:temperature=2 --plot
+    python examples/toy.py --method mgda --method nash_mtl --method equal+cagrad
 """
 
 import argparse

@@ -39,7 +39,7 @@ def check(result, tasks, export_dir):
 def test_multi_digits(tmp_path):
     out = tmp_path / "export"
     result = load_example("multi_digits").main(
-        ["--method", "dwa", "--epochs", "1", "--max-examples", "64"]
+        ["--method", "dwa+pcgrad", "--epochs", "1", "--max-examples", "64"]
         + ["--batch-size", "32", "--export-dir", str(out)]
     )
     check(result, ["left", "right", "sum_parity"], out)

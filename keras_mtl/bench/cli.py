@@ -43,9 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--methods",
         default=DEFAULT_METHODS,
-        help="comma-separated weighting aliases, each optionally with arguments as "
+        help="comma-separated methods: a weighting alias (e.g. adaptive), an "
+        "aggregator alias (e.g. pcgrad, with equal weighting) or both joined by "
+        "'+' (e.g. adaptive+upgrad), each with optional arguments as "
         "name:key=value (e.g. adaptive:mode=epoch); 'all' for every loss-level "
-        f"method (default: {DEFAULT_METHODS})",
+        "method, 'gradient' for every aggregator, 'everything' for both "
+        f"(default: {DEFAULT_METHODS})",
     )
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run")
     parser.add_argument(
@@ -69,9 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def gradient_methods() -> str:
+    """Every registered aggregator, each with equal loss weighting."""
+    from keras_mtl import aggregation
+
+    classes = set()
+    names = []
+    for name in aggregation.names():  # one alias per class
+        if aggregation.ALIASES[name] not in classes:
+            classes.add(aggregation.ALIASES[name])
+            names.append(name)
+    return ",".join(names)
+
+
 def split_methods(text: str) -> list[str]:
-    if text.strip() == "all":
-        text = ALL_METHODS
+    """The method specs of `--methods`, with its group names expanded."""
+    groups = {
+        "all": lambda: ALL_METHODS,
+        "gradient": gradient_methods,
+        "everything": lambda: f"{ALL_METHODS},{gradient_methods()}",
+    }
+    if text.strip() in groups:
+        text = groups[text.strip()]()
     methods = [m.strip() for m in text.split(",") if m.strip()]
     if not methods:
         raise ValueError("--methods is empty.")

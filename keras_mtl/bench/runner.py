@@ -10,6 +10,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_mtl import aggregation as aggregation_lib
 from keras_mtl import weighting as weighting_lib
 from keras_mtl.bench import models
 from keras_mtl.bench.metrics import task_scores
@@ -17,17 +18,29 @@ from keras_mtl.datasets import MultiTaskData
 from keras_mtl.model import MultiTaskModel
 
 
-def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
-    """`"adaptive:mode=epoch:temperature=2"` -> `("adaptive", {...})`.
+@dataclass(frozen=True)
+class Method:
+    """A benchmark method: a loss-level weighting, optionally followed by a
+    gradient-level aggregator, each an alias with constructor arguments."""
 
-    The name is a weighting alias; each `key=value` after a colon is a
-    constructor argument (numbers, booleans and strings are understood).
-    """
-    name, *pairs = [part.strip() for part in spec.split(":")]
-    if name not in weighting_lib.names():
-        raise ValueError(
-            f"Unknown method {name!r}. Valid methods: {', '.join(weighting_lib.names())}."
-        )
+    spec: str
+    weighting: str
+    weighting_kwargs: dict[str, Any]
+    aggregator: str | None = None
+    aggregator_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> dict[str, Any]:
+        """Fresh `weighting=` and `aggregator=` arguments for `MultiTaskModel`."""
+        return {
+            "weighting": weighting_lib.get(self.weighting, **self.weighting_kwargs),
+            "aggregator": None
+            if self.aggregator is None
+            else aggregation_lib.get(self.aggregator, **self.aggregator_kwargs),
+        }
+
+
+def _name_and_arguments(part: str, spec: str) -> tuple[str, dict[str, Any]]:
+    name, *pairs = [piece.strip() for piece in part.split(":")]
     kwargs: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -39,8 +52,46 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
             kwargs[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             kwargs[key] = raw
-    weighting_lib.get(name, **kwargs)  # validate the arguments now, not mid-run
-    return name, kwargs
+    return name.lower(), kwargs
+
+
+def parse_method(spec: str) -> Method:
+    """Parses a method specification of the benchmark and the examples.
+
+    `"adaptive:mode=epoch:temperature=2"` is a weighting alias with
+    constructor arguments (each `key=value` after a colon; numbers, booleans
+    and strings are understood); `"pcgrad"` an aggregator alias (with equal
+    weighting); `"adaptive+upgrad"` a weighting followed by an aggregator.
+    The arguments are validated now, not mid-run.
+    """
+    weightings, aggregators = weighting_lib.names(), aggregation_lib.names()
+    parts = [part.strip() for part in spec.split("+")]
+    if len(parts) > 2 or not all(parts):
+        raise ValueError(
+            f"Method {spec!r}: expected 'weighting', 'aggregator' or "
+            "'weighting+aggregator'."
+        )
+    parsed = [_name_and_arguments(part, spec) for part in parts]
+    valid = (
+        f"Valid methods: weightings {', '.join(weightings)}; "
+        f"aggregators {', '.join(aggregators)}."
+    )
+    for name, _ in parsed:
+        if name not in weightings and name not in aggregators:
+            raise ValueError(f"Unknown method {name!r} in {spec!r}. {valid}")
+    if len(parsed) == 1 and parsed[0][0] in aggregators:
+        parsed.insert(0, ("equal", {}))
+    (weighting, weighting_kwargs), *rest = parsed
+    if weighting not in weightings:
+        raise ValueError(f"Method {spec!r}: {weighting!r} is not a weighting. {valid}")
+    aggregator, aggregator_kwargs = rest[0] if rest else (None, {})
+    if aggregator is not None and aggregator not in aggregators:
+        raise ValueError(
+            f"Method {spec!r}: {aggregator!r} is not an aggregator. {valid}"
+        )
+    method = Method(spec, weighting, weighting_kwargs, aggregator, aggregator_kwargs)
+    method.build()
+    return method
 
 
 @dataclass
@@ -131,13 +182,11 @@ def run(
     verbose: int | str = "auto",
 ) -> RunResult:
     """Trains one network with one method from the seed's initialisation."""
-    name, kwargs = parse_method(method)
+    parsed = parse_method(method)
     keras.utils.set_random_seed(seed)
     tasks = prepared.tasks
     train, validation, test = prepared.load_for(seed)
-    model = MultiTaskModel(
-        prepared.build(), weighting=weighting_lib.get(name, **kwargs)
-    )
+    model = MultiTaskModel(prepared.build(), **parsed.build())
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss={t: models.task_loss(spec) for t, spec in tasks.items()},

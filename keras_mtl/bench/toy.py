@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_mtl import weighting as weighting_lib
+from keras_mtl import gradients as gradients_lib
 
 DEFAULT_STEPS = 5000
 STEPS_PER_EPOCH = 100  # epoch-level methods see an "epoch" every 100 steps
@@ -23,21 +23,43 @@ def optimise_path(
     steps: int = DEFAULT_STEPS,
     learning_rate: float = 1e-2,
 ) -> dict[str, np.ndarray]:
-    """Runs Adam on the two toy losses balanced by `method` from `start`.
+    """Runs Adam on the two toy losses balanced by `method` (a weighting, an
+    aggregator, or both: see `keras_mtl.bench.runner.parse_method`) from `start`.
 
     Returns `params` `[steps + 1, 2]`, `losses` `[steps + 1, 2]` and
     `weights` `[steps, 2]` along the path.
     """
     from keras_mtl.bench.runner import parse_method
 
-    name, kwargs = parse_method(method)
-    weighting = weighting_lib.get(name, **kwargs)
+    built = parse_method(method).build()
+    weighting, aggregator = built["weighting"], built["aggregator"]
     weighting.set_task_names(list(problem.tasks))
     weighting.build((2,))
+    if aggregator is not None:
+        aggregator.build((2, 2))  # two losses of two parameters
     params = keras.Variable(np.asarray(start, dtype="float32"), name="params")
     variables = [params, *weighting.trainable_variables]
     optimizer = keras.optimizers.Adam(learning_rate)
     optimizer.build(variables)
+
+    def step() -> Any:
+        with tf.GradientTape(persistent=aggregator is not None) as tape:
+            losses = problem.losses(params)
+            objective, weights = weighting(losses, training=True)
+            if aggregator is not None:
+                terms = tf.stop_gradient(weights) * losses
+                task_terms = [terms[0], terms[1]]
+        gradients = tape.gradient(objective, variables)
+        if aggregator is not None:
+            # The aggregator's direction replaces the parameters' gradient,
+            # as for a model's shared parameters.
+            jacobian = tf.stack([tape.gradient(t, params) for t in task_terms])
+            direction = aggregator(jacobian, training=True)
+            gradients = [direction, *gradients[1:]]
+            weights = weights * gradients_lib.combination_weights(jacobian, direction)
+            del tape
+        optimizer.apply(gradients, variables)
+        return weights
 
     @tf.function
     def run_chunk(n: Any) -> tuple[Any, Any, Any]:
@@ -45,11 +67,7 @@ def optimise_path(
         loss_path = tf.TensorArray(tf.float32, size=n)
         weight_path = tf.TensorArray(tf.float32, size=n)
         for i in tf.range(n):
-            with tf.GradientTape() as tape:
-                losses = problem.losses(params)
-                objective, weights = weighting(losses, training=True)
-            gradients = tape.gradient(objective, variables)
-            optimizer.apply(gradients, variables)
+            weights = step()
             path = path.write(i, params.value)
             loss_path = loss_path.write(i, problem.losses(params))
             weight_path = weight_path.write(i, weights)
