@@ -67,7 +67,7 @@ class MultiTaskModel(keras.Model):
         net: the multi-output model to wrap (omit when passing `inputs` and
             `outputs`, as a functional subclass does).
         weighting: a weighting alias (`"equal"`, `"fixed"`, `"uncertainty"`,
-            `"dwa"`, `"adaptive"`, `"bmtl"`, `"rlw"`, `"gls"`), a
+            `"dwa"`, `"adaptive"`, `"bmtl"`, `"rlw"`, `"gls"`, `"famo"`), a
             `keras_mtl.weighting.Weighting` instance or a config dict.
         aggregator: optional gradient-level method (an alias such as
             `"pcgrad"` or `"nash_mtl"`, a `keras_mtl.aggregation.Aggregator`
@@ -396,7 +396,16 @@ class MultiTaskModel(keras.Model):
             if self.aggregator is not None:
                 # Sliced inside the tape: a slice taken after it is not recorded.
                 terms = ops.stop_gradient(weights) * losses
-                task_terms = [terms[k] for k in range(len(self.task_names))]
+                transformed = self.aggregator.task_terms(terms)
+                task_terms = [transformed[k] for k in range(len(self.task_names))]
+                head_objective = total
+                if transformed is not terms:
+                    # The task heads follow the transformed losses too (DB-MTL
+                    # trains every parameter on log L_i). `weights` is
+                    # d total / d L, so this swaps each task's term in the
+                    # heads' gradient and keeps the weighting's own gradient.
+                    transformed_sum = ops.sum(transformed)
+                    head_objective = total + (transformed_sum - ops.sum(terms))
                 regularization = self._regularization()
         # Read after the forward pass: a subclassed net creates its variables
         # in its first call (inside the first trace of this step).
@@ -404,9 +413,23 @@ class MultiTaskModel(keras.Model):
         if self.aggregator is None:
             gradients = tape.gradient(scaled, variables)
         else:
+            # Built by now; a stateful aggregator's state is rolled back too.
+            self._find_shared_variables()
+            aggregator_state = list(self.aggregator.non_trainable_variables)
+            state = state + aggregator_state
+            state_before = state_before + [ops.copy(v) for v in aggregator_state]
             gradients, weights = self._aggregated_gradients(
-                tape, task_terms, total, regularization, variables, weights
+                tape,
+                task_terms,
+                head_objective,
+                regularization,
+                variables,
+                weights,
+                losses=ops.cast(losses, "float32"),
             )
+            if transformed is not terms:
+                # Effective weight on grad L_i: d term_i / d (w_i L_i) too.
+                weights = weights * tape.gradient(transformed_sum, terms)
             del tape
         finite_losses = ops.isfinite(losses)
         finite = ops.logical_and(ops.all(finite_losses), ops.isfinite(total))
@@ -455,10 +478,13 @@ class MultiTaskModel(keras.Model):
         regularization: Any,
         variables: list[Any],
         weights: Any,
+        losses: Any = None,
     ) -> tuple[list[Any], Any]:
         """Gradients with the shared parameters' part replaced by the
         aggregator's direction for the Jacobian of the (loss-level weighted)
-        task losses; returns them and the effective task weights."""
+        task terms; returns them and the effective task weights. `total` is
+        the objective whose gradient the other parameters get; `losses`
+        (unweighted) go to aggregators that need them."""
         shared = self._find_shared_variables()
         shared_ids = {id(v) for v in shared}
         jacobian = ops.stack(
@@ -467,7 +493,7 @@ class MultiTaskModel(keras.Model):
                 for term in task_terms
             ]
         )
-        direction = self.aggregator(jacobian, training=True)
+        direction = self.aggregator(jacobian, training=True, losses=losses)
         shared_grads = gradients_lib.unflatten(direction, shared)
         if self.losses:
             for i, g in enumerate(tape.gradient(regularization, shared)):

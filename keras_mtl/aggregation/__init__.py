@@ -5,8 +5,7 @@ agg = keras_mtl.aggregation.get("nash_mtl")
 direction = agg(jacobian)  # [K, D] numpy or tensor, eager or traced -> [D]
 ```
 
-The aggregators are usable standalone here; using them inside
-`MultiTaskModel` (per-task gradients in `train_step`) is not wired yet.
+Inside a model: `keras_mtl.MultiTaskModel(net, aggregator="pcgrad")`.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from typing import Any
 from keras_mtl._registry import resolve
 from keras_mtl.aggregation._aliases_a import ALIASES_A
 from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation._aliases_c import ALIASES_C
 from keras_mtl.aggregation.aligned_mtl import AlignedMTL
 from keras_mtl.aggregation.base import Aggregator, GramianWeightedAggregator, gramian
 from keras_mtl.aggregation.cagrad import CAGrad
@@ -24,6 +24,7 @@ from keras_mtl.aggregation.db_mtl import DBMTL
 from keras_mtl.aggregation.dualproj import DualProj
 from keras_mtl.aggregation.excess_mtl import ExcessMTL
 from keras_mtl.aggregation.fairgrad import FairGrad
+from keras_mtl.aggregation.grad_norm import GradNorm
 from keras_mtl.aggregation.graddrop import GradDrop
 from keras_mtl.aggregation.gradvac import GradVac
 from keras_mtl.aggregation.imtl_g import IMTLG
@@ -35,7 +36,7 @@ from keras_mtl.aggregation.pcgrad import PCGrad
 from keras_mtl.aggregation.sum import Sum
 from keras_mtl.aggregation.upgrad import UPGrad
 
-ALIASES: dict[str, type[Aggregator]] = {**ALIASES_A, **ALIASES_B}
+ALIASES: dict[str, type[Aggregator]] = {**ALIASES_A, **ALIASES_B, **ALIASES_C}
 
 
 def names() -> list[str]:
@@ -64,6 +65,7 @@ __all__ = [
     "ExcessMTL",
     "FairGrad",
     "GradDrop",
+    "GradNorm",
     "GradVac",
     "GramianWeightedAggregator",
     "MoCo",

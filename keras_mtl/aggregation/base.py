@@ -31,10 +31,20 @@ class Aggregator(keras.layers.Layer):
     (`f(cJ) = c f(J)`: most of them), `0` for scale-invariant ones (e.g.
     Nash-MTL). Subclasses set the class attribute accordingly.
 
+    **Losses.** Two hooks serve methods that need the task losses as well
+    as their gradients. `task_terms(losses)` maps the K (weighted) task
+    losses to the K scalars whose gradients form the rows of `J` (the
+    identity by default; DB-MTL takes logarithms). An aggregator with
+    `needs_losses = True` (GradNorm) is called as
+    `aggregator(jacobian, losses=losses)` with the unweighted task losses
+    `[K]` and gets them in `aggregate(jacobian, training, losses)`;
+    `MultiTaskModel` passes them. Other aggregators ignore `losses`.
+
     Subclasses implement `aggregate(jacobian, training)`.
     """
 
     scale_degree: int = 1
+    needs_losses: bool = False
 
     def __init__(self, name: str | None = None, **kwargs: Any) -> None:
         kwargs["dtype"] = "float32"
@@ -56,6 +66,26 @@ class Aggregator(keras.layers.Layer):
     def build_state(self, num_tasks: int, dim: int | None) -> None:
         """Creates the aggregator's state variables (none by default)."""
 
+    def __call__(
+        self, jacobian: Any, training: bool = True, losses: Any = None, **kwargs: Any
+    ) -> Any:
+        if not self.needs_losses:
+            return super().__call__(jacobian, training=training, **kwargs)
+        if losses is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the task losses: call it as "
+                "`aggregator(jacobian, losses=losses)` with the K unweighted task "
+                "losses (MultiTaskModel passes them); got losses=None."
+            )
+        return super().__call__(jacobian, training=training, losses=losses, **kwargs)
+
+    def task_terms(self, losses: Any) -> Any:
+        """The K scalars whose gradients are the rows of the Jacobian, from
+        the K (loss-level weighted) task losses `[K]`, inside the model's
+        gradient tape. The identity by default: it must return `losses`
+        itself (the model then skips the re-weighting of the task heads)."""
+        return losses
+
     def call(self, jacobian: Any, training: bool = True) -> Any:
         jacobian = ops.cast(jacobian, "float32")
         # Replace non-finite entries so they cannot poison the solvers; a
@@ -75,7 +105,9 @@ class Aggregator(keras.layers.Layer):
             f"{type(self).__name__} must implement `aggregate(jacobian, training)`."
         )
 
-    def compute_output_spec(self, jacobian: Any, training: bool = True) -> Any:
+    def compute_output_spec(
+        self, jacobian: Any, training: bool = True, losses: Any = None
+    ) -> Any:
         return keras.KerasTensor((jacobian.shape[1],), dtype="float32")
 
     def get_config(self) -> dict[str, Any]:

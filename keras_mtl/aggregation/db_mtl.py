@@ -1,4 +1,5 @@
-"""DB-MTL (Lin et al., 2023): gradient-magnitude balancing by the max norm."""
+"""DB-MTL (Lin et al., 2023): log-loss scale balancing and gradient-magnitude
+balancing by the max norm."""
 
 from __future__ import annotations
 
@@ -14,13 +15,31 @@ from keras_mtl.aggregation._helpers_b import (
     unit_rows,
 )
 
+# Inside the logarithm of the loss part, as in the paper and LibMTL.
+LOG_EPSILON = 1e-8
+
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
 class DBMTL(RawStateAggregator):
-    """Dual-Balancing Multi-Task Learning (DB-MTL), gradient part: every
-    task's (smoothed) gradient is rescaled to the largest task-gradient norm.
+    """Dual-Balancing Multi-Task Learning (DB-MTL): loss scales balanced by
+    a logarithm, then every task's (smoothed) gradient rescaled to the
+    largest task-gradient norm.
 
-    At training call $t = 1, 2, \\dots$, with $\\beta_t = \\beta / t^{\\sigma}$,
+    **Loss part.** The rows of the Jacobian are the gradients of the
+    log-transformed task losses (`task_terms`),
+
+    $$g_i = \\nabla \\log(L_i + \\epsilon) = \\frac{\\nabla L_i}{L_i + \\epsilon},
+    \\qquad \\epsilon = 10^{-8},$$
+
+    and `MultiTaskModel` trains the task heads on $\\log(L_i + \\epsilon)$
+    as well (the paper's algorithm; LibMTL's backward pass does the same).
+    A loss-level weight $w_i$ cancels out of $\\nabla \\log(w_i L_i)$, so
+    combining DB-MTL with a loss-level weighting only changes what the
+    `loss` log shows. `log_losses=False` leaves the losses as they are
+    (max-norm gradient balancing of the raw losses).
+
+    **Gradient part.** At training call $t = 1, 2, \\dots$, with
+    $\\beta_t = \\beta / t^{\\sigma}$,
 
     $$\\hat g_i \\leftarrow \\beta_t \\hat g_i + (1 - \\beta_t) g_i , \\qquad
       d = \\sum_{i=1}^{K} \\frac{\\max_j \\lVert \\hat g_j\\rVert}
@@ -32,12 +51,9 @@ class DBMTL(RawStateAggregator):
     $\\sigma = 0.5$ (LibMTL's `DB_beta`; its command line defaults
     `DB_beta_sigma` to 0, a constant rate).
 
-    **Loss part.** DB-MTL is a pair: the task losses are log-transformed
-    ($\\log(L_i + 10^{-8})$, which balances loss scales: its gradient is
-    $\\nabla L_i / L_i$) *and* their gradients are aggregated as above. This
-    aggregator does only the gradient part; the model must feed it the
-    Jacobian of the log-transformed losses for the full method (without it,
-    it is max-norm gradient balancing on the raw losses).
+    Standalone, `agg(jacobian)` is the gradient part only: pass the
+    Jacobian of $\\log(L_i + \\epsilon)$ (`agg.task_terms(losses)` gives
+    the terms to differentiate).
 
     Positively homogeneous (`scale_degree = 1`) for a fixed sequence of
     scales. The state is kept in the Jacobian's own units and updated only
@@ -52,6 +68,8 @@ class DBMTL(RawStateAggregator):
     Args:
         beta: smoothing $\\beta \\in [0, 1)$ (0: no smoothing).
         beta_sigma: decay exponent $\\sigma \\ge 0$ of $\\beta_t$.
+        log_losses: differentiate $\\log(L_i + \\epsilon)$ (default, the
+            full method) instead of $L_i$ inside a model.
 
     Example:
 
@@ -66,11 +84,25 @@ class DBMTL(RawStateAggregator):
     scale_degree = 1
 
     def __init__(
-        self, beta: float = 0.9, beta_sigma: float = 0.5, **kwargs: Any
+        self,
+        beta: float = 0.9,
+        beta_sigma: float = 0.5,
+        log_losses: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.beta = check_number(beta, "beta", "DBMTL", 0.0, 1.0, high_open=True)
         self.beta_sigma = check_number(beta_sigma, "beta_sigma", "DBMTL", 0.0)
+        if not isinstance(log_losses, bool):
+            raise ValueError(
+                f"DBMTL: log_losses must be True or False; got {log_losses!r}."
+            )
+        self.log_losses = log_losses
+
+    def task_terms(self, losses: Any) -> Any:
+        if not self.log_losses:
+            return losses
+        return ops.log(losses + LOG_EPSILON)
 
     def build_state(self, num_tasks: int, dim: int | None) -> None:
         super().build_state(num_tasks, dim)
@@ -101,4 +133,5 @@ class DBMTL(RawStateAggregator):
             **super().get_config(),
             "beta": self.beta,
             "beta_sigma": self.beta_sigma,
+            "log_losses": self.log_losses,
         }

@@ -18,6 +18,7 @@ from keras_mtl.weighting.base import Weighting
 from keras_mtl.weighting.bmtl import BMTL
 from keras_mtl.weighting.dynamic_weight_average import DynamicWeightAverage
 from keras_mtl.weighting.equal import EqualWeighting
+from keras_mtl.weighting.famo import FAMO
 from keras_mtl.weighting.fixed import FixedWeighting
 from keras_mtl.weighting.geometric_loss_strategy import GeometricLossStrategy
 from keras_mtl.weighting.random_loss_weighting import RandomLossWeighting
@@ -34,6 +35,7 @@ ALIASES: dict[str, type[Weighting]] = {
     "bmtl": BMTL,
     "rlw": RandomLossWeighting,
     "gls": GeometricLossStrategy,
+    "famo": FAMO,
 }
 
 
@@ -47,9 +49,9 @@ def get(identifier: Any, **kwargs: Any) -> Weighting:
 
     Args:
         identifier: a string alias (`"equal"`, `"fixed"`, `"uncertainty"`,
-            `"dwa"`, `"adaptive"`, `"bmtl"`, `"rlw"`, `"gls"`), a `Weighting`
-            subclass, a serialized config (as from `serialize`), or a
-            `Weighting` instance (returned as is).
+            `"dwa"`, `"adaptive"`, `"bmtl"`, `"rlw"`, `"gls"`, `"famo"`), a
+            `Weighting` subclass, a serialized config (as from `serialize`),
+            or a `Weighting` instance (returned as is).
         **kwargs: constructor arguments, with an alias or a class.
 
     Example:
@@ -78,6 +80,7 @@ __all__ = [
     "BMTL",
     "DynamicWeightAverage",
     "EqualWeighting",
+    "FAMO",
     "FixedWeighting",
     "GeometricLossStrategy",
     "RandomLossWeighting",
