@@ -72,6 +72,10 @@ def unflatten(vector: Any, like: Sequence[Any]) -> list[Any]:
 def combination_weights(jacobian: Any, direction: Any, ridge: float = 1e-6) -> Any:
     """The weights `w` with `w @ J` closest to `direction` (least squares,
     ridge-regularised): each task's effective weight in the direction."""
+    # A non-finite step is skipped anyway; its logs must not make the
+    # (non-XLA) solver raise on a NaN system.
+    jacobian = ops.where(ops.isfinite(jacobian), jacobian, 0.0)
+    direction = ops.where(ops.isfinite(direction), direction, 0.0)
     scale = ops.maximum(ops.max(ops.abs(jacobian)), 1e-30)
     j = jacobian / scale
     gram = ops.matmul(j, ops.transpose(j))

@@ -4,6 +4,7 @@ shared parameters, aggregated inside the compiled step)."""
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import TASK_LOSSES, build_net
 
 import keras_mtl
@@ -31,7 +32,15 @@ def test_shared_parameters_are_the_trunk_only():
     assert model.aggregator.num_tasks == 2
 
 
-@pytest.mark.parametrize("name", keras_mtl.aggregation.names())
+# One alias per class (GradNorm has two).
+_ONE_ALIAS_EACH = sorted(
+    {
+        keras_mtl.aggregation.ALIASES[n]: n for n in keras_mtl.aggregation.names()
+    }.values()
+)
+
+
+@pytest.mark.parametrize("name", _ONE_ALIAS_EACH)
 def test_every_aggregator_trains_and_lowers_every_task_loss(digits, name):
     model = _model(name)
     history = model.fit(digits.x, digits.y, epochs=3, batch_size=64, verbose=0)
@@ -43,7 +52,7 @@ def test_every_aggregator_trains_and_lowers_every_task_loss(digits, name):
     assert all(-1.0 - 1e-5 <= c <= 1.0 + 1e-5 for c in cosine)
 
 
-@pytest.mark.parametrize("name", ["upgrad", "nash_mtl"])
+@pytest.mark.parametrize("name", ["upgrad", "nash_mtl", "grad_norm", "db_mtl"])
 def test_aggregators_under_xla(digits, name):
     model = _model(name, jit_compile=True)
     history = model.fit(digits.x, digits.y, epochs=3, batch_size=64, verbose=0)
@@ -101,3 +110,153 @@ def test_no_shared_parameter_is_an_error():
     )
     with pytest.raises(ValueError, match="No parameter is shared"):
         keras_mtl.MultiTaskModel(net, aggregator="pcgrad")
+
+
+# ------------------------------------------- methods that use the losses too
+class _RecordingDBMTL(keras_mtl.aggregation.DBMTL):
+    """DB-MTL that keeps the last Jacobian it was given (eager runs only)."""
+
+    def call(self, jacobian, training=True):
+        self.seen = np.array(jacobian)
+        return super().call(jacobian, training=training)
+
+
+def _task_losses(net, x, y):
+    """The two task losses, written out with Keras' loss functions."""
+    out = net(x, training=True)
+    digit = keras.ops.mean(
+        keras.losses.sparse_categorical_crossentropy(y["digit"], out["digit"])
+    )
+    parity = keras.ops.mean(
+        keras.losses.binary_crossentropy(y["parity"][:, None], out["parity"])
+    )
+    return digit, parity
+
+
+def test_db_mtl_differentiates_log_losses(digits):
+    """Inside a model, DB-MTL's Jacobian rows are grad L_i / L_i (a
+    loss-level weight cancels in the logarithm)."""
+    x, y = digits.batch()
+    net = build_net()
+    model = keras_mtl.MultiTaskModel(
+        net,
+        weighting=keras_mtl.weighting.get("fixed", weights=[1.0, 0.25]),
+        aggregator=_RecordingDBMTL(),
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1), loss=TASK_LOSSES, run_eagerly=True
+    )
+    shared = model._shared_variables
+    with tf.GradientTape(persistent=True) as tape:
+        losses = _task_losses(net, x, y)
+    rows = [
+        np.concatenate([g.numpy().ravel() for g in tape.gradient(loss, shared)])
+        / float(loss)
+        for loss in losses
+    ]
+    model.train_on_batch(x, y)
+    np.testing.assert_allclose(
+        model.aggregator.seen, np.stack(rows), rtol=1e-4, atol=1e-7
+    )
+
+
+def test_db_mtl_trains_the_heads_on_log_losses(digits):
+    x, y = digits.batch()
+    net = build_net()
+    model = keras_mtl.MultiTaskModel(net, aggregator="db_mtl")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=TASK_LOSSES)
+    heads = [net.get_layer("digit").kernel, net.get_layer("parity").kernel]
+    with tf.GradientTape(persistent=True) as tape:
+        losses = _task_losses(net, x, y)
+        logs = [keras.ops.log(loss) for loss in losses]
+    expected = [
+        head.numpy() - 0.1 * tape.gradient(log, head).numpy()
+        for head, log in zip(heads, logs)
+    ]
+    logs = model.train_on_batch(x, y, return_dict=True)
+    for head, value in zip(heads, expected):
+        np.testing.assert_allclose(head.numpy(), value, rtol=1e-5, atol=1e-6)
+    # `loss` stays the (equal-weighted) objective of the raw losses.
+    assert logs["loss"] == pytest.approx(float(sum(losses)), rel=1e-5)
+
+
+def test_db_mtl_without_log_losses_uses_the_raw_losses(digits):
+    x, y = digits.batch()
+    net = build_net()
+    agg = _RecordingDBMTL(log_losses=False)
+    model = keras_mtl.MultiTaskModel(net, aggregator=agg)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1), loss=TASK_LOSSES, run_eagerly=True
+    )
+    with tf.GradientTape() as tape:
+        digit, _ = _task_losses(net, x, y)
+    row = tape.gradient(digit, model._shared_variables)
+    model.train_on_batch(x, y)
+    np.testing.assert_allclose(
+        agg.seen[0], np.concatenate([g.numpy().ravel() for g in row]), rtol=1e-4
+    )
+
+
+def test_grad_norm_first_step_is_plain_training_and_records_losses(digits):
+    """GradNorm's weights start at 1: its first step is the ordinary
+    gradient step; it stores the step's unweighted losses as L(0)."""
+    x, y = digits.batch()
+    results = []
+    for aggregator in (None, "grad_norm"):
+        net = build_net()
+        model = keras_mtl.MultiTaskModel(net, aggregator=aggregator)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=TASK_LOSSES)
+        losses = [float(v) for v in _task_losses(net, x, y)]
+        model.train_on_batch(x, y)
+        results.append([v.numpy() for v in net.trainable_variables])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.aggregator.initial_losses, losses, rtol=1e-5)
+    assert int(model.aggregator.has_initial_losses.numpy()) == 1
+    w = model.aggregator.task_weights.numpy()
+    assert np.all(w > 0) and w.sum() == pytest.approx(2.0) and abs(w[0] - 1) > 1e-6
+
+
+@pytest.mark.parametrize("name", ["grad_norm", "db_mtl"])
+def test_save_and_load_keeps_the_aggregator_state(digits, tmp_path, name):
+    model = _model(name)
+    model.fit(
+        digits.x[:256],
+        {k: v[:256] for k, v in digits.y.items()},
+        epochs=1,
+        batch_size=64,
+        verbose=0,
+    )
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.aggregator.get_config() == model.aggregator.get_config()
+    assert loaded.aggregator.variables
+    for a, b in zip(
+        model.aggregator.variables, loaded.aggregator.variables, strict=True
+    ):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    batch = digits.batch(256)
+    a = model.train_on_batch(*batch, return_dict=True)
+    b = loaded.train_on_batch(*batch, return_dict=True)
+    for key in ("loss", "digit_weight", "parity_weight"):
+        assert a[key] == pytest.approx(b[key], rel=1e-6), key
+    for a, b in zip(model.aggregator.variables, loaded.aggregator.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_skipped_step_leaves_the_aggregator_state_alone(digits):
+    """DB-MTL would smooth a Jacobian with zeroed NaN entries into its
+    state: the model rolls that back with the rest of a skipped step."""
+    net = build_net()
+    model = keras_mtl.MultiTaskModel(net, aggregator="db_mtl", on_nonfinite="skip")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=TASK_LOSSES)
+    x, y = digits.batch()
+    model.train_on_batch(x, y)
+    before = [v.numpy().copy() for v in model.aggregator.variables]
+    y = {k: v.copy() for k, v in y.items()}
+    y["parity"][3] = np.nan
+    model.train_on_batch(x, y)
+    assert int(model.skipped_steps.numpy()) == 1
+    for a, v in zip(before, model.aggregator.variables, strict=True):
+        np.testing.assert_array_equal(a, v.numpy())

@@ -1,0 +1,164 @@
+"""Tests of GradNorm (Chen et al. 2018), keras_mtl/aggregation/grad_norm.py."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from _checks_b import assert_config_round_trip, assert_same_values, values
+
+import keras_mtl
+from keras_mtl.aggregation import GradNorm
+
+RNG = np.random.default_rng(11)
+
+
+def l_grad(w, norms, target):
+    """The paper's L_grad for weights `w`, the target held constant."""
+    return np.sum(np.abs(w * norms - target))
+
+
+def numpy_grad_norm(jacobians, losses, alpha=1.5, lr=0.025):
+    """GradNorm written from the paper: the gradient of L_grad in the
+    weights by central finite differences (float64), then the step, the
+    floor and the renormalisation. Returns directions and final state."""
+    k = jacobians[0].shape[0]
+    w = np.ones(k)
+    initial = None
+    directions = []
+    for j, loss in zip(jacobians, losses):
+        j, loss = j.astype(np.float64), loss.astype(np.float64)
+        directions.append(w @ j)
+        if initial is None:
+            initial = loss.copy()
+        norms = np.linalg.norm(j, axis=1)
+        ratio = loss / initial
+        r = ratio / ratio.mean()
+        target = np.mean(w * norms) * r**alpha
+        h = 1e-6
+        grad = np.array(
+            [
+                (
+                    l_grad(w + h * np.eye(k)[i], norms, target)
+                    - l_grad(w - h * np.eye(k)[i], norms, target)
+                )
+                / (2 * h)
+                for i in range(k)
+            ]
+        )
+        w = np.maximum(w - lr * grad, 1e-4)
+        w = k * w / w.sum()
+    return directions, w, initial
+
+
+def test_matches_the_paper_over_several_calls():
+    jacobians = [RNG.normal(size=(3, 6)).astype(np.float32) for _ in range(5)]
+    losses = [RNG.uniform(0.5, 2.0, size=3).astype(np.float32) for _ in range(5)]
+    expected, w, initial = numpy_grad_norm(jacobians, losses, alpha=1.5, lr=0.05)
+    agg = GradNorm(alpha=1.5, learning_rate=0.05)
+    for j, loss, d in zip(jacobians, losses, expected):
+        np.testing.assert_allclose(agg(j, losses=loss), d, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(agg.task_weights.numpy(), w, rtol=1e-4)
+    np.testing.assert_allclose(agg.initial_losses.numpy(), initial, rtol=1e-6)
+    assert agg.has_initial_losses.numpy() == 1
+    np.testing.assert_allclose(agg.task_weights.numpy().sum(), 3.0, rtol=1e-6)
+
+
+def test_docstring_example_by_hand():
+    agg = GradNorm(alpha=1.5, learning_rate=0.1)
+    d = agg(np.array([[3.0, 0.0], [0.0, 1.0]]), losses=np.array([2.0, 1.0]))
+    np.testing.assert_allclose(d, [3.0, 1.0], rtol=1e-6)
+    # G = [3, 1], target 2 each: grad [+3, -1]; w = [0.7, 1.1] * 2 / 1.8.
+    np.testing.assert_allclose(agg.task_weights, [0.7 / 0.9, 1.1 / 0.9], rtol=1e-6)
+    # Second call, task 0's loss halved (it trains faster): ratios
+    # [0.5, 1], r = [2/3, 4/3]; G = [0.7778 * 3, 1.2222 * 1] = [2.3333,
+    # 1.2222], mean 1.7778: targets [1.7778 * (2/3)^1.5, 1.7778 * (4/3)^1.5]
+    # = [0.9677, 2.7371]: grad [+3, -1]: w = [0.4778, 1.3222] * 2 / 1.8.
+    d = agg(np.array([[3.0, 0.0], [0.0, 1.0]]), losses=np.array([1.0, 1.0]))
+    np.testing.assert_allclose(d, [7.0 / 3.0, 1.1 / 0.9], rtol=1e-6)
+    w = np.array([0.7 / 0.9 - 0.3, 1.1 / 0.9 + 0.1])
+    np.testing.assert_allclose(agg.task_weights, w * 2.0 / w.sum(), rtol=1e-6)
+
+
+def test_balanced_norms_and_rates_are_a_fixed_point():
+    # Equal weighted norms and equal loss ratios: L_grad is 0, nothing moves.
+    agg = GradNorm(alpha=1.5, learning_rate=0.5)
+    j = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 2.0]], np.float32)
+    for loss in ([1.0, 3.0], [0.5, 1.5], [0.2, 0.6]):
+        agg(j, losses=np.array(loss, np.float32))
+        np.testing.assert_allclose(agg.task_weights, [1.0, 1.0], rtol=1e-6)
+
+
+def test_slow_task_gains_weight():
+    # Same gradient norms; task 1's loss does not fall: its weight grows.
+    agg = GradNorm(alpha=1.5, learning_rate=0.05)
+    j = np.eye(2, dtype=np.float32)
+    for t in range(10):
+        agg(j, losses=np.array([1.0 / (1 + t), 1.0], np.float32))
+    w = agg.task_weights.numpy()
+    assert w[1] > 1.2 and w[0] < 0.8, w
+    np.testing.assert_allclose(w.sum(), 2.0, rtol=1e-6)
+
+
+def test_weights_stay_positive_and_sum_to_k():
+    agg = GradNorm(alpha=3.0, learning_rate=10.0)  # huge steps
+    for _ in range(6):
+        j = RNG.normal(size=(4, 5)).astype(np.float32) * RNG.uniform(0.1, 10.0)
+        agg(j, losses=RNG.uniform(0.1, 5.0, size=4).astype(np.float32))
+        w = agg.task_weights.numpy()
+        assert np.all(w > 0), w
+        np.testing.assert_allclose(w.sum(), 4.0, rtol=1e-5)
+
+
+def test_evaluation_changes_no_state_and_uses_current_weights():
+    agg = GradNorm(learning_rate=0.1)
+    j0 = RNG.normal(size=(3, 4)).astype(np.float32)
+    agg(j0, losses=np.array([1.0, 2.0, 3.0], np.float32))
+    before = values(agg)
+    j = RNG.normal(size=(3, 4)).astype(np.float32)
+    d = agg(j, training=False, losses=np.array([0.1, 9.0, 3.0], np.float32))
+    assert_same_values(before, values(agg))
+    np.testing.assert_allclose(d, before[0] @ j, rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_input_changes_no_state():
+    agg = GradNorm(learning_rate=0.1)
+    j = RNG.normal(size=(2, 3)).astype(np.float32)
+    agg(j, losses=np.array([1.0, 2.0], np.float32))
+    before = values(agg)
+    agg(j, losses=np.array([np.nan, 2.0], np.float32))
+    bad = j.copy()
+    bad[0, 1] = np.inf
+    agg(bad, losses=np.array([1.0, 2.0], np.float32))
+    assert_same_values(before, values(agg))
+
+
+def test_needs_losses():
+    assert GradNorm.needs_losses
+    agg = GradNorm()
+    with pytest.raises(ValueError, match=r"GradNorm needs the task losses.*losses"):
+        agg(np.eye(2, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"GradNorm: `losses` must hold one loss"):
+        agg(np.eye(2, dtype=np.float32), losses=np.ones(3, np.float32))
+
+
+def test_eager_equals_xla():
+    jacobians = [RNG.normal(size=(3, 5)).astype(np.float32) for _ in range(3)]
+    losses = [RNG.uniform(0.5, 2.0, size=3).astype(np.float32) for _ in range(3)]
+    eager, compiled = GradNorm(learning_rate=0.1), GradNorm(learning_rate=0.1)
+    compiled.build((3, 5))
+    step = tf.function(lambda j, loss: compiled(j, losses=loss), jit_compile=True)
+    for j, loss in zip(jacobians, losses):
+        np.testing.assert_allclose(step(j, loss), eager(j, losses=loss), rtol=1e-5)
+    for a, b in zip(values(compiled), values(eager)):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_config_registry_and_validation():
+    for alias in ("gradnorm", "grad_norm"):
+        assert type(keras_mtl.aggregation.get(alias)) is GradNorm
+    agg = keras_mtl.aggregation.get("gradnorm", alpha=0.5, learning_rate=0.01)
+    assert (agg.alpha, agg.learning_rate) == (0.5, 0.01)
+    assert GradNorm().alpha == 1.5
+    assert_config_round_trip(agg)
+    for kwargs in ({"alpha": -1.0}, {"learning_rate": 0.0}, {"alpha": "x"}):
+        with pytest.raises(ValueError, match="GradNorm"):
+            GradNorm(**kwargs)
