@@ -1,7 +1,9 @@
-"""Tests of DB-MTL's gradient balancing (Lin et al. 2023)."""
+"""Tests of DB-MTL (Lin et al. 2023): gradient balancing and the log-loss
+terms, keras_mtl/aggregation/db_mtl.py."""
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from _checks_b import (
     assert_config_round_trip,
     assert_finite_direction,
@@ -14,6 +16,7 @@ from hypothesis import given, settings
 
 from keras_mtl.aggregation._aliases_b import ALIASES_B
 from keras_mtl.aggregation.db_mtl import DBMTL
+from keras_mtl.aggregation.mean import Mean
 
 RNG = np.random.default_rng(7)
 
@@ -93,9 +96,24 @@ def test_eager_equals_jit():
     np.testing.assert_allclose(compiled.smoothed, eager.smoothed, rtol=1e-5)
 
 
+def test_task_terms_are_log_losses():
+    losses = tf.constant([0.5, 2.0, 0.0])
+    np.testing.assert_allclose(
+        DBMTL().task_terms(losses), np.log([0.5, 2.0, 1e-8]), rtol=1e-6
+    )
+    assert DBMTL(log_losses=False).task_terms(losses) is losses
+    # The base class's hook is the identity (the same tensor).
+    assert Mean().task_terms(losses) is losses
+    assert not DBMTL.needs_losses
+
+
 def test_config_and_validation():
     assert ALIASES_B["db_mtl"] is DBMTL
     assert_config_round_trip(DBMTL(beta=0.5, beta_sigma=0.0))
+    assert_config_round_trip(DBMTL(log_losses=False))
+    assert DBMTL().get_config()["log_losses"] is True
+    with pytest.raises(ValueError, match="log_losses"):
+        DBMTL(log_losses="yes")
     for kwargs in ({"beta": 1.0}, {"beta": -0.1}, {"beta_sigma": -1.0}):
         with pytest.raises(ValueError):
             DBMTL(**kwargs)
