@@ -32,7 +32,8 @@ class DBMTL(RawStateAggregator):
     \\qquad \\epsilon = 10^{-8},$$
 
     and `MultiTaskModel` trains the task heads on $\\log(L_i + \\epsilon)$
-    as well (the paper's algorithm; LibMTL's backward pass does the same).
+    as well (the paper transforms the losses themselves; LibMTL's per-task
+    backward passes of the log losses reach the heads too).
     A loss-level weight $w_i$ cancels out of $\\nabla \\log(w_i L_i)$, so
     combining DB-MTL with a loss-level weighting only changes what the
     `loss` log shows. `log_losses=False` leaves the losses as they are
