@@ -48,15 +48,20 @@ def optimise_path(
             objective, weights = weighting(losses, training=True)
             if aggregator is not None:
                 terms = tf.stop_gradient(weights) * losses
-                task_terms = [terms[0], terms[1]]
+                # As in the model: the aggregator's terms (DB-MTL: log losses).
+                transformed = aggregator.task_terms(terms)
+                task_terms = [transformed[0], transformed[1]]
+                transformed_sum = tf.reduce_sum(transformed)
         gradients = tape.gradient(objective, variables)
         if aggregator is not None:
             # The aggregator's direction replaces the parameters' gradient,
             # as for a model's shared parameters.
             jacobian = tf.stack([tape.gradient(t, params) for t in task_terms])
-            direction = aggregator(jacobian, training=True)
+            direction = aggregator(jacobian, training=True, losses=losses)
             gradients = [direction, *gradients[1:]]
             weights = weights * gradients_lib.combination_weights(jacobian, direction)
+            if transformed is not terms:
+                weights = weights * tape.gradient(transformed_sum, terms)
             del tape
         optimizer.apply(gradients, variables)
         return weights
