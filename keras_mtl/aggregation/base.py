@@ -37,8 +37,10 @@ class Aggregator(keras.layers.Layer):
     identity by default; DB-MTL takes logarithms). An aggregator with
     `needs_losses = True` (GradNorm) is called as
     `aggregator(jacobian, losses=losses)` with the unweighted task losses
-    `[K]` and gets them in `aggregate(jacobian, training, losses)`;
-    `MultiTaskModel` passes them. Other aggregators ignore `losses`.
+    `[K]` (`MultiTaskModel` passes them) and gets them as the `losses`
+    argument of `call`, which hands them to `aggregate(jacobian, training,
+    losses)`; calling it without them is an error. Other aggregators
+    ignore `losses`.
 
     Subclasses implement `aggregate(jacobian, training)`.
     """
@@ -86,14 +88,19 @@ class Aggregator(keras.layers.Layer):
         itself (the model then skips the re-weighting of the task heads)."""
         return losses
 
-    def call(self, jacobian: Any, training: bool = True) -> Any:
+    def call(self, jacobian: Any, training: bool = True, losses: Any = None) -> Any:
         jacobian = ops.cast(jacobian, "float32")
         # Replace non-finite entries so they cannot poison the solvers; a
         # model skips such steps anyway (its loss or gradient check fails).
         jacobian = ops.where(ops.isfinite(jacobian), jacobian, 0.0)
         scale = ops.max(ops.abs(jacobian))
         safe = ops.where(scale > 0.0, scale, 1.0)
-        direction = self.aggregate(jacobian / safe, training=training)
+        if self.needs_losses:
+            direction = self.aggregate(
+                jacobian / safe, training=training, losses=ops.cast(losses, "float32")
+            )
+        else:
+            direction = self.aggregate(jacobian / safe, training=training)
         if self.scale_degree == 1:
             direction = direction * safe
         return direction

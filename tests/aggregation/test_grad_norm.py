@@ -1,12 +1,14 @@
-"""Tests of GradNorm (Chen et al. 2018), keras_mtl/aggregation/grad_norm.py."""
+"""Tests of GradNorm (Chen et al. 2018), keras_mtl/aggregation/grad_norm.py, and
+of the base class's loss hooks it uses (keras_mtl/aggregation/base.py)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from _checks_b import assert_config_round_trip, assert_same_values, values
 
 import keras_mtl
-from keras_mtl.aggregation import GradNorm
+from keras_mtl.aggregation import Aggregator, GradNorm
 
 RNG = np.random.default_rng(11)
 
@@ -162,3 +164,24 @@ def test_config_registry_and_validation():
     for kwargs in ({"alpha": -1.0}, {"learning_rate": 0.0}, {"alpha": "x"}):
         with pytest.raises(ValueError, match="GradNorm"):
             GradNorm(**kwargs)
+
+
+class _LossWeightedSum(Aggregator):
+    """A custom aggregator of the base class's loss hook: d = L @ J."""
+
+    needs_losses = True
+
+    def aggregate(self, jacobian, training=True, losses=None):
+        return keras.ops.matmul(losses[None, :], jacobian)[0]
+
+
+def test_base_class_hands_the_losses_to_aggregate():
+    j = np.array([[1e3, 0.0], [2e3, -4e3]], np.float32)
+    losses = np.array([0.5, 2.0], np.float32)
+    agg = _LossWeightedSum()
+    np.testing.assert_allclose(agg(j, losses=losses), losses @ j, rtol=1e-6)
+    with pytest.raises(ValueError, match="_LossWeightedSum needs the task losses"):
+        agg(j)
+    # Aggregators that do not need them accept and ignore them.
+    mean = keras_mtl.aggregation.get("mean")
+    np.testing.assert_allclose(mean(j, losses=losses), mean(j), rtol=1e-6)
