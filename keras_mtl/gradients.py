@@ -11,22 +11,28 @@ from keras import ops
 
 
 def shared_variable_indices(
-    net: keras.Model, variables: Sequence[Any], tasks: Sequence[str]
+    net: keras.Model,
+    variables: Sequence[Any],
+    tasks: Sequence[str],
+    feed: Any = None,
 ) -> list[int]:
     """Indices of the `variables` that two or more task outputs depend on.
 
     Found once, eagerly, from a forward pass of a zero batch through the
     built `net` (with `training=False`, so no statistics change): a variable
-    is shared if the gradients of at least two outputs reach it.
+    is shared if the gradients of at least two outputs reach it. `feed` is
+    that batch; by default zeros shaped like a functional net's inputs.
     """
-    inputs = net.inputs
-    if not inputs:
-        raise ValueError(
-            "Shared parameters are found from a built functional model; pass "
-            "`shared=[...]` (variables or layer names) for this model."
-        )
-    zeros = [ops.zeros((1, *tuple(t.shape)[1:]), dtype=t.dtype) for t in inputs]
-    feed = zeros[0] if len(zeros) == 1 else zeros
+    if feed is None:
+        inputs = getattr(net, "inputs", None)
+        if not inputs:
+            raise ValueError(
+                "Shared parameters are found from a forward pass of a zero batch; "
+                f"the input shape of the net {net.name!r} is unknown (call it once "
+                "on data, or pass a functional model)."
+            )
+        zeros = [ops.zeros((1, *tuple(t.shape)[1:]), dtype=t.dtype) for t in inputs]
+        feed = zeros[0] if len(zeros) == 1 else zeros
     counts = [0] * len(variables)
     sources = [v.value for v in variables]
     with tf.GradientTape(persistent=True) as tape:
@@ -44,15 +50,26 @@ def shared_variable_indices(
 
 
 def flatten(tensors: Sequence[Any], like: Sequence[Any]) -> Any:
-    """Concatenates tensors into one vector; `None` entries become zeros
-    shaped like the matching entry of `like`."""
+    """Concatenates tensors into one float32 vector; `None` entries become
+    zeros shaped like the matching entry of `like` (a variable, or a tensor
+    whose batch size may be known only at run time)."""
     parts = [
         ops.reshape(
-            ops.cast(t, "float32") if t is not None else ops.zeros(v.shape), (-1,)
+            ops.cast(t if t is not None else ops.zeros_like(v), "float32"), (-1,)
         )
         for t, v in zip(tensors, like)
     ]
-    return ops.concatenate(parts, axis=0)
+    return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=0)
+
+
+def task_jacobian(tape: Any, task_terms: Sequence[Any], targets: Sequence[Any]) -> Any:
+    """The Jacobian `[K, D]` of the K task terms with respect to `targets`
+    (the shared variables, or the representation tensor), one row per task,
+    each row the flattened gradients. K `tape.gradient` calls on the
+    persistent `tape` (faster than `tape.jacobian`, see PITFALLS)."""
+    return ops.stack(
+        [flatten(tape.gradient(term, targets), targets) for term in task_terms]
+    )
 
 
 def unflatten(vector: Any, like: Sequence[Any]) -> list[Any]:

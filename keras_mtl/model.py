@@ -24,11 +24,16 @@ _MODEL_ARGS = (
     "aggregator",
     "tasks",
     "on_nonfinite",
+    "representation",
+    "trunk",
+    "heads",
 )
 
 
 def _output_task_names(net: keras.Model) -> list[str] | None:
     """Task names from a built functional model's output structure."""
+    if isinstance(net, _TrunkAndHeads):
+        return _output_task_names(net.heads) if net.heads.built else None
     try:
         outputs = net.output
     except (AttributeError, ValueError):
@@ -115,6 +120,9 @@ class MultiTaskModel(keras.Model):
         aggregator = kwargs.pop("aggregator", None)
         tasks = kwargs.pop("tasks", None)
         on_nonfinite = kwargs.pop("on_nonfinite", "raise")
+        representation = kwargs.pop("representation", None)
+        trunk = kwargs.pop("trunk", None)
+        heads = kwargs.pop("heads", None)
         net = kwargs.pop("net", None)
         inputs = kwargs.pop("inputs", None)
         outputs = kwargs.pop("outputs", None)
@@ -130,6 +138,8 @@ class MultiTaskModel(keras.Model):
                 f"functional inputs and outputs; got {len(args)} positional arguments."
             )
         super().__init__(**kwargs)
+        if trunk is not None or heads is not None:
+            net = _net_from_trunk_and_heads(trunk, heads, net, inputs, representation)
         if net is None:
             if inputs is None or outputs is None:
                 raise ValueError(
@@ -155,10 +165,24 @@ class MultiTaskModel(keras.Model):
         self.aggregator = (
             None if aggregator is None else aggregation_lib.get(aggregator)
         )
+        self.representation = _check_representation(
+            representation, net, self.aggregator
+        )
+        # Trunk and heads of representation mode: a plain holder, so Keras
+        # does not track (and save) the split models next to `net`.
+        self._split: _Split | None = None
+        if isinstance(net, _TrunkAndHeads):
+            self._split = _Split(net.trunk, net.heads)
+        elif self.representation is not None:
+            self._split = _split_functional(net, self.representation)
         self._shared_variables: list[Any] | None = None
         self._task_losses: TaskLosses | None = None
         self.task_names: list[str] | None = None
-        inferred = _output_task_names(net) if net.built else None
+        inferred = (
+            _output_task_names(net)
+            if net.built or isinstance(net, _TrunkAndHeads)
+            else None
+        )
         if tasks is not None:
             tasks = [str(t) for t in tasks]
             if inferred is not None and sorted(inferred) != sorted(tasks):
@@ -233,16 +257,41 @@ class MultiTaskModel(keras.Model):
         ]
         if self.aggregator is not None:
             self._cosine_tracker = keras.metrics.Mean(name="grad_cosine_min")
-            if self.net.built:
+            if self.representation_mode:
+                self._build_representation_aggregator()
+            elif self.net.built:
                 self._find_shared_variables()
+
+    @property
+    def representation_mode(self) -> bool:
+        """Whether the aggregator balances gradients of the representation."""
+        return self.aggregator is not None and self._split is not None
+
+    def _build_representation_aggregator(self) -> None:
+        # D = batch size x representation size changes with the batch: the
+        # aggregator is built without it, which state of size D cannot be.
+        if self.aggregator.built:
+            return
+        try:
+            self.aggregator.build((len(self.task_names), None))
+        except ValueError as error:
+            raise ValueError(
+                f"The aggregator {type(self.aggregator).__name__} keeps state of "
+                "the size of the Jacobian's columns, which in representation mode "
+                "is batch size x representation size and changes with the batch: "
+                "it cannot be used in representation mode. Use it on the shared "
+                "parameters (no `representation`/`trunk`), or choose one of "
+                f"{', '.join(REPRESENTATION_AGGREGATORS)}."
+            ) from error
 
     def _find_shared_variables(self) -> list[Any]:
         """The net's trainable variables used by two or more task losses; the
-        aggregator is built for their total size."""
+        aggregator is built for their total size. Runs eagerly once the net
+        is built (a subclassed net is built by its first call)."""
         if self._shared_variables is None:
             variables = list(self.net.trainable_variables)
             indices = gradients_lib.shared_variable_indices(
-                self.net, variables, self.task_names
+                self.net, variables, self.task_names, feed=_zero_batch(self.net)
             )
             if not indices:
                 raise ValueError(
@@ -259,9 +308,20 @@ class MultiTaskModel(keras.Model):
     def output_names(self) -> list[str]:
         return list(self.task_names or [])
 
+    def build_from_config(self, config: dict[str, Any]) -> None:
+        # Loading: build the net (Keras runs `call` on the saved input
+        # shape), then the aggregator for the shared parameters it found,
+        # so that its state exists before the weights are loaded.
+        super().build_from_config(config)
+        if self.aggregator is not None and self.task_names is not None:
+            if not self.representation_mode and self.net.built:
+                self._find_shared_variables()
+
     # ------------------------------------------------------------------ call
     def call(self, inputs: Any, training: bool | None = None) -> dict[str, Any]:
-        outputs = self.net(inputs, training=training)
+        return self._named_outputs(self.net(inputs, training=training))
+
+    def _named_outputs(self, outputs: Any) -> dict[str, Any]:
         if isinstance(outputs, Mapping):
             return dict(outputs)
         if isinstance(outputs, (list, tuple)):
@@ -387,8 +447,20 @@ class MultiTaskModel(keras.Model):
         # A copy, not `convert_to_tensor` (on TensorFlow that returns the
         # variable itself, whose value is read after the update).
         state_before = [ops.copy(v) for v in state]
+        if self.aggregator is not None and not self.representation_mode:
+            # A subclassed net is built by the model's first (symbolic) call,
+            # just before this trace: find its shared parameters eagerly.
+            with tf.init_scope():
+                self._find_shared_variables()
+        representation = None
         with tf.GradientTape(persistent=self.aggregator is not None) as tape:
-            y_pred = self(x, training=True)
+            if self.representation_mode:
+                representation = self._split.trunk(x, training=True)
+                y_pred = self._named_outputs(
+                    self._split.heads(representation, training=True)
+                )
+            else:
+                y_pred = self(x, training=True)
             losses, total, weights = self._objective(
                 y, y_pred, sample_weight, training=True
             )
@@ -414,7 +486,8 @@ class MultiTaskModel(keras.Model):
             gradients = tape.gradient(scaled, variables)
         else:
             # Built by now; a stateful aggregator's state is rolled back too.
-            self._find_shared_variables()
+            if not self.representation_mode:
+                self._find_shared_variables()
             aggregator_state = list(self.aggregator.non_trainable_variables)
             state = state + aggregator_state
             state_before = state_before + [ops.copy(v) for v in aggregator_state]
@@ -426,6 +499,7 @@ class MultiTaskModel(keras.Model):
                 variables,
                 weights,
                 losses=ops.cast(losses, "float32"),
+                representation=representation,
             )
             if transformed is not terms:
                 # Effective weight on grad L_i: d term_i / d (w_i L_i) too.
@@ -479,26 +553,34 @@ class MultiTaskModel(keras.Model):
         variables: list[Any],
         weights: Any,
         losses: Any = None,
+        representation: Any = None,
     ) -> tuple[list[Any], Any]:
         """Gradients with the shared parameters' part replaced by the
         aggregator's direction for the Jacobian of the (loss-level weighted)
         task terms; returns them and the effective task weights. `total` is
         the objective whose gradient the other parameters get; `losses`
-        (unweighted) go to aggregators that need them."""
-        shared = self._find_shared_variables()
-        shared_ids = {id(v) for v in shared}
-        jacobian = ops.stack(
-            [
-                gradients_lib.flatten(tape.gradient(term, shared), shared)
-                for term in task_terms
-            ]
-        )
+        (unweighted) go to aggregators that need them.
+
+        The Jacobian is taken with respect to the shared parameters, or in
+        representation mode with respect to the `representation` tensor
+        (then the trunk's parameters are the shared ones)."""
+        if representation is None:
+            targets = shared = self._find_shared_variables()
+        else:
+            targets, shared = [representation], self._trunk_variables()
+        jacobian = gradients_lib.task_jacobian(tape, task_terms, targets)
         direction = self.aggregator(jacobian, training=True, losses=losses)
-        shared_grads = gradients_lib.unflatten(direction, shared)
-        if self.losses:
-            for i, g in enumerate(tape.gradient(regularization, shared)):
-                if g is not None:
-                    shared_grads[i] = shared_grads[i] + g
+        if representation is None:
+            shared_grads = gradients_lib.unflatten(direction, shared)
+            if self.losses:
+                for i, g in enumerate(tape.gradient(regularization, shared)):
+                    if g is not None:
+                        shared_grads[i] = shared_grads[i] + g
+        else:
+            shared_grads = self._trunk_gradients(
+                tape, representation, direction, regularization, shared
+            )
+        shared_ids = {id(v) for v in shared}
         by_id = {id(v): g for v, g in zip(shared, shared_grads)}
         others = [v for v in variables if id(v) not in shared_ids]
         # Task heads, weighting parameters, regularisation: the objective's gradient.
@@ -510,6 +592,48 @@ class MultiTaskModel(keras.Model):
         combination = gradients_lib.combination_weights(jacobian, direction)
         self._cosine_tracker.update_state(gradients_lib.min_cosine(jacobian))
         return gradients, weights * combination
+
+    def _trunk_variables(self) -> list[Any]:
+        """The trunk's trainable variables (read in the step: a subclassed
+        trunk creates them in its first call)."""
+        trunk = list(self._split.trunk.trainable_variables)
+        if not trunk:
+            raise ValueError(
+                f"The trunk {self._split.trunk.name!r} has no trainable parameters: "
+                "there is nothing for the aggregator to balance in representation "
+                "mode."
+            )
+        trunk_ids = {id(v) for v in trunk}
+        both = [
+            v.path for v in self._split.heads.trainable_variables if id(v) in trunk_ids
+        ]
+        if both:
+            raise ValueError(
+                f"Variables {both} are used both before and after the "
+                "representation (in the trunk and in the heads); representation "
+                "mode needs them on one side only."
+            )
+        return trunk
+
+    def _trunk_gradients(
+        self,
+        tape: Any,
+        representation: Any,
+        direction: Any,
+        regularization: Any,
+        trunk: list[Any],
+    ) -> list[Any]:
+        """One backward pass through the trunk: the aggregated direction
+        `[B * R]`, reshaped like the representation, is its output gradient
+        (chain rule: d/dtheta = dz/dtheta^T d), plus the regularisation."""
+        output_gradient = ops.cast(
+            ops.reshape(direction, ops.shape(representation)), representation.dtype
+        )
+        targets, output_gradients = [representation], [output_gradient]
+        if self.losses:
+            targets.append(regularization)
+            output_gradients.append(ops.ones_like(regularization))
+        return tape.gradient(targets, trunk, output_gradients=output_gradients)
 
     def test_step(self, data: Any) -> dict[str, Any]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -584,6 +708,7 @@ class MultiTaskModel(keras.Model):
                 ),
                 "tasks": self.task_names,
                 "on_nonfinite": self.on_nonfinite,
+                "representation": self.representation,
             }
         )
         if type(self) is MultiTaskModel:
@@ -654,3 +779,180 @@ class _NamedOutputs(keras.Model):
         if isinstance(outputs, Mapping):
             return dict(outputs)
         return dict(zip(self.tasks, outputs))
+
+
+# Aliases of the aggregators that can balance the gradients of a
+# representation (their state, if any, does not have the Jacobian's width,
+# which there is batch size x representation size).
+REPRESENTATION_AGGREGATORS = (
+    "aligned_mtl",
+    "cagrad",
+    "config",
+    "dualproj",
+    "fairgrad",
+    "graddrop",
+    "gradvac",
+    "imtl_g",
+    "mean",
+    "mgda",
+    "nash_mtl",
+    "pcgrad",
+    "sum",
+    "upgrad",
+)
+
+
+class _Split:
+    """The trunk and the heads of representation mode (a plain object)."""
+
+    def __init__(self, trunk: keras.layers.Layer, heads: keras.layers.Layer) -> None:
+        self.trunk = trunk
+        self.heads = heads
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class _TrunkAndHeads(keras.Model):
+    """`heads(trunk(x))`: the net of `MultiTaskModel(trunk=..., heads=...)`."""
+
+    def __init__(
+        self, trunk: keras.layers.Layer, heads: keras.layers.Layer, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.trunk = trunk
+        self.heads = heads
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        return self.heads(self.trunk(inputs, training=training), training=training)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "trunk": keras.saving.serialize_keras_object(self.trunk),
+            "heads": keras.saving.serialize_keras_object(self.heads),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> _TrunkAndHeads:
+        config = dict(config)
+        for key in ("trunk", "heads"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+def _net_from_trunk_and_heads(
+    trunk: Any, heads: Any, net: Any, inputs: Any, representation: Any
+) -> _TrunkAndHeads:
+    if net is not None or inputs is not None:
+        raise ValueError(
+            "MultiTaskModel takes either `net` (or `inputs` and `outputs`) or "
+            "`trunk` and `heads`, not both."
+        )
+    if representation is not None:
+        raise ValueError(
+            "With `trunk` and `heads` the representation is the trunk's output; "
+            f"`representation` must be left out (got {representation!r})."
+        )
+    for name, value in (("trunk", trunk), ("heads", heads)):
+        if not isinstance(value, keras.layers.Layer):
+            raise TypeError(
+                f"MultiTaskModel: `{name}` must be a Keras layer or model (both "
+                f"`trunk` and `heads` are needed); got {value!r}."
+            )
+    return _TrunkAndHeads(trunk, heads)
+
+
+def _check_representation(
+    representation: Any, net: keras.layers.Layer, aggregator: Any
+) -> str | None:
+    if representation is None:
+        return None
+    if not isinstance(representation, str):
+        raise TypeError(
+            "`representation` must be the name of a layer of the functional net "
+            f"(its output is the shared representation); got {representation!r}."
+        )
+    if aggregator is None:
+        raise ValueError(
+            f"representation={representation!r}: representation mode aggregates "
+            "per-task gradients of the representation; pass an `aggregator` too."
+        )
+    return representation
+
+
+def _split_functional(net: keras.layers.Layer, name: str) -> _Split:
+    """Splits a functional net at the output of layer `name` into a trunk
+    (inputs -> representation) and heads (representation -> outputs)."""
+    try:
+        inputs, outputs = net.input, net.output
+        # The calls (nodes) of layers that make up this graph.
+        graph_nodes = {id(n) for ns in net._nodes_by_depth.values() for n in ns}
+    except (AttributeError, ValueError):
+        raise ValueError(
+            f"representation={name!r} needs a functional net (a graph of layers "
+            f"to split at that layer); {net.name!r} is not one. For a subclassed "
+            "net pass `trunk=` and `heads=` instead of `net`."
+        ) from None
+    try:
+        layer = net.get_layer(name)
+    except ValueError:
+        names = [layer.name for layer in net.layers]
+        raise ValueError(
+            f"representation={name!r}: the net {net.name!r} has no layer of that "
+            f"name. Its layers are {names}."
+        ) from None
+    # A layer can be called several times (and a nested model has a node of
+    # its own graph): keep the calls that belong to this net's graph.
+    nodes = [node for node in layer._inbound_nodes if id(node) in graph_nodes]
+    if len(nodes) != 1:
+        raise ValueError(
+            f"representation={name!r}: the layer is called {len(nodes)} times in "
+            f"the net {net.name!r}; the representation must be the output of a "
+            "layer called once."
+        )
+    tensors = nodes[0].output_tensors
+    if len(tensors) != 1:
+        raise ValueError(
+            f"representation={name!r}: the layer has {len(tensors)} outputs; the "
+            "representation must be a single tensor."
+        )
+    representation = tensors[0]
+    trunk = keras.Model(inputs, representation, name=f"{net.name}_trunk")
+    try:
+        heads = keras.Model(representation, outputs, name=f"{net.name}_heads")
+    except ValueError as error:
+        raise ValueError(
+            f"representation={name!r}: the task outputs of {net.name!r} do not "
+            "depend on the net's inputs through that layer's output alone (a skip "
+            "connection around it, or a task computed before it?); the heads may "
+            f"use only the representation. Keras: {error}"
+        ) from None
+    return _Split(trunk, heads)
+
+
+def _zero_batch(net: keras.layers.Layer) -> Any:
+    """A batch of one zero example for the net: `None` for a functional net
+    (its inputs are known), else from the input shape of its first call."""
+    try:
+        if net.inputs:
+            return None
+    except AttributeError:
+        pass
+    shapes = list((getattr(net, "_build_shapes_dict", None) or {}).values())
+    if len(shapes) != 1:
+        raise ValueError(
+            f"The input shape of the net {net.name!r} is unknown (it takes "
+            f"{len(shapes)} recorded inputs): the shared parameters cannot be "
+            "found. Call it once on data, or pass a functional model."
+        )
+
+    def zeros(shape: Any) -> Any:
+        shape = tuple(shape)
+        if any(d is None for d in shape[1:]):
+            raise ValueError(
+                f"The net {net.name!r} was built for inputs of shape {shape}; the "
+                "shared parameters are found from a zero batch and need every "
+                "dimension but the batch size."
+            )
+        return ops.zeros((1, *shape[1:]), dtype=getattr(net, "input_dtype", None))
+
+    return keras.tree.map_shape_structure(zeros, shapes[0])

@@ -79,8 +79,10 @@ class GradDrop(SeededAggregator):
         positive = ops.cast(jacobian > 0.0, "float32")
         negative = ops.cast(jacobian < 0.0, "float32")
         if training:
+            # `ops.shape`: D may be known only at run time (representation
+            # mode: batch size x representation size).
             uniform = keras.random.uniform(
-                purity.shape, dtype="float32", seed=self.seed_generator
+                ops.shape(purity), dtype="float32", seed=self.seed_generator
             )
             keep_positive = ops.cast(purity > uniform, "float32")
             keep_negative = ops.cast(purity < uniform, "float32")
