@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -286,8 +287,11 @@ class MultiTaskModel(keras.Model):
 
     def _find_shared_variables(self) -> list[Any]:
         """The net's trainable variables used by two or more task losses; the
-        aggregator is built for their total size. Runs eagerly once the net
-        is built (a subclassed net is built by its first call)."""
+        aggregator is built for their total size. Found once the net is
+        built: at construction, when loaded, or (a subclassed net creates its
+        variables in its first call) in the first trace of the step, where
+        the test is the same (which gradients are None is known in a graph
+        too) and the aggregator's variables are created outside the graph."""
         if self._shared_variables is None:
             variables = list(self.net.trainable_variables)
             indices = gradients_lib.shared_variable_indices(
@@ -298,10 +302,16 @@ class MultiTaskModel(keras.Model):
                     "No parameter is shared by two or more tasks: there is nothing "
                     "for the aggregator to balance."
                 )
-            self._shared_variables = [variables[i] for i in indices]
-            dim = sum(int(ops.size(v)) for v in self._shared_variables)
+            # Not tracked by Keras: they are the net's variables (tracked, the
+            # model would own and save them twice), and this may happen in the
+            # first trace, after the model is built.
+            object.__setattr__(
+                self, "_shared_variables", [variables[i] for i in indices]
+            )
+            dim = sum(math.prod(v.shape) for v in self._shared_variables)
             if not self.aggregator.built:
-                self.aggregator.build((len(self.task_names), dim))
+                with tf.init_scope():
+                    self.aggregator.build((len(self.task_names), dim))
         return self._shared_variables
 
     @property
@@ -318,8 +328,25 @@ class MultiTaskModel(keras.Model):
                 self._find_shared_variables()
 
     # ------------------------------------------------------------------ call
-    def call(self, inputs: Any, training: bool | None = None) -> dict[str, Any]:
-        return self._named_outputs(self.net(inputs, training=training))
+    def call(
+        self,
+        inputs: Any,
+        training: bool | None = None,
+        return_representation: bool = False,
+    ) -> Any:
+        """The task outputs (a dict); with `return_representation=True` (in
+        representation mode) `(outputs, representation)`: the same
+        computation, through the trunk and the heads."""
+        if not return_representation:
+            return self._named_outputs(self.net(inputs, training=training))
+        if self._split is None:
+            raise ValueError(
+                "return_representation=True needs representation mode "
+                "(`representation=` or `trunk=` and `heads=`)."
+            )
+        representation = self._split.trunk(inputs, training=training)
+        outputs = self._split.heads(representation, training=training)
+        return self._named_outputs(outputs), representation
 
     def _named_outputs(self, outputs: Any) -> dict[str, Any]:
         if isinstance(outputs, Mapping):
@@ -447,17 +474,11 @@ class MultiTaskModel(keras.Model):
         # A copy, not `convert_to_tensor` (on TensorFlow that returns the
         # variable itself, whose value is read after the update).
         state_before = [ops.copy(v) for v in state]
-        if self.aggregator is not None and not self.representation_mode:
-            # A subclassed net is built by the model's first (symbolic) call,
-            # just before this trace: find its shared parameters eagerly.
-            with tf.init_scope():
-                self._find_shared_variables()
         representation = None
         with tf.GradientTape(persistent=self.aggregator is not None) as tape:
             if self.representation_mode:
-                representation = self._split.trunk(x, training=True)
-                y_pred = self._named_outputs(
-                    self._split.heads(representation, training=True)
+                y_pred, representation = self(
+                    x, training=True, return_representation=True
                 )
             else:
                 y_pred = self(x, training=True)
@@ -750,7 +771,12 @@ class MultiTaskModel(keras.Model):
         wrapper = _NamedOutputs(net, self.task_names)
         # Export needs a built, called model: call the wrapper symbolically
         # on the input shape the subclassed net recorded at its first call.
-        shapes = list((getattr(net, "_build_shapes_dict", None) or {}).values())
+        # A trunk-and-heads net trained in representation mode is called
+        # through its parts only: the model's own input shape then.
+        recorded = getattr(net, "_build_shapes_dict", None) or getattr(
+            self, "_build_shapes_dict", None
+        )
+        shapes = list((recorded or {}).values())
         if len(shapes) == 1 and all(
             isinstance(d, (int, type(None))) for d in tuple(shapes[0])
         ):
@@ -858,7 +884,10 @@ def _net_from_trunk_and_heads(
                 f"MultiTaskModel: `{name}` must be a Keras layer or model (both "
                 f"`trunk` and `heads` are needed); got {value!r}."
             )
-    return _TrunkAndHeads(trunk, heads)
+    # A name of our own: the default one (from the class name) starts with
+    # "_", which TensorFlow rejects as a name scope on export.
+    name = keras.backend.get_uid("trunk_and_heads")
+    return _TrunkAndHeads(trunk, heads, name=f"trunk_and_heads_{name}")
 
 
 def _check_representation(

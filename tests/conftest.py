@@ -90,6 +90,7 @@ def build_net(
     return keras.Model(inputs, {"digit": digit, "parity": parity}, name="dict_net")
 
 
+@keras.saving.register_keras_serializable(package="keras_mtl_tests")
 class SubclassedNet(keras.Model):
     """A subclassed (not functional) net: its outputs are unknown before a call."""
 
