@@ -80,6 +80,17 @@ class MultiTaskModel(keras.Model):
             or a config): the gradient of the parameters shared by two or
             more tasks is then the aggregator's direction for the Jacobian
             of the (weighted) task losses; see `docs/aggregation/index.md`.
+        representation: representation mode (Sener & Koltun, NeurIPS 2018:
+            MGDA-UB): the name of the layer of a functional `net` whose
+            output `z` is the shared representation. The aggregator then
+            balances the task gradients with respect to `z` (a Jacobian
+            `[K, batch x size of z]`) and its direction is propagated
+            through the trunk in one backward pass. Needs an aggregator
+            whose state does not have the Jacobian's width (not `moco`,
+            `db_mtl`, `excess_mtl`).
+        trunk, heads: instead of `net`, for any (e.g. subclassed) model:
+            the net is `heads(trunk(x))` and, with an aggregator, the
+            trunk's output is the representation of representation mode.
         tasks: task names in order; by default the output names of `net`.
             Needed only for a subclassed `net` whose outputs are unknown
             before it is called (else they are taken from the `compile`

@@ -168,3 +168,34 @@ def test_tf_train_checkpoint_restores_weighting_state(
     np.testing.assert_array_equal(
         history.history.numpy(), model.weighting.epoch_history.history.numpy()
     )
+
+
+def test_subclassed_net_with_a_stateful_aggregator_loads_exactly(
+    digits, make_subclassed_net, task_losses, tmp_path
+):
+    """A subclassed net has no variables before its first call, so MoCo (state
+    of the size D of the shared parameters) is built in the first training
+    step; loading builds the net from the saved input shape, then MoCo, so
+    its state exists when the weights are read."""
+    model = keras_mtl.MultiTaskModel(make_subclassed_net(), aggregator="moco")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=task_losses)
+    model.fit(digits.x[:256], {k: v[:256] for k, v in digits.y.items()}, verbose=0)
+    # The trunk (64 x 32 kernel and 32 biases) is shared, the heads are not.
+    assert tuple(model.aggregator.tracked.shape) == (2, 64 * 32 + 32)
+    assert int(model.aggregator.step.numpy()) == 8
+
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+
+    assert type(loaded.aggregator).__name__ == "MoCo"
+    _assert_same_values(model.aggregator.variables, loaded.aggregator.variables)
+    _assert_same_values(model.variables, loaded.variables)
+    _assert_same_values(model.optimizer.variables, loaded.optimizer.variables)
+    x, y = digits.batch(256)
+    expected = model.train_on_batch(x, y, return_dict=True)
+    got = loaded.train_on_batch(x, y, return_dict=True)
+    assert got == pytest.approx(expected, rel=1e-6)
+    _assert_same_values(model.variables, loaded.variables, rtol=1e-6, atol=1e-7)
+    _assert_same_values(
+        model.aggregator.variables, loaded.aggregator.variables, rtol=1e-6, atol=1e-7
+    )

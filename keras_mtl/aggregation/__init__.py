@@ -5,7 +5,9 @@ agg = keras_mtl.aggregation.get("nash_mtl")
 direction = agg(jacobian)  # [K, D] numpy or tensor, eager or traced -> [D]
 ```
 
-Inside a model: `keras_mtl.MultiTaskModel(net, aggregator="pcgrad")`.
+Inside a model: `keras_mtl.MultiTaskModel(net, aggregator="pcgrad")` (per-task
+gradients of the shared parameters, or of a shared representation with
+`representation=`, in `train_step`).
 """
 
 from __future__ import annotations
