@@ -300,14 +300,30 @@ class MultiTaskModel(keras.Model):
         """The net's trainable variables used by two or more task losses; the
         aggregator is built for their total size. Found once the net is
         built: at construction, when loaded, or (a subclassed net creates its
-        variables in its first call) in the first trace of the step, where
-        the test is the same (which gradients are None is known in a graph
-        too) and the aggregator's variables are created outside the graph."""
+        variables in its first call) in the first trace of the step. There
+        the test is traced only (which gradients are None is known from the
+        graph) and the aggregator's variables are created outside it."""
         if self._shared_variables is None:
             variables = list(self.net.trainable_variables)
-            indices = gradients_lib.shared_variable_indices(
-                self.net, variables, self.task_names, feed=_zero_batch(self.net)
-            )
+
+            def find() -> list[int]:
+                return gradients_lib.shared_variable_indices(
+                    self.net, variables, self.task_names, feed=_zero_batch(self.net)
+                )
+
+            if tf.executing_eagerly():
+                indices = find()
+            else:
+                # In a trace: trace the test in a function of its own, never
+                # run, so its forward pass is not part of the training step.
+                found: list[list[int]] = []
+
+                def probe() -> int:
+                    found.append(find())
+                    return 0
+
+                tf.function(probe).get_concrete_function()
+                indices = found[0]
             if not indices:
                 raise ValueError(
                     "No parameter is shared by two or more tasks: there is nothing "

@@ -253,3 +253,25 @@ def test_skipped_step_leaves_the_aggregator_state_alone(digits):
     assert int(model.skipped_steps.numpy()) == 1
     for a, v in zip(before, model.aggregator.variables, strict=True):
         np.testing.assert_array_equal(a, v.numpy())
+
+
+def test_subclassed_net_finds_its_shared_parameters_in_the_first_step(
+    digits, make_subclassed_net
+):
+    """A subclassed net creates its variables in its first call, inside the
+    first (here XLA-compiled) trace of the step: the shared parameters are
+    found there, and the aggregator built for their size."""
+    model = keras_mtl.MultiTaskModel(make_subclassed_net(), aggregator="pcgrad")
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2), loss=TASK_LOSSES, jit_compile=True
+    )
+    assert model._shared_variables is None
+    history = model.fit(digits.x, digits.y, epochs=3, batch_size=64, verbose=0)
+    hidden = model.net.hidden
+    assert [id(v) for v in model._shared_variables] == [
+        id(hidden.kernel),
+        id(hidden.bias),
+    ]
+    for task in ("digit", "parity"):
+        curve = history.history[f"{task}_loss"]
+        assert curve[-1] < curve[0], (task, curve)
