@@ -979,8 +979,8 @@ def _split_functional(net: keras.layers.Layer, name: str) -> _Split:
         raise ValueError(
             f"representation={name!r}: the task outputs of {net.name!r} do not "
             "depend on the net's inputs through that layer's output alone (a skip "
-            "connection around it, or a task computed before it?); the heads may "
-            f"use only the representation. Keras: {error}"
+            "connection around it, or a task head that does not read it?); the heads "
+            f"may use only the representation. Keras: {error}"
         ) from None
     return _Split(trunk, heads)
 
