@@ -147,7 +147,8 @@ class IdealPerTaskStep(keras.Model):
 # ------------------------------------------------------------------ variants
 def build(variant: str, kind: str, width: int, num_tasks: int, jit: bool) -> Any:
     """A compiled model for `variant`: `keras` (stock, static loss_weights),
-    `ideal`, `w:<weighting>` or `a:<aggregator>` (MultiTaskModel)."""
+    `ideal`, `w:<weighting>`, `a:<aggregator>` or `r:<aggregator>` (the
+    aggregator in representation mode) (MultiTaskModel)."""
     keras.utils.set_random_seed(0)
     net = network(kind, width, num_tasks)
     losses = losses_for(kind, num_tasks)
@@ -174,6 +175,9 @@ def build(variant: str, kind: str, width: int, num_tasks: int, jit: bool) -> Any
         options["weighting"] = weighting
     elif family == "a":
         options["aggregator"] = name
+    elif family == "r":  # representation mode: aggregated at the trunk's output
+        options["aggregator"] = name
+        options["representation"] = "shared" if kind == "cnn" else "trunk_2"
     else:
         raise ValueError(f"Unknown variant {variant!r}.")
     model = keras_mtl.MultiTaskModel(net, **options)
@@ -313,6 +317,24 @@ def section_gradient_level(
         title = f"MLP width {width}" if kind == "mlp" else "benchmark CNN"
         out += [f"### {title}", ""]
         out += ratio_table(results, "ideal", 1.1, "method") + [""]
+    out += [
+        "### Representation mode",
+        "",
+        "Aggregation at the trunk's output (`representation=`, one backward "
+        "through the trunk) ÷ `w:equal` (goal ≤ 1.15), jit_compile=True.",
+        "",
+    ]
+    variants = ["w:equal"] + [
+        f"r:{n}" for n in ("sum", "mgda", "pcgrad", "upgrad", "cagrad", "nash_mtl")
+    ]
+    for kind, width in [("mlp", w) for w in cfg.widths] + [("cnn", 32)]:
+        key = f"representation/{kind}{width}"
+        print(f"[2] {key}", flush=True)
+        results = time_variants(variants, kind, width, 3, True, cfg.steps, cfg.repeats)
+        record[key] = results
+        title = f"MLP width {width}" if kind == "mlp" else "benchmark CNN"
+        out += [f"#### {title}", ""]
+        out += ratio_table(results, "w:equal", 1.15, "method") + [""]
     return out
 
 

@@ -45,7 +45,7 @@ def test_ideal_step_updates_like_the_summed_loss(suite):
 
 
 def test_timing_runs_every_kind_of_variant(suite):
-    variants = ["keras", "ideal", "w:fixed", "a:pcgrad"]
+    variants = ["keras", "ideal", "w:fixed", "a:pcgrad", "r:mgda"]
     results = suite.time_variants(variants, "mlp", 8, 2, False, steps=1, repeats=2)
     assert set(results) == set(variants)
     for r in results.values():
