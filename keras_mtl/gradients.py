@@ -23,6 +23,14 @@ def shared_variable_indices(
     is shared if the gradients of at least two outputs reach it. `feed` is
     that batch; by default zeros shaped like a functional net's inputs.
     """
+    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+        # Built in a strategy's scope: a distributed variable is read only
+        # in a replica context. Every replica finds the same indices.
+        found: list[list[int]] = []
+        tf.distribute.get_strategy().run(
+            lambda: found.append(shared_variable_indices(net, variables, tasks, feed))
+        )
+        return found[0]
     if feed is None:
         inputs = getattr(net, "inputs", None)
         if not inputs:

@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_mtl import _replicas
 from keras_mtl import aggregation as aggregation_lib
 from keras_mtl import gradients as gradients_lib
 from keras_mtl import weighting as weighting_lib
@@ -442,13 +443,6 @@ class MultiTaskModel(keras.Model):
             jit_compile=jit_compile,
             auto_scale_loss=auto_scale_loss,
         )
-        if self.aggregator is not None and isinstance(
-            self.optimizer, keras.optimizers.LossScaleOptimizer
-        ):
-            raise NotImplementedError(
-                "Aggregators with mixed_float16 loss scaling are not supported yet; "
-                "use mixed_bfloat16 or float32."
-            )
         self._compile_config.config["loss"] = loss
         self._compile_config.config["loss_weights"] = loss_weights
         self.loss = loss
@@ -466,7 +460,8 @@ class MultiTaskModel(keras.Model):
         """Unweighted task losses, the total objective and effective weights."""
         if self._task_losses is None:
             raise RuntimeError("Call compile() before training or evaluating.")
-        losses = self._task_losses(y, y_pred, sample_weight)
+        # Under tf.distribute: the global-batch losses (see _replicas).
+        losses = _replicas.global_losses(self._task_losses(y, y_pred, sample_weight))
         static = ops.convert_to_tensor(self.task_loss_weights)
         objective, weights = self.weighting(losses * static, training=training)
         total = ops.cast(objective, "float32") + self._regularization()
@@ -497,7 +492,8 @@ class MultiTaskModel(keras.Model):
 
     def train_step(self, data: Any) -> dict[str, Any]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        state = [v for v in self.weighting.non_trainable_variables]
+        replicas = _replicas.num_replicas()
+        state = list(self.weighting.non_trainable_variables)
         # A copy, not `convert_to_tensor` (on TensorFlow that returns the
         # variable itself, whose value is read after the update).
         state_before = [ops.copy(v) for v in state]
@@ -512,20 +508,30 @@ class MultiTaskModel(keras.Model):
             losses, total, weights = self._objective(
                 y, y_pred, sample_weight, training=True
             )
-            scaled = self.optimizer.scale_loss(total)
+            target = total
+            if replicas > 1:
+                # Every replica adds the same regularisation; the optimizer
+                # sums the replicas' gradients.
+                regularization = self._regularization()
+                target = total - regularization * (1.0 - 1.0 / replicas)
+            scaled = self.optimizer.scale_loss(target)
             if self.aggregator is not None:
                 # Sliced inside the tape: a slice taken after it is not recorded.
                 terms = ops.stop_gradient(weights) * losses
                 transformed = self.aggregator.task_terms(terms)
-                task_terms = [transformed[k] for k in range(len(self.task_names))]
-                head_objective = total
+                # Loss-scaled (mixed_float16), so small gradients survive float16.
+                scaled_terms = self.optimizer.scale_loss(transformed)
+                task_terms = [scaled_terms[k] for k in range(len(self.task_names))]
+                head_objective = scaled
                 if transformed is not terms:
                     # The task heads follow the transformed losses too (DB-MTL
                     # trains every parameter on log L_i). `weights` is
                     # d total / d L, so this swaps each task's term in the
                     # heads' gradient and keeps the weighting's own gradient.
                     transformed_sum = ops.sum(transformed)
-                    head_objective = total + (transformed_sum - ops.sum(terms))
+                    head_objective = self.optimizer.scale_loss(
+                        target + (transformed_sum - ops.sum(terms))
+                    )
                 regularization = self._regularization()
         # Read after the forward pass: a subclassed net creates its variables
         # in its first call (inside the first trace of this step).
@@ -553,29 +559,40 @@ class MultiTaskModel(keras.Model):
                 # Effective weight on grad L_i: d term_i / d (w_i L_i) too.
                 weights = weights * tape.gradient(transformed_sum, terms)
             del tape
+        if replicas > 1:
+            gradients = self._replica_share(gradients, variables, replicas)
         finite_losses = ops.isfinite(losses)
         finite = ops.logical_and(ops.all(finite_losses), ops.isfinite(total))
-        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            # One reduction per variable: a sum is finite iff every entry is
-            # (an overflowing sum of finite values is as good a reason to
-            # skip). A loss-scale optimizer checks its (scaled) gradients
-            # itself and lowers the scale on overflow: it must see them.
-            grad_sums = [
-                ops.sum(ops.cast(g, "float32")) for g in gradients if g is not None
-            ]
-            if grad_sums:
-                grad_total = ops.sum(ops.stack(grad_sums))
-                finite = ops.logical_and(finite, ops.isfinite(grad_total))
+        # One reduction per variable: a sum is finite iff every entry is (an
+        # overflowing sum of finite values is as good a reason to skip).
+        grad_sums = [
+            ops.sum(ops.cast(g, "float32")) for g in gradients if g is not None
+        ]
+        grads_finite = ops.convert_to_tensor(True)
+        if grad_sums:
+            grad_total = ops.sum(ops.stack(grad_sums))
+            grads_finite = _replicas.all_true(ops.isfinite(grad_total))
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # It checks its (scaled) gradients itself and on overflow lowers
+            # the scale and skips: it must see them. The state still rolls
+            # back on such a step.
+            updated = ops.logical_and(finite, grads_finite)
+        else:
+            finite = ops.logical_and(finite, grads_finite)
+            updated = finite
         pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
 
-        def apply() -> None:
-            self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
-
         if pairs:
-            tf.cond(finite, apply, lambda: None)
-        # Roll the weighting's state back where the step was not finite.
+            _replicas.apply_if(
+                finite,
+                self.optimizer.apply,
+                [g for g, _ in pairs],
+                [v for _, v in pairs],
+            )
+        # Roll the weighting's (and aggregator's) state back where the step
+        # was not applied.
         for variable, before in zip(state, state_before):
-            variable.assign(ops.where(finite, variable, before))
+            variable.assign(ops.where(updated, variable, before))
         step = ops.copy(self.train_steps)
         bad = ops.logical_not(finite)
         self.last_nonfinite_step.assign(ops.where(bad, step, self.last_nonfinite_step))
@@ -590,7 +607,22 @@ class MultiTaskModel(keras.Model):
         self.train_steps.assign_add(1)
         batch_size = ops.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
         self._update_trackers(losses, total, weights, finite, batch_size)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return _replicas.multi_worker_logs(
+            self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        )
+
+    def _replica_share(
+        self, gradients: list[Any], variables: list[Any], replicas: int
+    ) -> list[Any]:
+        """Divides by the number of replicas the gradients that every
+        replica computes alike from global-batch quantities (those of the
+        weighting's parameters; an aggregator's direction is divided in
+        `_aggregated_gradients`): the optimizer sums them over the replicas."""
+        net_ids = {id(v) for v in self.net.trainable_variables}
+        return [
+            g if g is None or id(v) in net_ids else g / replicas
+            for g, v in zip(gradients, variables)
+        ]
 
     def _aggregated_gradients(
         self,
@@ -607,23 +639,60 @@ class MultiTaskModel(keras.Model):
         aggregator's direction for the Jacobian of the (loss-level weighted)
         task terms; returns them and the effective task weights. `total` is
         the objective whose gradient the other parameters get; `losses`
-        (unweighted) go to aggregators that need them.
+        (unweighted, global-batch) go to aggregators that need them.
 
         The Jacobian is taken with respect to the shared parameters, or in
         representation mode with respect to the `representation` tensor
-        (then the trunk's parameters are the shared ones)."""
+        (then the trunk's parameters are the shared ones).
+
+        `task_terms` and `total` are loss-scaled by the optimizer (the
+        identity but for a `LossScaleOptimizer`): the Jacobian is unscaled
+        to float32 before the aggregator sees it, and the direction scaled
+        again, so the optimizer checks and unscales it like any gradient.
+        Under `tf.distribute` the Jacobian is all-reduced first: the
+        aggregator sees the global batch's, on every replica alike."""
+        lso = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        replicas = _replicas.num_replicas()
+        if representation is not None and (lso or replicas > 1):
+            # Its Jacobian's columns are this replica's examples (a global
+            # one would be gathered, not summed), and its trunk gradient
+            # adds the regularisation unscaled.
+            raise NotImplementedError(
+                "Representation mode does not support tf.distribute (more than "
+                "one replica) or mixed_float16 loss scaling yet; aggregate over "
+                "the shared parameters (no `representation`/`trunk`) instead."
+            )
         if representation is None:
             targets = shared = self._find_shared_variables()
         else:
             targets, shared = [representation], self._trunk_variables()
         jacobian = gradients_lib.task_jacobian(tape, task_terms, targets)
+        jacobian = _replicas.all_reduce_sum(jacobian)
+        # The optimizer's loss scale (1 but for a LossScaleOptimizer).
+        loss_scale = ops.cast(self.optimizer.scale_loss(1.0), "float32")
+        if lso:
+            jacobian = jacobian / loss_scale
         direction = self.aggregator(jacobian, training=True, losses=losses)
+        # Logged only; an overflowing (loss-scaled) step has no finite Jacobian.
+        finite_jacobian = ops.where(ops.isfinite(jacobian), jacobian, 0.0)
+        combination = gradients_lib.combination_weights(finite_jacobian, direction)
+        if lso:
+            # The aggregator zeroes non-finite entries: an overflow must
+            # still reach the optimizer, which then lowers the scale.
+            overflow = ops.logical_not(ops.all(ops.isfinite(jacobian)))
+            direction = ops.where(overflow, float("inf"), direction) * loss_scale
+        if replicas > 1:
+            # The same on every replica; the optimizer sums the replicas.
+            direction = direction / replicas
         if representation is None:
             shared_grads = gradients_lib.unflatten(direction, shared)
             if self.losses:
+                reg_scale = loss_scale / replicas
                 for i, g in enumerate(tape.gradient(regularization, shared)):
                     if g is not None:
-                        shared_grads[i] = shared_grads[i] + g
+                        shared_grads[i] = shared_grads[i] + ops.cast(
+                            g * reg_scale, g.dtype
+                        )
         else:
             shared_grads = self._trunk_gradients(
                 tape, representation, direction, regularization, shared
@@ -637,8 +706,7 @@ class MultiTaskModel(keras.Model):
             by_id[id(v)] if id(v) in shared_ids else other_grads[id(v)]
             for v in variables
         ]
-        combination = gradients_lib.combination_weights(jacobian, direction)
-        self._cosine_tracker.update_state(gradients_lib.min_cosine(jacobian))
+        self._cosine_tracker.update_state(gradients_lib.min_cosine(finite_jacobian))
         return gradients, weights * combination
 
     def _trunk_variables(self) -> list[Any]:
@@ -692,7 +760,32 @@ class MultiTaskModel(keras.Model):
         finite = ops.logical_and(ops.all(ops.isfinite(losses)), ops.isfinite(total))
         batch_size = ops.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
         self._update_trackers(losses, total, weights, finite, batch_size)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return _replicas.multi_worker_logs(
+            self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        )
+
+    def _maybe_symbolic_build(
+        self, iterator: Any = None, data_batch: Any = None
+    ) -> Any:
+        # Keras builds a model created in a strategy's scope from the first
+        # batch, reduced as one nested structure, which
+        # MultiWorkerMirroredStrategy's `reduce` rejects (a dict of targets
+        # is not a tensor). Only shapes and dtypes matter here: take this
+        # worker's first replica's part of the batch, leaf by leaf.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if strategy is not None and iterator is not None and data_batch is None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: (
+                        strategy.experimental_local_results(v)[0]
+                        if isinstance(v, tf.distribute.DistributedValues)
+                        else v
+                    ),
+                    next(it),
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # ------------------------------------------------------- fit and checks
     def fit(self, *args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
