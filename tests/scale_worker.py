@@ -1,0 +1,269 @@
+"""Worker processes of tests/test_scaling.py (run as `python scale_worker.py
+MODE OUT_DIR`; the tests start them with a timeout).
+
+Logical devices and `TF_CONFIG` must be set before TensorFlow initialises,
+and a killed process must be a real one, so these runs cannot share the
+pytest process. Every mode trains every method of the registries (each
+weighting alone, and each aggregator with a weighting), so methods added
+to a registry are covered without a change here.
+
+Modes:
+    mirrored: 2 logical CPU devices; for each case, the variables after a
+        few steps under `MirroredStrategy` against one device with the same
+        global batch: `mirrored.json` (largest difference per case). The
+        single-device states are saved (`single.npz`) as the reference of
+        the other modes.
+    multiworker: one worker of a 2-worker `MultiWorkerMirroredStrategy`
+        (`TF_CONFIG` set by the caller): `multiworker<task>.npz`.
+    interrupted: for each case, `fit` with `BackupAndRestore` until the
+        middle of the second epoch; every case but the last stops there with
+        an exception (nothing is saved after the last epoch-end backup), the
+        last writes `killed.marker` and waits to be killed (SIGKILL).
+    resume: a new process resumes every case from its backup to the end
+        (`resumed.npz`), with `ModelCheckpoint`s (full and weights-only)
+        that are loaded back and compared (`checkpoints.json`).
+
+Deterministic ops are enabled in every mode.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]  # this checkout's keras_mtl
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+BATCH = 64  # the global batch
+EPOCHS = 3
+STEPS = 2  # per epoch
+
+
+def cases() -> list[tuple[str, str | None]]:
+    """(weighting, aggregator): every weighting alone, every aggregator with
+    a weighting (cycling through them)."""
+    import keras_mtl
+
+    weightings = keras_mtl.weighting.names()
+    out: list[tuple[str, str | None]] = [(w, None) for w in weightings]
+    cycle = itertools.cycle(weightings)
+    out += [(next(cycle), a) for a in keras_mtl.aggregation.names()]
+    return out
+
+
+def case_name(case: tuple[str, str | None]) -> str:
+    return case[0] if case[1] is None else f"{case[0]}+{case[1]}"
+
+
+def data(num: int = BATCH * STEPS):
+    from conftest import Digits
+
+    digits = Digits(num)
+    return digits.x, digits.y
+
+
+def build(case: tuple[str, str | None]):
+    """The same compiled model (same initial weights) for a case."""
+    import keras
+    from conftest import TASK_LOSSES, build_net, weighting_for
+
+    import keras_mtl
+
+    keras.utils.set_random_seed(1234)
+    weighting, aggregator = case
+    # An L2 term exercises the regularisation path (added once per step).
+    net = build_net(hidden=16, kernel_regularizer=keras.regularizers.L2(1e-3))
+    model = keras_mtl.MultiTaskModel(
+        net, weighting=weighting_for(weighting), aggregator=aggregator
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2), loss=dict(TASK_LOSSES), jit_compile=False
+    )
+    return model
+
+
+def state(model) -> dict[str, np.ndarray]:
+    """Every variable of the model (net, weighting and aggregator state,
+    counters, random-generator states) and of its optimizer."""
+    owned = {id(v) for v in model.variables}
+    methods = [model.weighting] + ([model.aggregator] if model.aggregator else [])
+    assert all(id(v) in owned for m in methods for v in m.variables)
+    out = {}
+    for prefix, variables in (
+        ("model", model.variables),
+        ("optimizer", model.optimizer.variables),
+    ):
+        for i, v in enumerate(variables):
+            out[f"{prefix}/{i}" + (f"/{v.name}" if prefix == "model" else "")] = (
+                np.array(v.numpy())
+            )
+    return out
+
+
+def fit(model, callbacks=()):
+    x, y = data()
+    return model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        shuffle=False,  # a resumed epoch sees the same batches
+        verbose=0,
+        callbacks=list(callbacks),
+    )
+
+
+def largest_difference(a: dict, b: dict) -> float:
+    assert list(a) != [] and len(a) == len(b)
+    worst = 0.0
+    for va, vb in zip(a.values(), b.values()):
+        if va.size:
+            diff = np.max(np.abs(va.astype("float64") - vb.astype("float64")))
+            worst = max(worst, float(diff))
+    return worst
+
+
+# ------------------------------------------------------------------- modes
+def mirrored(out_dir: str) -> None:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+    tf.config.experimental.enable_op_determinism()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    result, arrays = {}, {}
+    for case in cases():
+        single = build(case)
+        fit(single)
+        with strategy.scope():
+            distributed = build(case)
+        fit(distributed)
+        assert int(distributed.train_steps.numpy()) == EPOCHS * STEPS
+        reference = state(single)
+        result[case_name(case)] = largest_difference(reference, state(distributed))
+        arrays.update({f"{case_name(case)}/{k}": v for k, v in reference.items()})
+    with open(os.path.join(out_dir, "mirrored.json"), "w") as f:
+        json.dump(result, f)
+    # The single-device runs are the references of the other modes.
+    np.savez(os.path.join(out_dir, "single.npz"), **arrays)
+
+
+def multiworker_cases() -> list[tuple[str, str | None]]:
+    """Two of `cases()`: a weighting with a learned parameter, alone, and
+    the case of a seeded, stateless aggregator."""
+    all_cases = cases()
+    return [("uncertainty", None), next(c for c in all_cases if c[1] == "pcgrad")]
+
+
+def multiworker(out_dir: str) -> None:
+    tf.config.experimental.enable_op_determinism()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    assert strategy.num_replicas_in_sync == 2
+    arrays = {}
+    for case in multiworker_cases():
+        with strategy.scope():
+            model = build(case)
+        fit(model)
+        arrays.update({f"{case_name(case)}/{k}": v for k, v in state(model).items()})
+    task = strategy.cluster_resolver.task_id
+    np.savez(os.path.join(out_dir, f"multiworker{task}.npz"), **arrays)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def interrupted(out_dir: str) -> None:
+    import keras
+
+    tf.config.experimental.enable_op_determinism()
+    all_cases = cases()
+
+    class Crash(keras.callbacks.Callback):
+        """Mid-epoch (epoch 2, after its first batch): the last case waits
+        to be killed; the others leave `fit` at once, as a kill would (no
+        callback runs after this point, so no backup is written)."""
+
+        def __init__(self, last: bool) -> None:
+            super().__init__()
+            self.last = last
+            self.epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1 and batch == 0:
+                if not self.last:
+                    raise _Interrupt()
+                with open(os.path.join(out_dir, "killed.marker"), "w") as f:
+                    f.write(str(os.getpid()))
+                time.sleep(600)  # killed here
+
+    for i, case in enumerate(all_cases):
+        model = build(case)
+        backup = keras.callbacks.BackupAndRestore(
+            os.path.join(out_dir, "backup", case_name(case)), save_freq="epoch"
+        )
+        try:
+            fit(model, [backup, Crash(last=i == len(all_cases) - 1)])
+        except _Interrupt:
+            continue
+    raise AssertionError("the last case was not killed")
+
+
+def resume(out_dir: str) -> None:
+    """Resumes every case from its backup; its `ModelCheckpoint`s (full and
+    weights-only) are loaded back and compared with the model in memory."""
+    import keras
+
+    tf.config.experimental.enable_op_determinism()
+    arrays, checkpoints = {}, {}
+    for case in cases():
+        name = case_name(case)
+        directory = os.path.join(out_dir, "backup", name)
+        assert os.path.exists(os.path.join(directory, "training_metadata.json")), name
+        model = build(case)
+        full = os.path.join(out_dir, f"{name}.keras")
+        weights = os.path.join(out_dir, f"{name}.weights.h5")
+        fit(
+            model,
+            [
+                keras.callbacks.BackupAndRestore(directory, save_freq="epoch"),
+                keras.callbacks.ModelCheckpoint(full),
+                keras.callbacks.ModelCheckpoint(weights, save_weights_only=True),
+            ],
+        )
+        trained = state(model)
+        arrays.update({f"{name}/{k}": v for k, v in trained.items()})
+        loaded = keras.models.load_model(full)
+        fresh = build(case)
+        fresh.optimizer.build(fresh.trainable_variables)
+        fresh.load_weights(weights)
+        checkpoints[name] = {
+            what: [
+                k for k, v in state(other).items() if not np.array_equal(v, trained[k])
+            ]
+            for what, other in (("full", loaded), ("weights_only", fresh))
+        }
+    np.savez(os.path.join(out_dir, "resumed.npz"), **arrays)
+    with open(os.path.join(out_dir, "checkpoints.json"), "w") as f:
+        json.dump(checkpoints, f)
+
+
+if __name__ == "__main__":
+    mode, directory = sys.argv[1], sys.argv[2]
+    {
+        "mirrored": mirrored,
+        "multiworker": multiworker,
+        "interrupted": interrupted,
+        "resume": resume,
+    }[mode](directory)
