@@ -55,6 +55,10 @@ def cases() -> list[tuple[str, str | None]]:
     out: list[tuple[str, str | None]] = [(w, None) for w in weightings]
     cycle = itertools.cycle(weightings)
     out += [(next(cycle), a) for a in keras_mtl.aggregation.names()]
+    # For a quick local run: SCALE_TEST_CASES="dwa,famo+grad_norm".
+    only = os.environ.get("SCALE_TEST_CASES")
+    if only:
+        out = [c for c in out if case_name(c) in only.split(",")]
     return out
 
 
@@ -220,6 +224,21 @@ def interrupted(out_dir: str) -> None:
     raise AssertionError("the last case was not killed")
 
 
+def Snapshot():  # noqa: N802 (a callback class, made after keras is imported)
+    """A callback keeping the state at the last epoch end, when the
+    checkpoints were written (the end of `fit` then changes an epoch
+    marker: `EpochDriver` calls `weighting.on_train_end()`)."""
+    import keras
+
+    class _Snapshot(keras.callbacks.Callback):
+        state: dict = {}
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.state = state(self.model)
+
+    return _Snapshot()
+
+
 def resume(out_dir: str) -> None:
     """Resumes every case from its backup; its `ModelCheckpoint`s (full and
     weights-only) are loaded back and compared with the model in memory."""
@@ -234,12 +253,14 @@ def resume(out_dir: str) -> None:
         model = build(case)
         full = os.path.join(out_dir, f"{name}.keras")
         weights = os.path.join(out_dir, f"{name}.weights.h5")
+        snapshot = Snapshot()
         fit(
             model,
             [
                 keras.callbacks.BackupAndRestore(directory, save_freq="epoch"),
                 keras.callbacks.ModelCheckpoint(full),
                 keras.callbacks.ModelCheckpoint(weights, save_weights_only=True),
+                snapshot,  # after the checkpoints
             ],
         )
         trained = state(model)
@@ -250,7 +271,9 @@ def resume(out_dir: str) -> None:
         fresh.load_weights(weights)
         checkpoints[name] = {
             what: [
-                k for k, v in state(other).items() if not np.array_equal(v, trained[k])
+                k
+                for k, v in state(other).items()
+                if not np.array_equal(v, snapshot.state[k])
             ]
             for what, other in (("full", loaded), ("weights_only", fresh))
         }
