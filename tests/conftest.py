@@ -105,6 +105,13 @@ class SubclassedNet(keras.Model):
         return {"digit": self.digit(h), "parity": self.parity(h)}
 
 
+def one_alias_per_class(registry) -> list[str]:
+    """The aliases of a registry module (`keras_mtl.weighting` or
+    `keras_mtl.aggregation`), one per class (GradNorm has two aliases):
+    every-method tests run each method once."""
+    return sorted({registry.ALIASES[n]: n for n in registry.names()}.values())
+
+
 def weighting_for(alias: str):
     """A weighting from its alias, with the arguments it needs."""
     if alias == "fixed":

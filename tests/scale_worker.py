@@ -49,12 +49,14 @@ STEPS = 2  # per epoch
 def cases() -> list[tuple[str, str | None]]:
     """(weighting, aggregator): every weighting alone, every aggregator with
     a weighting (cycling through them)."""
+    from conftest import one_alias_per_class
+
     import keras_mtl
 
-    weightings = keras_mtl.weighting.names()
+    weightings = one_alias_per_class(keras_mtl.weighting)
     out: list[tuple[str, str | None]] = [(w, None) for w in weightings]
     cycle = itertools.cycle(weightings)
-    out += [(next(cycle), a) for a in keras_mtl.aggregation.names()]
+    out += [(next(cycle), a) for a in one_alias_per_class(keras_mtl.aggregation)]
     # For a quick local run: SCALE_TEST_CASES="dwa,famo+grad_norm".
     only = os.environ.get("SCALE_TEST_CASES")
     if only:

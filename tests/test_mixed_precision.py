@@ -6,16 +6,16 @@ import itertools
 import keras
 import numpy as np
 import pytest
-from conftest import TASK_LOSSES, build_net, weighting_for
+from conftest import TASK_LOSSES, build_net, one_alias_per_class, weighting_for
 
 import keras_mtl
 
 POLICIES = ["mixed_float16", "mixed_bfloat16"]
-WEIGHTINGS = keras_mtl.weighting.names()
+WEIGHTINGS = one_alias_per_class(keras_mtl.weighting)
 _cycle = itertools.cycle(WEIGHTINGS)
 # Every weighting alone, every aggregator with a weighting (cycling).
 CASES = [(w, None) for w in WEIGHTINGS] + [
-    (next(_cycle), a) for a in keras_mtl.aggregation.names()
+    (next(_cycle), a) for a in one_alias_per_class(keras_mtl.aggregation)
 ]
 
 

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TASK_LOSSES, build_net
+from conftest import TASK_LOSSES, build_net, one_alias_per_class
 
 import keras_mtl
 
@@ -35,11 +35,7 @@ def test_shared_parameters_are_the_trunk_only():
 # One alias per class (GradNorm has two), each under XLA: one XLA
 # compilation per aggregator (64 divides the 512 examples, so every batch has
 # the same shape).
-_ONE_ALIAS_EACH = sorted(
-    {
-        keras_mtl.aggregation.ALIASES[n]: n for n in keras_mtl.aggregation.names()
-    }.values()
-)
+_ONE_ALIAS_EACH = one_alias_per_class(keras_mtl.aggregation)
 
 
 @pytest.mark.parametrize("name", _ONE_ALIAS_EACH)
