@@ -9,11 +9,11 @@ from keras import ops
 
 from keras_mtl.aggregation._alpha_fair import ITERATIONS, RIDGE, alpha_fair_weights
 from keras_mtl.aggregation._helpers_b import check_int, check_number, safe_divide
-from keras_mtl.aggregation.base import Aggregator
+from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class NashMTL(Aggregator):
+class NashMTL(GramianWeightedAggregator):
     """Nash-MTL: the task gradients bargain for a shared update; the Nash
     bargaining solution weights them so that every task's share of progress
     is balanced.
@@ -43,13 +43,16 @@ class NashMTL(Aggregator):
 
     `update_every = N` recomputes the weights at every N-th training call
     and reuses the stored ones in between (as the paper does to save
-    time; here the solve still runs at every call, because a traced step
-    selects the result with `where` rather than branching, so only the
-    behaviour is reproduced, not the saving). The stored weights are those
+    time): the solve sits in one branch of a conditional on the step
+    counter, so skipped calls do not run it (eagerly, in a `tf.function`
+    and under XLA). Evaluation calls (`training=False`) recompute when the
+    counter is at a multiple of N. The stored weights are those
     of the Jacobian scaled to a largest entry of 1 at their step, and are
     applied to the current Jacobian scaled the same way. The weights
     (variable `task_weights`) and a step counter (`step`) are updated only
-    when `training=True`.
+    when `training=True`. `agg.weights(gramian)` (the same as
+    `agg.gramian_weights(gramian)`) solves for the weights of a Gramian
+    without touching the state: those of `update_every=1` before clipping.
 
     Reference: A. Navon, A. Shamsian, I. Achituve, H. Maron, K. Kawaguchi,
     G. Chechik and E. Fetaya, "Multi-Task Learning as a Bargaining Game",
@@ -102,15 +105,20 @@ class NashMTL(Aggregator):
         return alpha_fair_weights(gramian, 1.0, self.iterations, RIDGE)
 
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
-        gramian = ops.matmul(jacobian, ops.transpose(jacobian))
         step = ops.convert_to_tensor(self.step)
+
+        def solve() -> Any:
+            gramian = ops.matmul(jacobian, ops.transpose(jacobian))
+            return self.gramian_weights(gramian)
+
         if self.update_every == 1:
-            weights = self.gramian_weights(gramian)
+            weights = solve()
         else:
+            # A real branch (not `where`): skipped calls run neither the
+            # O(K^2 D) Gramian nor the solver.
             recompute = ops.equal(ops.mod(step, self.update_every), 0)
-            weights = ops.where(
-                recompute, self.gramian_weights(gramian), self.task_weights
-            )
+            stored = ops.convert_to_tensor(self.task_weights)
+            weights = ops.cond(recompute, solve, lambda: stored)
         if training:
             self.task_weights.assign(weights)
             self.step.assign(step + 1)

@@ -137,3 +137,40 @@ def test_degenerate_jacobians_give_finite_directions(jacobian):
     assert np.all(d[jacobian.shape[1] :] == 0.0)
     # Eager, unpadded (output shape), with a short solve to keep this fast.
     assert_finite_direction(NashMTL(iterations=1), jacobian, calls=1)
+
+
+class CountingNash(NashMTL):
+    """NashMTL that counts its solves in a variable: a Python counter would
+    count traces, a variable counts the solves that actually run."""
+
+    def build_state(self, num_tasks, dim):
+        super().build_state(num_tasks, dim)
+        self.solves = self.add_weight(
+            shape=(), dtype="int32", initializer="zeros", trainable=False
+        )
+
+    def gramian_weights(self, gramian):
+        self.solves.assign_add(1)
+        return super().gramian_weights(gramian)
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_update_every_skips_the_solve(mode):
+    agg = CountingNash(update_every=3)
+    agg.build((3, 12))
+    call = agg if mode == "eager" else jitted(agg)
+    reference = NashMTL()  # update_every=1: a fresh solve at every call
+    for n in range(7):
+        # A new Jacobian every call: a solve would give new weights.
+        j = well_conditioned(3)
+        before = agg.task_weights.numpy()
+        d = np.asarray(call(j))
+        scaled = j / np.abs(j).max()
+        if n % 3 == 0:
+            np.testing.assert_allclose(d, np.asarray(reference(j)), rtol=1e-4)
+        else:
+            np.testing.assert_allclose(d, before @ scaled, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(agg.task_weights.numpy(), before)
+        # Solves at calls 0, 3, 6 only.
+        assert int(agg.solves.numpy()) == n // 3 + 1, n
+    assert int(agg.step.numpy()) == 7
