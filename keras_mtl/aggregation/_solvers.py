@@ -36,9 +36,10 @@ Both solvers also take `active_set_rounds` (default `min(K + 1, 5)`).
 `cagrad.py` reuses the active-set internals (`_support_system`,
 `_refined_solve`, `_ratio_step`, `_ridge`, `_KKT_TOL`).
 
-Eagerly every iteration is a Python round trip through `keras.ops` (about
-a second per call for the default 200 iterations); inside `tf.function` or
-XLA a call takes milliseconds.
+Called eagerly, every iteration is a Python round trip through `keras.ops`
+(about a second per call for the default 200 iterations); inside
+`tf.function` or XLA a call takes milliseconds. Aggregators called eagerly
+therefore run through a cached `tf.function` (`Aggregator.__call__`).
 """
 
 from __future__ import annotations

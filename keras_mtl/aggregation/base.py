@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import keras
 from keras import ops
+
+# Per-instance `tf.function`s of eager calls (see `Aggregator.__call__`),
+# kept outside the layer: a function attribute would be tracked and
+# exported with the model as a SavedModel.
+_EAGER_FUNCTIONS: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class Aggregator(keras.layers.Layer):
@@ -42,11 +50,21 @@ class Aggregator(keras.layers.Layer):
     losses)`; calling it without them is an error. Other aggregators
     ignore `losses`.
 
+    **Eager calls.** The solvers run fixed loops of small ops (hundreds of
+    iterations), which eagerly cost a Python round trip each (about a
+    second a call). So an eager call (TensorFlow backend, not inside a
+    `tf.function` trace) builds the layer eagerly and then runs through a
+    `tf.function` cached per instance (`reduce_retracing=True`: a second
+    D retraces once with an unknown D); state variables are updated as in
+    a plain call. Set `eager_function = False` on an instance (or a class)
+    to run op by op.
+
     Subclasses implement `aggregate(jacobian, training)`.
     """
 
     scale_degree: int = 1
     needs_losses: bool = False
+    eager_function: bool = True
 
     def __init__(self, name: str | None = None, **kwargs: Any) -> None:
         kwargs["dtype"] = "float32"
@@ -71,15 +89,59 @@ class Aggregator(keras.layers.Layer):
     def __call__(
         self, jacobian: Any, training: bool = True, losses: Any = None, **kwargs: Any
     ) -> Any:
-        if not self.needs_losses:
-            return super().__call__(jacobian, training=training, **kwargs)
-        if losses is None:
+        if self.needs_losses and losses is None:
             raise ValueError(
                 f"{type(self).__name__} needs the task losses: call it as "
                 "`aggregator(jacobian, losses=losses)` with the K unweighted task "
                 "losses (MultiTaskModel passes them); got losses=None."
             )
+        if not kwargs and self._use_eager_function(jacobian, training):
+            return self._eager_call(jacobian, training, losses)
+        if not self.needs_losses:
+            return super().__call__(jacobian, training=training, **kwargs)
         return super().__call__(jacobian, training=training, losses=losses, **kwargs)
+
+    def _use_eager_function(self, jacobian: Any, training: Any) -> bool:
+        if not self.eager_function or keras.backend.backend() != "tensorflow":
+            return False
+        if not isinstance(training, bool) or isinstance(jacobian, keras.KerasTensor):
+            return False
+        import tensorflow as tf
+
+        return tf.executing_eagerly()
+
+    def _eager_call(self, jacobian: Any, training: bool, losses: Any) -> Any:
+        """An eager call through a cached `tf.function` (same result and
+        state updates as the op-by-op call, without the per-op overhead)."""
+        import tensorflow as tf
+
+        jacobian = tf.cast(tf.convert_to_tensor(jacobian), tf.float32)
+        if not self.built:
+            # Variables are created here, eagerly, never inside the trace.
+            self.build(tuple(jacobian.shape))
+        functions = _EAGER_FUNCTIONS.setdefault(self, {})
+        key = (training, self.needs_losses)
+        if key not in functions:
+            # A weak reference: the cache must not keep the layer alive.
+            layer = weakref.ref(self)
+
+            if self.needs_losses:
+
+                def run(jac: Any, task_losses: Any) -> Any:
+                    return super(Aggregator, layer()).__call__(
+                        jac, training=training, losses=task_losses
+                    )
+
+            else:
+
+                def run(jac: Any) -> Any:
+                    return super(Aggregator, layer()).__call__(jac, training=training)
+
+            functions[key] = tf.function(run, reduce_retracing=True, autograph=False)
+        if self.needs_losses:
+            losses = tf.cast(tf.convert_to_tensor(losses), tf.float32)
+            return functions[key](jacobian, losses)
+        return functions[key](jacobian)
 
     def task_terms(self, losses: Any) -> Any:
         """The K scalars whose gradients are the rows of the Jacobian, from
@@ -123,23 +185,52 @@ class Aggregator(keras.layers.Layer):
         return config
 
 
+class GramianWeights(list):
+    """Keras' `Layer.weights` of a Gramian-weighted aggregator (the list of
+    its variables, unchanged as a list) that can also be called:
+    `aggregator.weights(gramian)` returns the task weights `[K]` of a
+    Gramian `[K, K]` (`aggregator.gramian_weights(gramian)`).
+
+    Keras reads `layer.weights` as a list (saving, `get_weights`,
+    `count_params`, the model's variable collection), so the name cannot be
+    a plain method; a list subclass keeps every list use intact.
+    """
+
+    def __init__(self, variables: list[Any], compute: Any) -> None:
+        super().__init__(variables)
+        self._compute = compute
+
+    def __call__(self, gramian: Any) -> Any:
+        return self._compute(gramian)
+
+
 class GramianWeightedAggregator(Aggregator):
     """An aggregator whose direction is `d = w(G) @ J`, a combination of the
     task gradients with weights `w` that depend on the Gramian
     `G = J @ J.T` (`[K, K]`) only (TorchJD's "weighting ∘ Gramian" split).
 
     ```python
-    weights = aggregator.gramian_weights(gramian)   # [K]
+    weights = aggregator.weights(gramian)  # [K]; same as gramian_weights
     ```
 
+    `aggregator.weights` is still Keras' list of the layer's variables (a
+    `GramianWeights` list, callable); `aggregator.gramian_weights(gramian)`
+    is the same computation under a name that is not a Keras attribute.
     Subclasses implement `gramian_weights(gramian)`; the base calls it on
-    the Gramian of the normalised Jacobian. (Not `weights`: that name is
-    Keras' list of a layer's variables.)
+    the Gramian of the normalised Jacobian.
     """
+
+    @property
+    def weights(self) -> GramianWeights:
+        """The layer's variables (a list, as for any Keras layer), callable
+        as `weights(gramian)` for the task weights `[K]`."""
+        return GramianWeights(super().weights, self.gramian_weights)
 
     def gramian_weights(self, gramian: Any) -> Any:
         """Task weights `[K]` from a Gramian `[K, K]`."""
-        raise NotImplementedError(f"{type(self).__name__} must implement `weights`.")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `gramian_weights`."
+        )
 
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
         gramian = ops.matmul(jacobian, ops.transpose(jacobian))

@@ -1,0 +1,125 @@
+"""Eager calls of an aggregator run through a cached per-instance
+`tf.function` (`Aggregator.__call__`): the same directions and the same
+state updates as a traced call and as the op-by-op eager call."""
+
+import gc
+import weakref
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl
+from keras_mtl.aggregation import base
+
+SEEDED = {"pcgrad", "graddrop", "gradvac"}
+# Shorter solves where an argument allows it: the op-by-op reference runs
+# every iteration as a Python round trip.
+SHORT = {
+    "mgda": {"iterations": 10},
+    "upgrad": {"iterations": 10},
+    "dualproj": {"iterations": 10},
+    "cagrad": {"iterations": 10},
+    "nash_mtl": {"update_every": 2, "iterations": 3},
+    "fairgrad": {"iterations": 3},
+}
+NAMES = sorted(set(keras_mtl.aggregation.ALIASES) - {"gradnorm"})
+
+
+def _make(name, eager_function=True):
+    kwargs = dict(SHORT.get(name, {}))
+    if name in SEEDED:
+        kwargs["seed"] = 3
+    agg = keras_mtl.aggregation.get(name, **kwargs)
+    agg.eager_function = eager_function
+    return agg
+
+
+def _calls(num_tasks=3, dim=6):
+    """Three training calls and one evaluation call, each with its own
+    Jacobian (and task losses, for the loss-aware aggregators)."""
+    rng = np.random.default_rng(11)
+    for n in range(4):
+        j = rng.normal(size=(num_tasks, dim)).astype(np.float32)
+        losses = rng.uniform(0.5, 2.0, size=num_tasks).astype(np.float32)
+        yield j, losses, n < 3
+
+
+def _run(agg, call):
+    """Directions and variable values after each call."""
+    out = []
+    for j, losses, training in _calls():
+        kwargs = {"losses": losses} if agg.needs_losses else {}
+        d = np.asarray(call(agg, j, training, kwargs), np.float64)
+        out.append((d, [np.asarray(v) for v in agg.variables]))
+    return out
+
+
+def _eager(agg, j, training, kwargs):
+    assert tf.executing_eagerly()
+    return agg(j, training=training, **kwargs)
+
+
+def _traced(agg, j, training, kwargs):
+    # One plain `tf.function` per call: inside it `__call__` is not eager.
+    return tf.function(lambda x: agg(x, training=training, **kwargs))(j)
+
+
+def _assert_same_runs(first, second, rtol, atol):
+    assert len(first) == len(second)
+    for (d1, v1), (d2, v2) in zip(first, second):
+        np.testing.assert_allclose(d1, d2, rtol=rtol, atol=atol)
+        assert len(v1) == len(v2)
+        for a, b in zip(v1, v2):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", NAMES + ["grad_norm"])
+def test_eager_call_equals_traced_call_and_updates_the_same_state(name):
+    _assert_same_runs(
+        _run(_make(name), _eager), _run(_make(name), _traced), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("name", ["mgda", "nash_mtl", "moco", "gradvac", "grad_norm"])
+def test_eager_call_equals_the_op_by_op_call(name):
+    fast = _make(name)
+    slow = _make(name, eager_function=False)
+    result = _run(fast, _eager)
+    assert base._EAGER_FUNCTIONS[fast]  # the fast path was taken
+    assert slow not in base._EAGER_FUNCTIONS  # and not for the reference
+    _assert_same_runs(result, _run(slow, _eager), rtol=1e-4, atol=1e-6)
+
+
+def test_new_widths_retrace_and_stay_correct():
+    agg = _make("mgda")
+    reference = _make("mgda", eager_function=False)
+    rng = np.random.default_rng(5)
+    for dim in (4, 9, 2, 9):
+        j = rng.normal(size=(3, dim)).astype(np.float32)
+        np.testing.assert_allclose(agg(j), reference(j), rtol=1e-4, atol=1e-6)
+
+
+def test_cache_does_not_keep_the_aggregator_alive():
+    agg = _make("upgrad")
+    agg(np.eye(2, dtype=np.float32))
+    assert agg in base._EAGER_FUNCTIONS
+    ref = weakref.ref(agg)
+    del agg
+    gc.collect()
+    assert ref() is None
+
+
+def test_bad_input_is_still_a_clear_error():
+    with pytest.raises(ValueError, match="MGDA expects a Jacobian of shape"):
+        _make("mgda")(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="needs the task losses"):
+        _make("grad_norm")(np.ones((2, 3), np.float32))
+
+
+def test_symbolic_calls_are_not_compiled():
+    agg = _make("mean")
+    out = agg(keras.KerasTensor((3, 5)))
+    assert isinstance(out, keras.KerasTensor) and out.shape == (5,)
+    assert agg not in base._EAGER_FUNCTIONS
