@@ -120,7 +120,10 @@ class Aggregator(keras.layers.Layer):
             # Variables are created here, eagerly, never inside the trace.
             self.build(tuple(jacobian.shape))
         functions = _EAGER_FUNCTIONS.setdefault(self, {})
-        key = (training, self.needs_losses)
+        # The trace bakes in the Python attributes: a changed argument
+        # (e.g. `agg.max_norm = 2.0`) must get a new function, not the old
+        # graph.
+        key = (training, repr(self.get_config()))
         if key not in functions:
             # A weak reference: the cache must not keep the layer alive.
             layer = weakref.ref(self)

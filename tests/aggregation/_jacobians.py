@@ -1,10 +1,13 @@
-"""Shared strategy and checks for the tests of Mean, Sum, MGDA, UPGrad,
-DualProj, IMTLG, AlignedMTL and CAGrad.
+"""The one hypothesis strategy of degenerate Jacobians used by every
+aggregator's property tests, and shared checks for the tests of Mean, Sum,
+MGDA, UPGrad, DualProj, IMTLG, AlignedMTL and CAGrad.
 
 `jacobians()` draws degenerate float32 Jacobians `[K, D]` (K in 1..6, D in
-1..20): zero rows, identical, opposite and parallel rows, rank-deficient
-matrices, more tasks than dimensions, and magnitudes near 1e-30 and 1e30
-(whole matrix, or mixed per row).
+1..20): zero rows, an all-zero matrix, identical, opposite, parallel and
+nearly parallel rows, rank-one and rank-deficient matrices, one-hot
+(sparse) rows, a single non-zero entry, a non-finite entry (inf or nan),
+more tasks than dimensions, and magnitudes near 1e-30 and 1e30 (whole
+matrix, or mixed per row).
 """
 
 import keras
@@ -19,9 +22,12 @@ KINDS = (
     "identical",
     "opposite",
     "parallel",
-    "rank_deficient",
     "nearly_parallel",
+    "rank_one",
+    "rank_deficient",
+    "one_hot",
     "single_nonzero",
+    "nonfinite",
 )
 SCALES = (1.0, 1e-30, 1e30, "mixed")
 
@@ -42,24 +48,30 @@ def make_jacobian(kind, scale, num_tasks, dim, seed):
         j[1::2] = -j[0]
     elif kind == "parallel":
         j = rng.uniform(-3.0, 3.0, size=(k, 1)) * j[0][None, :]
+    elif kind == "nearly_parallel":
+        j = j[0][None, :] + 1e-4 * j
+    elif kind == "rank_one":
+        j = rng.normal(size=(k, 1)) @ rng.normal(size=(1, dim))
     elif kind == "rank_deficient":
         rank = max(1, min(k, dim) - 1)
         j = rng.normal(size=(k, rank)) @ rng.normal(size=(rank, dim))
-    elif kind == "nearly_parallel":
-        j = j[0][None, :] + 1e-4 * j
+    elif kind == "one_hot":
+        j = np.zeros((k, dim))
+        j[np.arange(k), rng.integers(0, dim, size=k)] = rng.choice([-1.0, 1.0], k)
     elif kind == "single_nonzero":
         j[:] = 0.0
         j[rng.integers(k), rng.integers(dim)] = rng.choice([-1.0, 1.0])
+    elif kind == "nonfinite":
+        j.flat[rng.integers(0, j.size)] = rng.choice([np.inf, -np.inf, np.nan])
     if scale == "mixed":
-        j = j * rng.choice([1e-30, 1.0, 1e30], size=(k, 1))
-    else:
-        j = j * scale
-    return j.astype(np.float32)
+        scale = rng.choice([1e-30, 1.0, 1e30], size=(k, 1))
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (j * scale).astype(np.float32)
 
 
 @st.composite
 def jacobians(draw, max_tasks=6, max_dim=20):
-    """A degenerate float32 Jacobian `[K, D]`."""
+    """A degenerate float32 Jacobian `[K, D]` (see the module docstring)."""
     num_tasks = draw(st.integers(1, max_tasks))
     dim = draw(st.integers(1, max_dim))
     kind = draw(st.sampled_from(KINDS))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from _checks_b import assert_config_round_trip, assert_finite_direction, jitted
-from _degenerate import degenerate_jacobians
+from _jacobians import jacobians
 from hypothesis import given, settings
 
 from keras_mtl.aggregation._aliases_b import ALIASES_B
@@ -94,7 +94,7 @@ def test_config_and_validation():
 
 
 @settings(deadline=None, max_examples=30)
-@given(degenerate_jacobians())
+@given(jacobians())
 def test_degenerate_jacobians_give_finite_directions(jacobian):
     d = ConFIG()(jacobian).numpy().astype(np.float64)
     assert_finite_direction(ConFIG(), jacobian, calls=1)

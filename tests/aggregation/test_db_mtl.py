@@ -11,7 +11,7 @@ from _checks_b import (
     jitted,
     values,
 )
-from _degenerate import degenerate_jacobians
+from _jacobians import jacobians
 from hypothesis import given, settings
 
 from keras_mtl.aggregation._aliases_b import ALIASES_B
@@ -120,6 +120,6 @@ def test_config_and_validation():
 
 
 @settings(deadline=None, max_examples=30)
-@given(degenerate_jacobians())
+@given(jacobians())
 def test_degenerate_jacobians_give_finite_directions(jacobian):
     assert_finite_direction(DBMTL(), jacobian)

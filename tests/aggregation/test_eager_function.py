@@ -101,6 +101,14 @@ def test_new_widths_retrace_and_stay_correct():
         np.testing.assert_allclose(agg(j), reference(j), rtol=1e-4, atol=1e-6)
 
 
+def test_a_changed_argument_is_not_baked_into_the_cached_function():
+    agg = keras_mtl.aggregation.get("nash_mtl", iterations=3)
+    j = np.diag([3.0, 4.0]).astype(np.float32)
+    np.testing.assert_allclose(np.linalg.norm(agg(j)), np.sqrt(2.0), rtol=1e-4)
+    agg.max_norm = 1.0
+    np.testing.assert_allclose(np.linalg.norm(agg(j)), 1.0, rtol=1e-5)
+
+
 def test_cache_does_not_keep_the_aggregator_alive():
     agg = _make("upgrad")
     agg(np.eye(2, dtype=np.float32))

@@ -10,7 +10,7 @@ from _checks_b import (
     jitted,
     values,
 )
-from _degenerate import degenerate_jacobians
+from _jacobians import jacobians
 from hypothesis import given, settings
 
 from keras_mtl.aggregation._aliases_b import ALIASES_B
@@ -123,6 +123,6 @@ def test_config_and_validation():
 
 
 @settings(deadline=None, max_examples=30)
-@given(degenerate_jacobians())
+@given(jacobians())
 def test_degenerate_jacobians_give_finite_directions(jacobian):
     assert_finite_direction(GradDrop(seed=0), jacobian)

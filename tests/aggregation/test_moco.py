@@ -9,7 +9,7 @@ from _checks_b import (
     jitted,
     values,
 )
-from _degenerate import degenerate_jacobians
+from _jacobians import jacobians
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -134,7 +134,7 @@ def test_config_and_validation():
 
 
 @settings(deadline=None, max_examples=30)
-@given(degenerate_jacobians(), st.booleans())
+@given(jacobians(), st.booleans())
 def test_degenerate_jacobians_give_finite_directions(jacobian, normalize):
     agg = MoCo(normalize=normalize, gamma=10.0)
     assert_finite_direction(agg, jacobian, calls=1)

@@ -10,7 +10,7 @@ from _checks_b import (
     padded,
     values,
 )
-from _degenerate import degenerate_jacobians
+from _jacobians import jacobians
 from hypothesis import given, settings
 
 from keras_mtl.aggregation._aliases_b import ALIASES_B
@@ -129,7 +129,7 @@ def test_config_and_validation():
 
 
 @settings(deadline=None, max_examples=30)
-@given(degenerate_jacobians())
+@given(jacobians())
 def test_degenerate_jacobians_give_finite_directions(jacobian):
     # Default solver, compiled, on the zero-padded Jacobian (same direction).
     d = nash(padded(jacobian))
