@@ -15,6 +15,29 @@ _EAGER_FUNCTIONS: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = (
     weakref.WeakKeyDictionary()
 )
 
+# Returned by `_run_cached` when the call cannot be traced.
+_OP_BY_OP = object()
+
+
+def _run_cached(functions: dict[Any, Any], key: Any, args: list[Any]) -> Any:
+    """`functions[key](*args)`, or `_OP_BY_OP` (from then on, for this key)
+    when tracing fails: code that needs eager values (`np.array` of the
+    Jacobian, as in a recording subclass under `run_eagerly=True`) keeps
+    working op by op, and a genuine error is raised by that op-by-op call.
+    Errors of a traced run (`tf.errors.OpError`) are not retried."""
+    import tensorflow as tf
+
+    function = functions[key]
+    if function is None:
+        return _OP_BY_OP
+    try:
+        return function(*args)
+    except tf.errors.OpError:
+        raise
+    except Exception:  # noqa: BLE001 - a failed trace; rerun op by op
+        functions[key] = None
+        return _OP_BY_OP
+
 
 class Aggregator(keras.layers.Layer):
     """Maps the Jacobian of the K task losses, `J` of shape `[K, D]`, to one
@@ -57,7 +80,10 @@ class Aggregator(keras.layers.Layer):
     `tf.function` cached per instance (`reduce_retracing=True`: a second
     D retraces once with an unknown D); state variables are updated as in
     a plain call. Set `eager_function = False` on an instance (or a class)
-    to run op by op.
+    to run op by op; an instance whose call cannot be traced (it converts
+    the Jacobian to numpy, say) falls back to op by op by itself. Python
+    side effects of `call` then run once per trace, as in any
+    `tf.function`.
 
     Subclasses implement `aggregate(jacobian, training)`.
     """
@@ -96,7 +122,9 @@ class Aggregator(keras.layers.Layer):
                 "losses (MultiTaskModel passes them); got losses=None."
             )
         if not kwargs and self._use_eager_function(jacobian, training):
-            return self._eager_call(jacobian, training, losses)
+            result = self._eager_call(jacobian, training, losses)
+            if result is not _OP_BY_OP:
+                return result
         if not self.needs_losses:
             return super().__call__(jacobian, training=training, **kwargs)
         return super().__call__(jacobian, training=training, losses=losses, **kwargs)
@@ -128,23 +156,31 @@ class Aggregator(keras.layers.Layer):
             # A weak reference: the cache must not keep the layer alive.
             layer = weakref.ref(self)
 
+            # Inside a graph the layer's name scope must be a valid TF name;
+            # as a root scope a layer name with a leading underscore (the
+            # default name of a private class) is not, and Keras' scope
+            # stack is left corrupted by the failure. Nested, it is valid.
             if self.needs_losses:
 
                 def run(jac: Any, task_losses: Any) -> Any:
-                    return super(Aggregator, layer()).__call__(
-                        jac, training=training, losses=task_losses
-                    )
+                    with tf.name_scope("aggregator"):
+                        return super(Aggregator, layer()).__call__(
+                            jac, training=training, losses=task_losses
+                        )
 
             else:
 
                 def run(jac: Any) -> Any:
-                    return super(Aggregator, layer()).__call__(jac, training=training)
+                    with tf.name_scope("aggregator"):
+                        return super(Aggregator, layer()).__call__(
+                            jac, training=training
+                        )
 
             functions[key] = tf.function(run, reduce_retracing=True, autograph=False)
+        args = [jacobian]
         if self.needs_losses:
-            losses = tf.cast(tf.convert_to_tensor(losses), tf.float32)
-            return functions[key](jacobian, losses)
-        return functions[key](jacobian)
+            args.append(tf.cast(tf.convert_to_tensor(losses), tf.float32))
+        return _run_cached(functions, key, args)
 
     def task_terms(self, losses: Any) -> Any:
         """The K scalars whose gradients are the rows of the Jacobian, from
@@ -218,7 +254,9 @@ class GramianWeightedAggregator(Aggregator):
 
     `aggregator.weights` is still Keras' list of the layer's variables (a
     `GramianWeights` list, callable); `aggregator.gramian_weights(gramian)`
-    is the same computation under a name that is not a Keras attribute.
+    is the same computation under a name that is not a Keras attribute
+    (called eagerly, `weights(gramian)` runs through a cached `tf.function`
+    and `gramian_weights(gramian)` op by op).
     Subclasses implement `gramian_weights(gramian)`; the base calls it on
     the Gramian of the normalised Jacobian.
     """
@@ -227,7 +265,26 @@ class GramianWeightedAggregator(Aggregator):
     def weights(self) -> GramianWeights:
         """The layer's variables (a list, as for any Keras layer), callable
         as `weights(gramian)` for the task weights `[K]`."""
-        return GramianWeights(super().weights, self.gramian_weights)
+        return GramianWeights(super().weights, self._weights_of)
+
+    def _weights_of(self, gramian: Any) -> Any:
+        # Eagerly through a cached `tf.function`, as `Aggregator.__call__`.
+        if not self._use_eager_function(gramian, True):
+            return self.gramian_weights(gramian)
+        import tensorflow as tf
+
+        functions = _EAGER_FUNCTIONS.setdefault(self, {})
+        key = ("gramian_weights", repr(self.get_config()))
+        if key not in functions:
+            layer = weakref.ref(self)
+            functions[key] = tf.function(
+                lambda g: layer().gramian_weights(g),
+                reduce_retracing=True,
+                autograph=False,
+            )
+        gramian = tf.cast(tf.convert_to_tensor(gramian), tf.float32)
+        result = _run_cached(functions, key, [gramian])
+        return self.gramian_weights(gramian) if result is _OP_BY_OP else result
 
     def gramian_weights(self, gramian: Any) -> Any:
         """Task weights `[K]` from a Gramian `[K, K]`."""

@@ -131,3 +131,27 @@ def test_symbolic_calls_are_not_compiled():
     out = agg(keras.KerasTensor((3, 5)))
     assert isinstance(out, keras.KerasTensor) and out.shape == (5,)
     assert agg not in base._EAGER_FUNCTIONS
+
+
+class _Recording(keras_mtl.aggregation.Mean):
+    """Needs eager values: its trace fails, so it runs op by op."""
+
+    def aggregate(self, jacobian, training=True):
+        self.seen = np.array(jacobian)
+        return super().aggregate(jacobian, training=training)
+
+
+class _Broken(keras_mtl.aggregation.Mean):
+    def aggregate(self, jacobian, training=True):
+        raise ValueError("broken aggregate")
+
+
+def test_an_untraceable_call_falls_back_to_op_by_op():
+    agg = _Recording()
+    j = np.array([[1.0, 2.0], [3.0, -4.0]], np.float32)
+    np.testing.assert_allclose(agg(j), [2.0, -1.0])
+    np.testing.assert_allclose(agg.seen, j / 4.0)  # normalised by the max entry
+    assert None in base._EAGER_FUNCTIONS[agg].values()  # fell back, remembered
+    np.testing.assert_allclose(agg(2.0 * j), [4.0, -2.0])
+    with pytest.raises(ValueError, match="broken aggregate"):
+        _Broken()(j)
