@@ -27,6 +27,7 @@ _MODEL_ARGS = (
     "tasks",
     "on_nonfinite",
     "representation",
+    "shared",
     "trunk",
     "heads",
 )
@@ -89,6 +90,12 @@ class MultiTaskModel(keras.Model):
             through the trunk in one backward pass. Needs an aggregator
             whose state does not have the Jacobian's width (not `moco`,
             `db_mtl`, `excess_mtl`).
+        shared: with an aggregator, the shared parameters given explicitly
+            instead of found automatically (the trainable variables that two
+            or more task losses depend on): a list of layer names and/or
+            variable paths of `net` (`"trunk"` selects every variable under
+            that layer, `"trunk/dense/kernel"` one variable). The other
+            parameters get the gradient of the objective.
         trunk, heads: instead of `net`, for any (e.g. subclassed) model:
             the net is `heads(trunk(x))` and, with an aggregator, the
             trunk's output is the representation of representation mode.
@@ -134,6 +141,7 @@ class MultiTaskModel(keras.Model):
         tasks = kwargs.pop("tasks", None)
         on_nonfinite = kwargs.pop("on_nonfinite", "raise")
         representation = kwargs.pop("representation", None)
+        shared = kwargs.pop("shared", None)
         trunk = kwargs.pop("trunk", None)
         heads = kwargs.pop("heads", None)
         net = kwargs.pop("net", None)
@@ -189,6 +197,7 @@ class MultiTaskModel(keras.Model):
         elif self.representation is not None:
             self._split = _split_functional(net, self.representation)
         self._shared_variables: list[Any] | None = None
+        self.shared = _check_shared(shared, self.aggregator, self.representation)
         self._task_losses: TaskLosses | None = None
         self.task_names: list[str] | None = None
         inferred = (
@@ -304,6 +313,14 @@ class MultiTaskModel(keras.Model):
         variables in its first call) in the first trace of the step. There
         the test is traced only (which gradients are None is known from the
         graph) and the aggregator's variables are created outside it."""
+        if self._shared_variables is None and self.shared is not None:
+            object.__setattr__(
+                self, "_shared_variables", _select_shared(self.net, self.shared)
+            )
+            dim = sum(math.prod(v.shape) for v in self._shared_variables)
+            if not self.aggregator.built:
+                with tf.init_scope():
+                    self.aggregator.build((len(self.task_names), dim))
         if self._shared_variables is None:
             variables = list(self.net.trainable_variables)
 
@@ -850,6 +867,7 @@ class MultiTaskModel(keras.Model):
                 "tasks": self.task_names,
                 "on_nonfinite": self.on_nonfinite,
                 "representation": self.representation,
+                "shared": self.shared,
             }
         )
         if type(self) is MultiTaskModel:
@@ -903,6 +921,58 @@ class MultiTaskModel(keras.Model):
             shape = (None, *tuple(shapes[0])[1:])
             wrapper(keras.KerasTensor(shape, dtype=net.input_dtype))
         return wrapper
+
+
+def _check_shared(shared: Any, aggregator: Any, representation: Any) -> Any:
+    """Validates the `shared` argument: a list of layer names / variable paths."""
+    if shared is None:
+        return None
+    if aggregator is None:
+        raise ValueError(
+            "`shared` names the parameters an aggregator balances; pass an "
+            "`aggregator` too."
+        )
+    if representation is not None:
+        raise ValueError(
+            "`shared` and `representation` exclude each other: representation "
+            "mode aggregates the gradients of the trunk's output."
+        )
+    if isinstance(shared, str):
+        shared = [shared]
+    shared = list(shared)
+    if not shared or not all(isinstance(item, str) and item for item in shared):
+        raise ValueError(
+            "`shared` must be a non-empty list of layer names or variable paths; "
+            f"got {shared!r}."
+        )
+    return shared
+
+
+def _select_shared(net: keras.Model, shared: list[str]) -> list[Any]:
+    """The trainable variables of `net` under each layer name or equal to each
+    variable path in `shared` (in the net's order)."""
+    variables = list(net.trainable_variables)
+    selected: set[int] = set()
+    for item in shared:
+        matches = [
+            i
+            for i, v in enumerate(variables)
+            if v.path == item or v.path.startswith(item.rstrip("/") + "/")
+        ]
+        if not matches:
+            paths = ", ".join(v.path for v in variables)
+            raise ValueError(
+                f"shared={shared}: {item!r} is neither a layer of the net with "
+                f"trainable variables nor a variable path. The net's trainable "
+                f"variables: {paths}."
+            )
+        selected.update(matches)
+    if len(selected) == len(variables):
+        raise ValueError(
+            f"shared={shared} selects every trainable variable of the net: the "
+            "task heads must not be shared."
+        )
+    return [variables[i] for i in sorted(selected)]
 
 
 def _tensor_task_name(tensor: Any, index: int) -> str:

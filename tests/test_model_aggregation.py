@@ -271,3 +271,42 @@ def test_subclassed_net_finds_its_shared_parameters_in_the_first_step(
     for task in ("digit", "parity"):
         curve = history.history[f"{task}_loss"]
         assert curve[-1] < curve[0], (task, curve)
+
+
+def test_shared_parameters_given_explicitly(digits, tmp_path):
+    """`shared=` replaces the automatic search: layer names select every
+    variable under the layer, paths one variable; the rest (heads, and here
+    the trunk's bias) get the objective's gradient."""
+    net = build_net()
+    auto = keras_mtl.MultiTaskModel(build_net(), aggregator="pcgrad")
+    named = keras_mtl.MultiTaskModel(net, aggregator="pcgrad", shared=["hidden"])
+    assert [v.path for v in named._find_shared_variables()] == [
+        v.path for v in auto._find_shared_variables()
+    ]
+    kernel_only = keras_mtl.MultiTaskModel(
+        build_net(), aggregator="mgda", shared="hidden/kernel"
+    )
+    kernel_only.compile(optimizer=keras.optimizers.Adam(1e-2), loss=TASK_LOSSES)
+    assert [v.path for v in kernel_only._shared_variables] == ["hidden/kernel"]
+    history = kernel_only.fit(digits.x, digits.y, epochs=3, batch_size=64, verbose=0)
+    for task in ("digit", "parity"):
+        curve = history.history[f"{task}_loss"]
+        assert curve[-1] < curve[0]
+    path = tmp_path / "shared.keras"
+    kernel_only.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.shared == ["hidden/kernel"]
+    assert [v.path for v in loaded._find_shared_variables()] == ["hidden/kernel"]
+
+
+def test_shared_argument_errors():
+    with pytest.raises(ValueError, match="'nope' is neither a layer"):
+        keras_mtl.MultiTaskModel(build_net(), aggregator="upgrad", shared=["nope"])
+    with pytest.raises(ValueError, match="pass an `aggregator`"):
+        keras_mtl.MultiTaskModel(build_net(), shared=["hidden"])
+    with pytest.raises(ValueError, match="every trainable variable"):
+        keras_mtl.MultiTaskModel(
+            build_net(), aggregator="upgrad", shared=["hidden", "digit", "parity"]
+        )
+    with pytest.raises(ValueError, match="non-empty list"):
+        keras_mtl.MultiTaskModel(build_net(), aggregator="upgrad", shared=[])
