@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -309,14 +308,7 @@ def section_gradient_level(
         "",
     ]
     variants = ["ideal", "keras", "w:equal"] + [f"a:{n}" for n in aggregator_names()]
-    for kind, width in [("mlp", w) for w in cfg.widths] + [("cnn", 32)]:
-        key = f"gradient_level/{kind}{width}"
-        print(f"[2] {key}", flush=True)
-        results = time_variants(variants, kind, width, 3, True, cfg.steps, cfg.repeats)
-        record[key] = results
-        title = f"MLP width {width}" if kind == "mlp" else "benchmark CNN"
-        out += [f"### {title}", ""]
-        out += ratio_table(results, "ideal", 1.1, "method") + [""]
+    out += _tables_per_network(cfg, record, variants, "ideal", 1.1, "gradient_level")
     out += [
         "### Representation mode",
         "",
@@ -327,14 +319,28 @@ def section_gradient_level(
     variants = ["w:equal"] + [
         f"r:{n}" for n in ("sum", "mgda", "pcgrad", "upgrad", "cagrad", "nash_mtl")
     ]
+    out += _tables_per_network(cfg, record, variants, "w:equal", 1.15, "representation")
+    return out
+
+
+def _tables_per_network(
+    cfg: argparse.Namespace,
+    record: dict[str, Any],
+    variants: list[str],
+    baseline: str,
+    goal: float,
+    prefix: str,
+) -> list[str]:
+    """One ratio table per network (the MLP widths and the CNN), XLA on."""
+    out: list[str] = []
     for kind, width in [("mlp", w) for w in cfg.widths] + [("cnn", 32)]:
-        key = f"representation/{kind}{width}"
+        key = f"{prefix}/{kind}{width}"
         print(f"[2] {key}", flush=True)
         results = time_variants(variants, kind, width, 3, True, cfg.steps, cfg.repeats)
         record[key] = results
         title = f"MLP width {width}" if kind == "mlp" else "benchmark CNN"
-        out += [f"#### {title}", ""]
-        out += ratio_table(results, "w:equal", 1.15, "method") + [""]
+        out += [f"### {prefix}: {title}", ""]
+        out += ratio_table(results, baseline, goal, "method") + [""]
     return out
 
 
@@ -422,14 +428,9 @@ def one_variant(variant: str, width: int, jit: bool, steps: int, repeats: int) -
 
 # -------------------------------------------------------------------- report
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "backend": keras.backend.backend(),
-    }
+    from keras_mtl.bench.cli import machine_info
+
+    info = machine_info()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -199,7 +199,7 @@ def run_bench(
         "baseline": summary["baseline"],
         "learning_rate": args.learning_rate,
         "wall_seconds": round(time.time() - started, 1),
-        "machine": _machine(),
+        "machine": machine_info(),
         "tasks": {t: vars(spec) for t, spec in prepared.tasks.items()},
     }
     (out / "results.json").write_text(
@@ -226,7 +226,8 @@ def run_bench(
     return 0
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
+    """Python, platform, CPU count and TensorFlow/Keras versions of this run."""
     import keras
     import tensorflow as tf
 
