@@ -1,4 +1,4 @@
-"""Per-task gradients inside a TensorFlow training step, for aggregators."""
+"""Per-task gradients inside a training step, for aggregators."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def shared_variable_indices(
     is shared if the gradients of at least two outputs reach it. `feed` is
     that batch; by default zeros shaped like a functional net's inputs.
     """
+    if keras.backend.backend() == "jax":
+        return _jax_shared_variable_indices(net, variables, tasks, _feed(net, feed))
     if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
         # Built in a strategy's scope: a distributed variable is read only
         # in a replica context. Every replica finds the same indices.
@@ -31,16 +33,7 @@ def shared_variable_indices(
             lambda: found.append(shared_variable_indices(net, variables, tasks, feed))
         )
         return found[0]
-    if feed is None:
-        inputs = getattr(net, "inputs", None)
-        if not inputs:
-            raise ValueError(
-                "Shared parameters are found from a forward pass of a zero batch; "
-                f"the input shape of the net {net.name!r} is unknown (call it once "
-                "on data, or pass a functional model)."
-            )
-        zeros = [ops.zeros((1, *tuple(t.shape)[1:]), dtype=t.dtype) for t in inputs]
-        feed = zeros[0] if len(zeros) == 1 else zeros
+    feed = _feed(net, feed)
     counts = [0] * len(variables)
     sources = [v.value for v in variables]
     with tf.GradientTape(persistent=True) as tape:
@@ -54,6 +47,52 @@ def shared_variable_indices(
             if g is not None:
                 counts[i] += 1
     del tape
+    return [i for i, c in enumerate(counts) if c >= 2]
+
+
+def _feed(net: keras.Model, feed: Any) -> Any:
+    """`feed`, or a zero batch of one example shaped like a functional
+    net's inputs."""
+    if feed is not None:
+        return feed
+    inputs = getattr(net, "inputs", None)
+    if not inputs:
+        raise ValueError(
+            "Shared parameters are found from a forward pass of a zero batch; "
+            f"the input shape of the net {net.name!r} is unknown (call it once "
+            "on data, or pass a functional model)."
+        )
+    zeros = [ops.zeros((1, *tuple(t.shape)[1:]), dtype=t.dtype) for t in inputs]
+    return zeros[0] if len(zeros) == 1 else zeros
+
+
+def _jax_shared_variable_indices(
+    net: keras.Model, variables: Sequence[Any], tasks: Sequence[str], feed: Any
+) -> list[int]:
+    """The JAX version of `shared_variable_indices`. JAX differentiates an
+    unconnected parameter to zeros, not `None` (and a zero batch makes many
+    connected gradients zero too), so dependence is read from the program
+    instead: the forward pass is traced to a jaxpr (nothing runs) and
+    dead-code elimination keeps, for each task output, the inputs it
+    depends on."""
+    import jax
+    from jax._src.interpreters import partial_eval
+
+    def outputs_of(values: list[Any]) -> list[Any]:
+        mapping = list(zip(variables, values))
+        with keras.StatelessScope(state_mapping=mapping):
+            outputs = net(feed, training=False)
+        if isinstance(outputs, (list, tuple)):
+            outputs = dict(zip(tasks, outputs))
+        return [ops.sum(ops.cast(outputs[t], "float32")) for t in tasks]
+
+    traced = jax.make_jaxpr(outputs_of)([v.value for v in variables])
+    counts = [0] * len(variables)
+    for k in range(len(tasks)):
+        used = [i == k for i in range(len(tasks))]
+        _, used_inputs = partial_eval.dce_jaxpr(traced.jaxpr, used)
+        for i, needed in enumerate(used_inputs):
+            counts[i] += int(needed)
     return [i for i, c in enumerate(counts) if c >= 2]
 
 

@@ -245,21 +245,21 @@ class MultiTaskModel(keras.Model):
         )
         self.train_steps = self.add_weight(
             shape=(),
-            dtype="int64",
+            dtype=_counter_dtype(),
             initializer="zeros",
             trainable=False,
             name="train_steps",
         )
         self.skipped_steps = self.add_weight(
             shape=(),
-            dtype="int64",
+            dtype=_counter_dtype(),
             initializer="zeros",
             trainable=False,
             name="skipped_steps",
         )
         self.last_nonfinite_step = self.add_weight(
             shape=(),
-            dtype="int64",
+            dtype=_counter_dtype(),
             initializer=keras.initializers.Constant(-1),
             trainable=False,
             name="last_nonfinite_step",
@@ -507,7 +507,17 @@ class MultiTaskModel(keras.Model):
             self._task_loss_trackers[i].update_state(losses[i], sample_weight=keep)
             self._task_weight_trackers[i].update_state(weights[i], sample_weight=keep)
 
-    def train_step(self, data: Any) -> dict[str, Any]:
+    def train_step(self, *args: Any) -> Any:
+        """One training step: `train_step(data)` on TensorFlow; on JAX the
+        stateless `train_step(state, data) -> (logs, state)` (see
+        `keras_mtl._jax_step`). Both compute the same update."""
+        if keras.backend.backend() == "jax":
+            from keras_mtl import _jax_step
+
+            return _jax_step.train_step(self, *args)
+        return self._tf_train_step(*args)
+
+    def _tf_train_step(self, data: Any) -> dict[str, Any]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         replicas = _replicas.num_replicas()
         state = list(self.weighting.non_trainable_variables)
@@ -578,6 +588,39 @@ class MultiTaskModel(keras.Model):
             del tape
         if replicas > 1:
             gradients = self._replica_share(gradients, variables, replicas)
+
+        def apply_if(finite: Any, gradients: list[Any], variables: list[Any]) -> None:
+            _replicas.apply_if(finite, self.optimizer.apply, gradients, variables)
+
+        return _replicas.multi_worker_logs(
+            self._finish_step(
+                (x, y, y_pred, sample_weight),
+                (losses, total, weights),
+                gradients,
+                variables,
+                (state, state_before),
+                apply_if,
+            )
+        )
+
+    def _finish_step(
+        self,
+        batch: tuple[Any, Any, Any, Any],
+        objective: tuple[Any, Any, Any],
+        gradients: list[Any],
+        variables: list[Any],
+        rollback: tuple[list[Any], list[Any]],
+        apply_if: Any,
+    ) -> dict[str, Any]:
+        """The end of a training step, on either backend: checks the losses
+        and gradients, applies the update if they are finite
+        (`apply_if(finite, gradients, variables)`), rolls the weighting's
+        and aggregator's state (`rollback`: variables and their values
+        before the step) back where it was not applied, counts skipped
+        steps and updates the trackers and metrics."""
+        x, y, y_pred, sample_weight = batch
+        losses, total, weights = objective
+        state, state_before = rollback
         finite_losses = ops.isfinite(losses)
         finite = ops.logical_and(ops.all(finite_losses), ops.isfinite(total))
         # One reduction per variable: a sum is finite iff every entry is (an
@@ -600,33 +643,27 @@ class MultiTaskModel(keras.Model):
         pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
 
         if pairs:
-            _replicas.apply_if(
-                finite,
-                self.optimizer.apply,
-                [g for g, _ in pairs],
-                [v for _, v in pairs],
-            )
+            apply_if(finite, [g for g, _ in pairs], [v for _, v in pairs])
         # Roll the weighting's (and aggregator's) state back where the step
         # was not applied.
         for variable, before in zip(state, state_before):
-            variable.assign(ops.where(updated, variable, before))
+            variable.assign(ops.where(updated, variable.value, before))
         step = ops.copy(self.train_steps)
         bad = ops.logical_not(finite)
-        self.last_nonfinite_step.assign(ops.where(bad, step, self.last_nonfinite_step))
+        self.last_nonfinite_step.assign(
+            ops.where(bad, step, self.last_nonfinite_step.value)
+        )
         self.nonfinite_tasks.assign(
             ops.where(
                 bad,
                 ops.cast(ops.logical_not(finite_losses), "int32"),
-                self.nonfinite_tasks,
+                self.nonfinite_tasks.value,
             )
         )
-        self.skipped_steps.assign_add(ops.cast(bad, "int64"))
+        self.skipped_steps.assign_add(ops.cast(bad, self.skipped_steps.dtype))
         self.train_steps.assign_add(1)
-        batch_size = ops.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
-        self._update_trackers(losses, total, weights, finite, batch_size)
-        return _replicas.multi_worker_logs(
-            self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        )
+        self._update_trackers(losses, total, weights, finite, _batch_size(x))
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def _replica_share(
         self, gradients: list[Any], variables: list[Any], replicas: int
@@ -685,19 +722,7 @@ class MultiTaskModel(keras.Model):
             targets, shared = [representation], self._trunk_variables()
         jacobian = gradients_lib.task_jacobian(tape, task_terms, targets)
         jacobian = _replicas.all_reduce_sum(jacobian)
-        # The optimizer's loss scale (1 but for a LossScaleOptimizer).
-        loss_scale = ops.cast(self.optimizer.scale_loss(1.0), "float32")
-        if lso:
-            jacobian = jacobian / loss_scale
-        direction = self.aggregator(jacobian, training=True, losses=losses)
-        # Logged only; an overflowing (loss-scaled) step has no finite Jacobian.
-        finite_jacobian = ops.where(ops.isfinite(jacobian), jacobian, 0.0)
-        combination = gradients_lib.combination_weights(finite_jacobian, direction)
-        if lso:
-            # The aggregator zeroes non-finite entries: an overflow must
-            # still reach the optimizer, which then lowers the scale.
-            overflow = ops.logical_not(ops.all(ops.isfinite(jacobian)))
-            direction = ops.where(overflow, float("inf"), direction) * loss_scale
+        direction, combination, loss_scale = self._direction(jacobian, losses)
         if replicas > 1:
             # The same on every replica; the optimizer sums the replicas.
             direction = direction / replicas
@@ -723,8 +748,28 @@ class MultiTaskModel(keras.Model):
             by_id[id(v)] if id(v) in shared_ids else other_grads[id(v)]
             for v in variables
         ]
-        self._cosine_tracker.update_state(gradients_lib.min_cosine(finite_jacobian))
         return gradients, weights * combination
+
+    def _direction(self, jacobian: Any, losses: Any) -> tuple[Any, Any, Any]:
+        """The aggregator's direction for the (loss-scaled) Jacobian, on
+        either backend: returns it (scaled again), each task's effective
+        weight in it, and the optimizer's loss scale (1 but for a
+        `LossScaleOptimizer`). Logs the smallest gradient cosine."""
+        lso = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        loss_scale = ops.cast(self.optimizer.scale_loss(1.0), "float32")
+        if lso:
+            jacobian = jacobian / loss_scale
+        direction = self.aggregator(jacobian, training=True, losses=losses)
+        # Logged only; an overflowing (loss-scaled) step has no finite Jacobian.
+        finite_jacobian = ops.where(ops.isfinite(jacobian), jacobian, 0.0)
+        combination = gradients_lib.combination_weights(finite_jacobian, direction)
+        self._cosine_tracker.update_state(gradients_lib.min_cosine(finite_jacobian))
+        if lso:
+            # The aggregator zeroes non-finite entries: an overflow must
+            # still reach the optimizer, which then lowers the scale.
+            overflow = ops.logical_not(ops.all(ops.isfinite(jacobian)))
+            direction = ops.where(overflow, float("inf"), direction) * loss_scale
+        return direction, combination, loss_scale
 
     def _trunk_variables(self) -> list[Any]:
         """The trunk's trainable variables (read in the step: a subclassed
@@ -768,18 +813,40 @@ class MultiTaskModel(keras.Model):
             output_gradients.append(ops.ones_like(regularization))
         return tape.gradient(targets, trunk, output_gradients=output_gradients)
 
-    def test_step(self, data: Any) -> dict[str, Any]:
+    def test_step(self, *args: Any) -> Any:
+        """One evaluation step; on JAX the stateless
+        `test_step(state, data) -> (logs, state)`."""
+        if keras.backend.backend() == "jax":
+            from keras_mtl import _jax_step
+
+            return _jax_step.test_step(self, *args)
+        return self._test_body(*args)
+
+    def _test_body(self, data: Any) -> dict[str, Any]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred = self(x, training=False)
         losses, total, weights = self._objective(
             y, y_pred, sample_weight, training=False
         )
         finite = ops.logical_and(ops.all(ops.isfinite(losses)), ops.isfinite(total))
-        batch_size = ops.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
-        self._update_trackers(losses, total, weights, finite, batch_size)
+        self._update_trackers(losses, total, weights, finite, _batch_size(x))
         return _replicas.multi_worker_logs(
             self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         )
+
+    def _symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> Any:
+        result = super()._symbolic_build(iterator=iterator, data_batch=data_batch)
+        # A subclassed net has its variables now: build the aggregator for
+        # the shared ones before a (JAX) step is traced, which cannot
+        # create variables.
+        if (
+            self.aggregator is not None
+            and not self.representation_mode
+            and self.task_names is not None
+            and self.net.built
+        ):
+            self._find_shared_variables()
+        return result
 
     def _maybe_symbolic_build(
         self, iterator: Any = None, data_batch: Any = None
@@ -921,6 +988,17 @@ class MultiTaskModel(keras.Model):
             shape = (None, *tuple(shapes[0])[1:])
             wrapper(keras.KerasTensor(shape, dtype=net.input_dtype))
         return wrapper
+
+
+def _counter_dtype() -> str:
+    """The step counters' dtype: int64, but int32 on JAX (64-bit integers
+    are off there by default; a saved int64 value loads into either)."""
+    return "int32" if keras.backend.backend() == "jax" else "int64"
+
+
+def _batch_size(x: Any) -> Any:
+    """The batch size of the inputs `x` (their first non-None tensor)."""
+    return ops.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
 
 
 def _check_shared(shared: Any, aggregator: Any, representation: Any) -> Any:

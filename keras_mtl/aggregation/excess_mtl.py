@@ -112,7 +112,7 @@ class ExcessMTL(RawStateAggregator):
         risk = ops.sum(magnitude * safe_divide(magnitude, root), axis=1)
         step = ops.convert_to_tensor(self.step)
         first = ops.equal(step, 0)
-        initial = ops.where(first, risk, self.initial_risk)
+        initial = ops.where(first, risk, self.initial_risk.value)
         ratio = ops.minimum(safe_divide(risk, initial), _MAX_RATIO)
         weights = ops.convert_to_tensor(self.task_weights)
         logits = ops.log(ops.maximum(weights, 1e-38)) + self.step_size * ratio

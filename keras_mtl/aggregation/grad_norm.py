@@ -144,9 +144,11 @@ class GradNorm(Aggregator):
             )
             finite = ops.logical_and(finite, ops.all(ops.isfinite(new_weights)))
             self.task_weights.assign(ops.where(finite, new_weights, weights))
-            self.initial_losses.assign(ops.where(finite, initial, self.initial_losses))
+            self.initial_losses.assign(
+                ops.where(finite, initial, self.initial_losses.value)
+            )
             self.has_initial_losses.assign(
-                ops.where(finite, 1, self.has_initial_losses)
+                ops.where(finite, 1, self.has_initial_losses.value)
             )
         return direction
 
@@ -154,7 +156,9 @@ class GradNorm(Aggregator):
         """`(new weights, L(0))` after one step on L_grad, for the current
         weights `[K]`, task-gradient norms `[K]` and losses `[K]`."""
         first = ops.equal(self.has_initial_losses, 0)
-        initial = ops.where(first, losses, ops.convert_to_tensor(self.initial_losses))
+        initial = ops.where(
+            first, losses, ops.convert_to_tensor(self.initial_losses.value)
+        )
         ratios = losses / positive_or_one(initial)
         relative = ratios / positive_or_one(ops.mean(ratios))
         norms_weighted = weights * norms

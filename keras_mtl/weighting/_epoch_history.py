@@ -80,15 +80,17 @@ class EpochLossHistory(keras.layers.Layer):
         close = ops.logical_and(new_epoch, has_steps)
         mean = self.loss_sum / ops.maximum(self.count, 1.0)
         shifted = ops.concatenate([self.history[1:], mean[None, :]], axis=0)
-        history = ops.where(close, shifted, self.history)
+        history = ops.where(close, shifted, self.history.value)
         completed = self.completed + ops.cast(close, "int32")
         return new_epoch, history, completed
 
     def update(self, losses: Any) -> tuple[Any, Any]:
         """Adds one step's losses; returns `(history, completed)` to use now."""
         new_epoch, history, completed = self._rolled()
-        loss_sum = ops.where(new_epoch, ops.zeros_like(self.loss_sum), self.loss_sum)
-        count = ops.where(new_epoch, ops.zeros_like(self.count), self.count)
+        loss_sum = ops.where(
+            new_epoch, ops.zeros_like(self.loss_sum.value), self.loss_sum.value
+        )
+        count = ops.where(new_epoch, ops.zeros_like(self.count.value), self.count.value)
         self.history.assign(history)
         self.completed.assign(completed)
         self.loss_sum.assign(loss_sum + losses)

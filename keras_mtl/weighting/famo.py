@@ -175,9 +175,9 @@ class FAMO(Weighting):
         update = ops.equal(self.has_previous, 1)
         return (
             ops.where(update, stepped, logits),
-            ops.where(update, m, self.adam_m),
-            ops.where(update, v, self.adam_v),
-            ops.where(update, step, self.adam_step),
+            ops.where(update, m, self.adam_m.value),
+            ops.where(update, v, self.adam_v.value),
+            ops.where(update, step, self.adam_step.value),
         )
 
     def combine(self, losses: Any, training: bool = True) -> tuple[Any, Any]:

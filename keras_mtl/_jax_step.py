@@ -1,0 +1,368 @@
+"""The training and evaluation steps of `MultiTaskModel` on the JAX backend.
+
+Keras' JAX trainer is stateless: `train_step(state, data)` receives the
+values of every variable (trainable, non-trainable, optimizer, metrics) and
+returns the new ones. Here the whole step runs inside one
+`keras.StatelessScope` over that state, so the weighting, the aggregator,
+the non-finite checks and the trackers are the same code as on TensorFlow
+(`MultiTaskModel._finish_step`, `_direction`): their variable reads see the
+step's state and their `assign`s are collected from the scope as the new
+state, never baked into the trace.
+
+What differs is differentiation. The forward pass is a function of the
+trainable values, run under `jax.vjp` in a nested scope (its state updates,
+such as a weighting's loss history or batch-norm statistics, come back as
+auxiliary outputs). One forward pass gives a VJP function; every gradient
+the step needs is a VJP with a different cotangent:
+
+- no aggregator: cotangent 1 on the objective;
+- an aggregator on the shared parameters: the K unit cotangents of the task
+  terms (the Jacobian's rows), one on the heads' objective and one on the
+  regularisation, all in one `jax.vmap` of the VJP (one batched backward
+  pass, not K + 2 separate ones);
+- representation mode: two functions, trunk and heads, so the K rows are
+  taken at the representation and the trunk gets one backward pass, with
+  the aggregated direction as its output cotangent.
+
+The update is applied with the optimizer's `stateless_apply` under
+`lax.cond` on the step being finite, as `MultiTaskModel` does on TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from keras_mtl import gradients as gradients_lib
+
+
+def _state_groups(model: Any, optimizer: bool) -> list[list[Any]]:
+    """The model's variables in the order of the JAX trainer's state."""
+    groups = [list(model.trainable_variables), list(model.non_trainable_variables)]
+    if optimizer:
+        groups.append(list(model.optimizer.variables))
+    groups.append(list(model.metrics_variables))
+    return groups
+
+
+def _stateless(model: Any, state: Any, optimizer: bool, body: Any) -> Any:
+    """Runs `body()` with every variable read from `state` and returns its
+    result and the new state (each variable's value at the end)."""
+    groups = _state_groups(model, optimizer)
+    mapping = [
+        (variable, value)
+        for variables, values in zip(groups, state)
+        for variable, value in zip(variables, values)
+    ]
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        result = body()
+    new_state = tuple(
+        [scope.get_current_value(v) for v in variables] for variables in groups
+    )
+    return result, new_state
+
+
+def test_step(model: Any, state: Any, data: Any) -> tuple[Any, Any]:
+    """`test_step(state, data) -> (logs, state)` of the JAX trainer."""
+    return _stateless(model, state, False, lambda: model._test_body(data))
+
+
+def train_step(model: Any, state: Any, data: Any) -> tuple[Any, Any]:
+    """`train_step(state, data) -> (logs, state)` of the JAX trainer."""
+    return _stateless(model, state, True, lambda: _train_body(model, data))
+
+
+class _Forward:
+    """A pure function of the trainable values for `jax.vjp`: runs `body`
+    in a scope that maps the trainable variables to the traced values and
+    every other variable to its value in the enclosing (step) scope, and
+    returns `body`'s outputs (a dict; with `activity=True` also the sum of
+    the pass's activity losses) with, as auxiliary output, the other
+    variables' new values and `body`'s auxiliary values."""
+
+    def __init__(
+        self,
+        trainable: list[Any],
+        others: list[Any],
+        body: Any,
+        activity: bool = False,
+    ) -> None:
+        self.trainable = trainable
+        self.others = others
+        self.body = body
+        self.activity = activity
+
+    def __call__(self, values: list[Any], *args: Any) -> tuple[Any, Any]:
+        mapping = list(zip(self.trainable, values))
+        mapping += [(v, v.value) for v in self.others]
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            outputs, aux = self.body(*args)
+            if self.activity:
+                # The activity losses (`add_loss`) of this pass, summed.
+                outputs["activity"] = sum(
+                    (ops.cast(ops.sum(t), "float32") for t in scope.losses),
+                    ops.zeros((), "float32"),
+                )
+        updates = [scope.get_current_value(v) for v in self.others]
+        return outputs, (updates, aux)
+
+    def assign_updates(self, updates: list[Any]) -> None:
+        for variable, value in zip(self.others, updates):
+            variable.assign(value)
+
+
+def _unit_rows(count: int, size: int, offset: int) -> Any:
+    """`[count, size]` rows with a 1 at column `offset + row` (if in range)."""
+    rows = ops.arange(count)[:, None] + offset
+    return ops.cast(ops.equal(rows, ops.arange(size)[None, :]), "float32")
+
+
+def _rows(k: int) -> dict[str, Any]:
+    """K + 2 cotangents of the aggregator outputs: the K task terms' unit
+    vectors (the Jacobian's rows), then the heads' objective, then the
+    regularisation."""
+    return {
+        "terms": _unit_rows(k + 2, k, 0),
+        "objective": _unit_rows(k + 2, 1, -k)[:, 0],
+        "regularization": _unit_rows(k + 2, 1, -k - 1)[:, 0],
+    }
+
+
+def _cotangents(outputs: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
+    """Cotangent batches for `outputs`, cast to each output's dtype."""
+    return {
+        key: ops.cast(rows[key], outputs[key].dtype)
+        for key in outputs  # the same keys, or the VJP rejects the structure
+    }
+
+
+def _train_body(model: Any, data: Any) -> dict[str, Any]:
+    import jax
+
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    optimizer = model.optimizer
+    aggregator = model.aggregator
+    state = list(model.weighting.non_trainable_variables)
+    if aggregator is not None:
+        state += list(aggregator.non_trainable_variables)
+    state_before = [ops.copy(v.value) for v in state]
+    trainable = list(model.trainable_variables)
+    trainable_ids = {id(v) for v in trainable}
+    others = [
+        v
+        for group in _state_groups(model, optimizer=True)[1:]
+        for v in group
+        if id(v) not in trainable_ids
+    ]
+    values = [v.value for v in trainable]
+
+    if aggregator is not None and model.representation_mode:
+        y_pred, (losses, total, weights), gradients = _representation_gradients(
+            model, x, y, sample_weight, trainable, others, values
+        )
+    else:
+
+        def objective() -> tuple[Any, Any]:
+            y_pred = model(x, training=True)
+            losses, total, weights = model._objective(
+                y, y_pred, sample_weight, training=True
+            )
+            outputs = {"objective": optimizer.scale_loss(total)}
+            if aggregator is not None:
+                outputs.update(_task_outputs(model, losses, weights, total))
+            return outputs, (y_pred, losses, total, weights)
+
+        forward = _Forward(trainable, others, objective)
+        outputs, vjp, (updates, aux) = jax.vjp(forward, values, has_aux=True)
+        forward.assign_updates(updates)
+        y_pred, losses, total, weights = aux
+        if aggregator is None:
+            gradients = vjp(_cotangents(outputs, {"objective": 1.0}))[0]
+        else:
+            gradients, weights = _shared_gradients(
+                model, trainable, outputs, vjp, losses, weights
+            )
+
+    def apply_if(finite: Any, gradients: list[Any], variables: list[Any]) -> None:
+        _apply_if(optimizer, finite, gradients, variables, trainable)
+
+    return model._finish_step(
+        (x, y, y_pred, sample_weight),
+        (losses, total, weights),
+        list(gradients),
+        trainable,
+        (state, state_before),
+        apply_if,
+    )
+
+
+def _task_outputs(model: Any, losses: Any, weights: Any, total: Any) -> dict[str, Any]:
+    """The outputs an aggregator step differentiates, as on TensorFlow: the
+    loss-scaled task terms (rows of the Jacobian), the heads' objective and
+    the regularisation. A `task_terms` transform (DB-MTL) swaps each task's
+    term in the heads' objective too."""
+    optimizer = model.optimizer
+    terms = ops.stop_gradient(weights) * losses
+    transformed = model.aggregator.task_terms(terms)
+    heads = total
+    if transformed is not terms:
+        heads = total + (ops.sum(transformed) - ops.sum(terms))
+    return {
+        "objective": optimizer.scale_loss(heads),
+        "terms": optimizer.scale_loss(transformed),
+        "regularization": model._regularization(),
+    }
+
+
+def _transform_weights(model: Any, losses: Any, weights: Any) -> Any:
+    """Effective weights on grad L_i under a `task_terms` transform:
+    the weights times d term_i / d (w_i L_i)."""
+    import jax
+
+    terms = ops.stop_gradient(weights) * losses
+    aggregator = model.aggregator
+    if aggregator.task_terms(terms) is terms:
+        return weights
+    slope = jax.grad(lambda t: ops.sum(aggregator.task_terms(t)))(terms)
+    return weights * slope
+
+
+def _batched_vjp(vjp: Any, cotangents: dict[str, Any]) -> list[Any]:
+    """All the VJPs of a batch of cotangents in one batched backward pass."""
+    import jax
+
+    return jax.vmap(lambda c: vjp(c)[0])(cotangents)
+
+
+def _shared_gradients(
+    model: Any,
+    trainable: list[Any],
+    outputs: dict[str, Any],
+    vjp: Any,
+    losses: Any,
+    weights: Any,
+) -> tuple[list[Any], Any]:
+    """Parameter mode: the shared parameters get the aggregator's direction
+    for the Jacobian of the task terms (plus the regularisation's gradient),
+    every other parameter the gradient of the heads' objective."""
+    k = len(model.task_names)
+    batched = _batched_vjp(vjp, _cotangents(outputs, _rows(k)))
+    shared = model._find_shared_variables()
+    index = {id(v): i for i, v in enumerate(trainable)}
+    shared_rows = [batched[index[id(v)]] for v in shared]
+    jacobian = ops.concatenate(
+        [ops.reshape(ops.cast(g[:k], "float32"), (k, -1)) for g in shared_rows],
+        axis=1,
+    )
+    direction, combination, loss_scale = model._direction(
+        jacobian, ops.cast(losses, "float32")
+    )
+    shared_grads = gradients_lib.unflatten(direction, shared)
+    gradients = [g[k] for g in batched]
+    for v, g, rows_of_v in zip(shared, shared_grads, shared_rows):
+        regularization = ops.cast(rows_of_v[k + 1] * loss_scale, g.dtype)
+        gradients[index[id(v)]] = g + regularization
+    weights = _transform_weights(model, losses, weights)
+    return gradients, weights * combination
+
+
+def _representation_gradients(
+    model: Any,
+    x: Any,
+    y: Any,
+    sample_weight: Any,
+    trainable: list[Any],
+    others: list[Any],
+    values: list[Any],
+) -> tuple[Any, Any, list[Any]]:
+    """Representation mode: the Jacobian of the task terms with respect to
+    the trunk's output `z` (`[K, B * R]`), and one backward pass through the
+    trunk with the aggregated direction as the cotangent of `z`."""
+    import jax
+
+    if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+        raise NotImplementedError(
+            "Representation mode does not support mixed_float16 loss scaling "
+            "yet; aggregate over the shared parameters (no "
+            "`representation`/`trunk`) instead."
+        )
+    split = model._split
+    k = len(model.task_names)
+
+    def run_trunk() -> tuple[Any, Any]:
+        return {"z": split.trunk(x, training=True)}, ()
+
+    # The trunk's activity losses (`add_loss` in its layers) are collected
+    # in its own pass: they join the objective there.
+    trunk_forward = _Forward(trainable, others, run_trunk, activity=True)
+    trunk_outputs, trunk_vjp, (trunk_updates, _) = jax.vjp(
+        trunk_forward, values, has_aux=True
+    )
+    trunk_forward.assign_updates(trunk_updates)
+    representation = trunk_outputs["z"]
+
+    def run_heads(z: Any) -> tuple[Any, Any]:
+        y_pred = model._named_outputs(split.heads(z, training=True))
+        losses, total, weights = model._objective(
+            y, y_pred, sample_weight, training=True
+        )
+        total = total + trunk_outputs["activity"]
+        outputs = _task_outputs(model, losses, weights, total)
+        return outputs, (y_pred, losses, total, weights)
+
+    heads_forward = _Forward(trainable, others, run_heads)
+    outputs, heads_vjp, (updates, aux) = jax.vjp(
+        heads_forward, values, representation, has_aux=True
+    )
+    heads_forward.assign_updates(updates)
+    y_pred, losses, total, weights = aux
+    params, z_rows = jax.vmap(heads_vjp)(_cotangents(outputs, _rows(k)))
+    jacobian = ops.reshape(ops.cast(z_rows[:k], "float32"), (k, -1))
+    direction, combination, _ = model._direction(jacobian, ops.cast(losses, "float32"))
+    trunk_cotangent = _cotangents(
+        trunk_outputs,
+        {"z": ops.reshape(direction, ops.shape(representation)), "activity": 1.0},
+    )
+    trunk_grads = trunk_vjp(trunk_cotangent)[0]
+    trunk_ids = {id(v) for v in model._trunk_variables()}
+    gradients = [
+        # Weight regularisers read the trunk's parameters directly.
+        through_z + g[k + 1] if id(v) in trunk_ids else g[k]
+        for v, g, through_z in zip(trainable, params, trunk_grads)
+    ]
+    weights = _transform_weights(model, losses, weights)
+    return y_pred, (losses, total, weights * combination), gradients
+
+
+def _apply_if(
+    optimizer: Any,
+    finite: Any,
+    gradients: list[Any],
+    variables: list[Any],
+    trainable: list[Any],
+) -> None:
+    """The optimizer's update of `variables` if `finite` (a `lax.cond`, so
+    a skipped step costs nothing), written to the step's scope."""
+    import jax
+
+    if len(variables) != len(trainable):
+        raise RuntimeError(
+            "On JAX every trainable variable has a gradient; got "
+            f"{len(variables)} of {len(trainable)}."
+        )
+    trainable_values = [v.value for v in variables]
+    optimizer_values = [v.value for v in optimizer.variables]
+
+    def update() -> tuple[list[Any], list[Any]]:
+        return optimizer.stateless_apply(optimizer_values, gradients, trainable_values)
+
+    def keep() -> tuple[list[Any], list[Any]]:
+        return trainable_values, optimizer_values
+
+    new_trainable, new_optimizer = jax.lax.cond(finite, update, keep)
+    for variable, value in zip(variables, new_trainable):
+        variable.assign(value)
+    for variable, value in zip(optimizer.variables, new_optimizer):
+        variable.assign(value)
