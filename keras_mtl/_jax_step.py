@@ -18,8 +18,7 @@ the step needs is a VJP with a different cotangent:
 - no aggregator: cotangent 1 on the objective;
 - an aggregator on the shared parameters: the K unit cotangents of the task
   terms (the Jacobian's rows), one on the heads' objective and one on the
-  regularisation, all in one `jax.vmap` of the VJP (one batched backward
-  pass, not K + 2 separate ones);
+  regularisation (`_vjp_rows`);
 - representation mode: two functions, trunk and heads, so the K rows are
   taken at the representation and the trunk gets one backward pass, with
   the aggregated direction as its output cotangent.
@@ -113,25 +112,37 @@ class _Forward:
             variable.assign(value)
 
 
-def _unit_rows(count: int, size: int, offset: int) -> Any:
-    """`[count, size]` rows with a 1 at column `offset + row` (if in range)."""
-    rows = ops.arange(count)[:, None] + offset
-    return ops.cast(ops.equal(rows, ops.arange(size)[None, :]), "float32")
+def _vjp_rows(vjp: Any, outputs: dict[str, Any]) -> tuple[list[Any], Any, Any]:
+    """The VJPs an aggregator step needs from the outputs of
+    `_task_outputs`: one per task term (the Jacobian's rows), the heads'
+    objective's and the regularisation's; each a tuple with the gradient of
+    every differentiated argument.
 
+    One VJP call per row rather than a `jax.vmap` of them: measured faster
+    under XLA on the CPU (20-35% a step at widths 128 and 1024 with K = 3
+    and 8): what a row does not use is dead code that XLA removes (a task
+    row needs only the shared parameters' gradients, the heads' row no
+    backward pass through the trunk); a batched pass computes it all."""
+    k = outputs["terms"].shape[0]
 
-def _rows(k: int) -> dict[str, Any]:
-    """K + 2 cotangents of the aggregator outputs: the K task terms' unit
-    vectors (the Jacobian's rows), then the heads' objective, then the
-    regularisation."""
-    return {
-        "terms": _unit_rows(k + 2, k, 0),
-        "objective": _unit_rows(k + 2, 1, -k)[:, 0],
-        "regularization": _unit_rows(k + 2, 1, -k - 1)[:, 0],
-    }
+    def row(terms: Any, objective: float, regularization: float) -> Any:
+        return vjp(
+            {
+                "objective": ops.cast(objective, outputs["objective"].dtype),
+                "terms": ops.cast(terms, outputs["terms"].dtype),
+                "regularization": ops.cast(
+                    regularization, outputs["regularization"].dtype
+                ),
+            }
+        )
+
+    eye = ops.eye(k)
+    task_rows = [row(eye[i], 0.0, 0.0) for i in range(k)]
+    return task_rows, row(eye[0] * 0.0, 1.0, 0.0), row(eye[0] * 0.0, 0.0, 1.0)
 
 
 def _cotangents(outputs: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
-    """Cotangent batches for `outputs`, cast to each output's dtype."""
+    """Cotangents for `outputs`, cast to each output's dtype."""
     return {
         key: ops.cast(rows[key], outputs[key].dtype)
         for key in outputs  # the same keys, or the VJP rejects the structure
@@ -229,13 +240,6 @@ def _transform_weights(model: Any, losses: Any, weights: Any) -> Any:
     return weights * slope
 
 
-def _batched_vjp(vjp: Any, cotangents: dict[str, Any]) -> list[Any]:
-    """All the VJPs of a batch of cotangents in one batched backward pass."""
-    import jax
-
-    return jax.vmap(lambda c: vjp(c)[0])(cotangents)
-
-
 def _shared_gradients(
     model: Any,
     trainable: list[Any],
@@ -247,23 +251,23 @@ def _shared_gradients(
     """Parameter mode: the shared parameters get the aggregator's direction
     for the Jacobian of the task terms (plus the regularisation's gradient),
     every other parameter the gradient of the heads' objective."""
-    k = len(model.task_names)
-    batched = _batched_vjp(vjp, _cotangents(outputs, _rows(k)))
+    task_rows, heads_row, regularization_row = _vjp_rows(vjp, outputs)
     shared = model._find_shared_variables()
     index = {id(v): i for i, v in enumerate(trainable)}
-    shared_rows = [batched[index[id(v)]] for v in shared]
-    jacobian = ops.concatenate(
-        [ops.reshape(ops.cast(g[:k], "float32"), (k, -1)) for g in shared_rows],
-        axis=1,
+    positions = [index[id(v)] for v in shared]
+    jacobian = ops.stack(
+        [
+            gradients_lib.flatten([row[0][i] for i in positions], shared)
+            for row in task_rows
+        ]
     )
     direction, combination, loss_scale = model._direction(
         jacobian, ops.cast(losses, "float32")
     )
-    shared_grads = gradients_lib.unflatten(direction, shared)
-    gradients = [g[k] for g in batched]
-    for v, g, rows_of_v in zip(shared, shared_grads, shared_rows):
-        regularization = ops.cast(rows_of_v[k + 1] * loss_scale, g.dtype)
-        gradients[index[id(v)]] = g + regularization
+    gradients = list(heads_row[0])
+    for i, v, g in zip(positions, shared, gradients_lib.unflatten(direction, shared)):
+        regularization = regularization_row[0][i] * ops.cast(loss_scale, v.dtype)
+        gradients[i] = g + ops.cast(regularization, g.dtype)
     weights = _transform_weights(model, losses, weights)
     return gradients, weights * combination
 
@@ -289,7 +293,6 @@ def _representation_gradients(
             "`representation`/`trunk`) instead."
         )
     split = model._split
-    k = len(model.task_names)
 
     def run_trunk() -> tuple[Any, Any]:
         return {"z": split.trunk(x, training=True)}, ()
@@ -318,8 +321,10 @@ def _representation_gradients(
     )
     heads_forward.assign_updates(updates)
     y_pred, losses, total, weights = aux
-    params, z_rows = jax.vmap(heads_vjp)(_cotangents(outputs, _rows(k)))
-    jacobian = ops.reshape(ops.cast(z_rows[:k], "float32"), (k, -1))
+    task_rows, heads_row, regularization_row = _vjp_rows(heads_vjp, outputs)
+    jacobian = ops.stack(
+        [ops.reshape(ops.cast(row[1], "float32"), (-1,)) for row in task_rows]
+    )
     direction, combination, _ = model._direction(jacobian, ops.cast(losses, "float32"))
     trunk_cotangent = _cotangents(
         trunk_outputs,
@@ -329,8 +334,10 @@ def _representation_gradients(
     trunk_ids = {id(v) for v in model._trunk_variables()}
     gradients = [
         # Weight regularisers read the trunk's parameters directly.
-        through_z + g[k + 1] if id(v) in trunk_ids else g[k]
-        for v, g, through_z in zip(trainable, params, trunk_grads)
+        through_z + regularization if id(v) in trunk_ids else heads
+        for v, heads, regularization, through_z in zip(
+            trainable, heads_row[0], regularization_row[0], trunk_grads
+        )
     ]
     weights = _transform_weights(model, losses, weights)
     return y_pred, (losses, total, weights * combination), gradients
