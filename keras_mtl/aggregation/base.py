@@ -25,14 +25,18 @@ def _run_cached(functions: dict[Any, Any], key: Any, args: list[Any]) -> Any:
     Jacobian, as in a recording subclass under `run_eagerly=True`) keeps
     working op by op, and a genuine error is raised by that op-by-op call.
     Errors of a traced run (`tf.errors.OpError`) are not retried."""
-    import tensorflow as tf
-
     function = functions[key]
     if function is None:
         return _OP_BY_OP
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        runtime_errors: tuple[type[BaseException], ...] = (tf.errors.OpError,)
+    else:
+        runtime_errors = ()
     try:
         return function(*args)
-    except tf.errors.OpError:
+    except runtime_errors:
         raise
     except Exception:  # noqa: BLE001 - a failed trace; rerun op by op
         functions[key] = None
@@ -75,9 +79,10 @@ class Aggregator(keras.layers.Layer):
 
     **Eager calls.** The solvers run fixed loops of small ops (hundreds of
     iterations), which eagerly cost a Python round trip each (about a
-    second a call). So an eager call (TensorFlow backend, not inside a
-    `tf.function` trace) builds the layer eagerly and then runs through a
-    `tf.function` cached per instance (`reduce_retracing=True`: a second
+    second a call). So an eager call (not inside a `tf.function` or JAX
+    trace) builds the layer eagerly and then runs through a compiled
+    function cached per instance: on JAX a `jax.jit` of `stateless_call`,
+    on TensorFlow a `tf.function` (`reduce_retracing=True`: a second
     D retraces once with an unknown D); state variables are updated as in
     a plain call. Set `eager_function = False` on an instance (or a class)
     to run op by op; an instance whose call cannot be traced (it converts
@@ -130,9 +135,17 @@ class Aggregator(keras.layers.Layer):
         return super().__call__(jacobian, training=training, losses=losses, **kwargs)
 
     def _use_eager_function(self, jacobian: Any, training: Any) -> bool:
-        if not self.eager_function or keras.backend.backend() != "tensorflow":
+        if not self.eager_function:
             return False
         if not isinstance(training, bool) or isinstance(jacobian, keras.KerasTensor):
+            return False
+        backend = keras.backend.backend()
+        if backend == "jax":
+            import jax
+
+            # Not inside a trace (jit, grad, vmap): there it is compiled anyway.
+            return not isinstance(jacobian, jax.core.Tracer)
+        if backend != "tensorflow":
             return False
         import tensorflow as tf
 
@@ -140,7 +153,10 @@ class Aggregator(keras.layers.Layer):
 
     def _eager_call(self, jacobian: Any, training: bool, losses: Any) -> Any:
         """An eager call through a cached `tf.function` (same result and
-        state updates as the op-by-op call, without the per-op overhead)."""
+        state updates as the op-by-op call, without the per-op overhead);
+        on JAX through a cached `jax.jit` of `stateless_call`."""
+        if keras.backend.backend() == "jax":
+            return self._jax_eager_call(jacobian, training, losses)
         import tensorflow as tf
 
         jacobian = tf.cast(tf.convert_to_tensor(jacobian), tf.float32)
@@ -181,6 +197,42 @@ class Aggregator(keras.layers.Layer):
         if self.needs_losses:
             args.append(tf.cast(tf.convert_to_tensor(losses), tf.float32))
         return _run_cached(functions, key, args)
+
+    def _jax_eager_call(self, jacobian: Any, training: bool, losses: Any) -> Any:
+        """`_eager_call` on JAX: `jax.jit` of the layer's `stateless_call`
+        (state in, new state out), cached per instance and configuration;
+        the new state is then assigned, as a plain call would."""
+        import jax
+
+        jacobian = ops.cast(ops.convert_to_tensor(jacobian), "float32")
+        if not self.built:
+            self.build(tuple(jacobian.shape))
+        functions = _EAGER_FUNCTIONS.setdefault(self, {})
+        key = ("jax", training, repr(self.get_config()))
+        if key not in functions:
+            layer = weakref.ref(self)
+
+            def run(trainable: Any, state: Any, jac: Any, *task_losses: Any) -> Any:
+                kwargs = {"losses": task_losses[0]} if task_losses else {}
+                return layer().stateless_call(
+                    trainable, state, jac, training=training, **kwargs
+                )
+
+            functions[key] = jax.jit(run)
+        args = [
+            [v.value for v in self.trainable_variables],
+            [v.value for v in self.non_trainable_variables],
+            jacobian,
+        ]
+        if self.needs_losses:
+            args.append(ops.cast(ops.convert_to_tensor(losses), "float32"))
+        result = _run_cached(functions, key, args)
+        if result is _OP_BY_OP:
+            return result
+        direction, state = result
+        for variable, value in zip(self.non_trainable_variables, state):
+            variable.assign(value)
+        return direction
 
     def task_terms(self, losses: Any) -> Any:
         """The K scalars whose gradients are the rows of the Jacobian, from
@@ -271,6 +323,17 @@ class GramianWeightedAggregator(Aggregator):
         # Eagerly through a cached `tf.function`, as `Aggregator.__call__`.
         if not self._use_eager_function(gramian, True):
             return self.gramian_weights(gramian)
+        if keras.backend.backend() == "jax":
+            import jax
+
+            functions = _EAGER_FUNCTIONS.setdefault(self, {})
+            key = ("jax_gramian_weights", repr(self.get_config()))
+            if key not in functions:
+                layer = weakref.ref(self)
+                functions[key] = jax.jit(lambda g: layer().gramian_weights(g))
+            gramian = ops.cast(ops.convert_to_tensor(gramian), "float32")
+            result = _run_cached(functions, key, [gramian])
+            return self.gramian_weights(gramian) if result is _OP_BY_OP else result
         import tensorflow as tf
 
         functions = _EAGER_FUNCTIONS.setdefault(self, {})
