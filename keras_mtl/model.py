@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import keras
@@ -887,7 +888,51 @@ class MultiTaskModel(keras.Model):
         for cls in reversed(needed):
             if not any(isinstance(c, cls) for c in callbacks):
                 callbacks.insert(0, cls())
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+        with self._jax_state_kept():
+            return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        with self._jax_state_kept():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        with self._jax_state_kept():
+            return super().predict(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _jax_state_kept(self) -> Iterator[None]:
+        """On JAX, Keras detaches the variables' values while it loops
+        (`_purge_model_variables`) and writes them back at the end; an
+        error in the loop (bad targets, a non-finite step with
+        `on_nonfinite="raise"`) would leave every variable empty. Here the
+        latest state, or else the values from before the loop, are put
+        back before the error propagates."""
+        if keras.backend.backend() != "jax":
+            yield
+            return
+        # Not tracked by Keras (a tracked list of variables would be saved).
+        object.__setattr__(self, "_values_before_purge", [])
+        try:
+            yield
+        except BaseException:
+            if getattr(self, "_jax_state", None):
+                self.jax_state_sync()
+            for variable, value in self._values_before_purge:
+                if variable._value is None:
+                    variable._value = value
+            raise
+        finally:
+            object.__setattr__(self, "_values_before_purge", [])
+
+    def _purge_model_variables(self, *args: Any, **kwargs: Any) -> None:
+        # JAX trainer only; see `_jax_state_kept`.
+        kept = getattr(self, "_values_before_purge", None)
+        if kept is not None and not kept:
+            variables = self.variables
+            if getattr(self, "optimizer", None) is not None:
+                variables = variables + list(self.optimizer.variables)
+            kept.extend((v, v._value) for v in variables + self.metrics_variables)
+        super()._purge_model_variables(*args, **kwargs)
 
     def train_on_batch(self, *args: Any, **kwargs: Any) -> Any:
         before = int(ops.convert_to_numpy(self.skipped_steps)) if self.task_names else 0

@@ -1,0 +1,148 @@
+"""TensorFlow and JAX train every method to the same numbers.
+
+Two processes, one per backend, run the same short training of every
+method (tests/backend_worker.py: real digits data, the same initial
+weights, plain SGD, `jit_compile=True`); each method's per-epoch task
+losses, task weights and loss, its evaluation and every parameter of the
+net must agree to 1e-4 (relative). Runs in the TensorFlow session of the
+suite only (it starts both backends itself).
+
+Methods that draw random numbers (RLW's weights, GradDrop's masks) draw
+them from each backend's own generator, so their runs differ by design;
+they are trained on both and checked for finite results only. PCGrad and
+GradVac visit the tasks in a random order: with two tasks the order does
+not matter, so they run on two (`@k2`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import one_alias_per_class
+
+import keras_mtl
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="starts a TensorFlow and a JAX process itself; run once, from the "
+    "TensorFlow session",
+)
+
+WORKER = Path(__file__).with_name("backend_worker.py")
+RTOL, ATOL = 1e-4, 1e-6
+
+# Every weighting and aggregator class, one alias each, plus pairs and
+# representation mode. `@k2`: the first two tasks only; `@trunk`:
+# representation mode at the layer "trunk".
+EXACT = [
+    "equal",
+    "fixed:weights=[1.0,2.0,0.5]",
+    "uncertainty",
+    "dwa",
+    "adaptive",
+    "adaptive:mode=epoch",
+    "bmtl",
+    "gls",
+    "famo",
+    "mean",
+    "sum",
+    "mgda",
+    "upgrad",
+    "dualproj",
+    "imtl_g",
+    "aligned_mtl",
+    "cagrad",
+    "pcgrad@k2",
+    "gradvac@k2",
+    "config",
+    "nash_mtl",
+    "fairgrad",
+    "moco",
+    "db_mtl",
+    "excess_mtl",
+    "grad_norm",
+    "adaptive+upgrad",
+    "bmtl+pcgrad@k2",
+    "upgrad@trunk",
+    "mgda@trunk",
+    "imtl_g@trunk",
+]
+RANDOM = ["rlw", "graddrop"]
+
+
+def _name(spec: str) -> str:
+    return spec.split("@")[0].split("+")[-1].split(":")[0]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, dict]:
+    """Both backends' results, the two processes run side by side."""
+    out = tmp_path_factory.mktemp("parity")
+    processes = {}
+    for backend in ("tensorflow", "jax"):
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        processes[backend] = subprocess.Popen(
+            [sys.executable, str(WORKER), str(out / f"{backend}.json")]
+            + EXACT
+            + RANDOM,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    results = {}
+    for backend, process in processes.items():
+        output, _ = process.communicate(timeout=1200)
+        assert process.returncode == 0, f"{backend} worker failed:\n{output[-3000:]}"
+        results[backend] = json.loads((out / f"{backend}.json").read_text())
+        assert results[backend]["backend"] == backend
+    return results
+
+
+def test_every_method_is_compared():
+    """A new weighting or aggregator must join the parity lists."""
+    covered = {_name(spec) for spec in EXACT + RANDOM}
+    for registry in (keras_mtl.weighting, keras_mtl.aggregation):
+        for alias in one_alias_per_class(registry):
+            cls = registry.ALIASES[alias]
+            assert any(registry.ALIASES.get(n) is cls for n in covered), alias
+
+
+def _close(a, b, what: str) -> None:
+    np.testing.assert_allclose(
+        np.asarray(b), np.asarray(a), rtol=RTOL, atol=ATOL, err_msg=what
+    )
+
+
+@pytest.mark.parametrize("spec", EXACT)
+def test_same_numbers_on_both_backends(runs, spec):
+    tf_run, jax_run = runs["tensorflow"][spec], runs["jax"][spec]
+    assert "error" not in tf_run, tf_run.get("error")
+    assert "error" not in jax_run, jax_run.get("error")
+    assert sorted(tf_run["history"]) == sorted(jax_run["history"])
+    assert any(k.endswith("_weight") for k in tf_run["history"])
+    for key, values in tf_run["history"].items():
+        _close(values, jax_run["history"][key], f"{spec}: history {key}")
+    for key, value in tf_run["evaluate"].items():
+        _close(value, jax_run["evaluate"][key], f"{spec}: evaluate {key}")
+    assert sorted(tf_run["weights"]) == sorted(jax_run["weights"])
+    for path, values in tf_run["weights"].items():
+        _close(values, jax_run["weights"][path], f"{spec}: parameter {path}")
+
+
+@pytest.mark.parametrize("spec", RANDOM)
+def test_random_methods_train_on_both_backends(runs, spec):
+    for backend in ("tensorflow", "jax"):
+        run = runs[backend][spec]
+        assert "error" not in run, f"{backend}: {run.get('error')}"
+        history = run["history"]
+        assert all(np.all(np.isfinite(v)) for v in history.values()), backend
+        # Trained: the loss went down from the first epoch to the last.
+        assert history["loss"][-1] < history["loss"][0], backend
