@@ -43,6 +43,19 @@ class Digits:
         return self.x[start:end], {k: v[start:end] for k, v in self.y.items()}
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under a backend other than TensorFlow only the tests marked
+    `backend_neutral` run (the rest use TensorFlow itself: tf.function,
+    GradientTape, tf.distribute); `scripts/test.sh` runs them under JAX."""
+    if keras.backend.backend() == "tensorflow":
+        return
+    keep = [item for item in items if item.get_closest_marker("backend_neutral")]
+    dropped = [item for item in items if not item.get_closest_marker("backend_neutral")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def digits() -> Digits:
     return Digits()

@@ -9,6 +9,8 @@ import tensorflow as tf
 
 from keras_mtl.callbacks import EpochDriver, TaskWeightScheduler
 
+pytestmark = pytest.mark.backend_neutral
+
 
 class HeadWatcher(keras.callbacks.Callback):
     """Records the parity head's kernel at every epoch boundary."""

@@ -9,6 +9,8 @@ import pytest
 import keras_mtl
 from keras_mtl.weighting import BMTL
 
+pytestmark = pytest.mark.backend_neutral
+
 
 # ------------------------------------------------------ configuration errors
 def test_loss_dict_naming_an_unknown_task(make_net, task_losses):

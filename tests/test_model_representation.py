@@ -10,6 +10,8 @@ from conftest import TASK_LOSSES, build_net
 import keras_mtl
 from keras_mtl.model import REPRESENTATION_AGGREGATORS
 
+pytestmark = pytest.mark.backend_neutral
+
 
 @keras.saving.register_keras_serializable(package="keras_mtl_tests")
 class Trunk(keras.Model):

@@ -8,6 +8,8 @@ import tensorflow as tf
 import keras_mtl
 from keras_mtl.weighting import AdaptiveWeighting
 
+pytestmark = pytest.mark.backend_neutral
+
 CASES = [*keras_mtl.weighting.names(), "adaptive_epoch"]
 STATEFUL = {"fixed", "uncertainty", "dwa", "rlw", "adaptive_epoch", "famo"}
 # Variables the model owns for training only (never part of an export).
@@ -144,6 +146,10 @@ def test_save_weights_restores_weighting_state(
         assert abs(got["digit_weight"] - 1.0) > 1e-4
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="tf.train.Checkpoint tracks TensorFlow variables only",
+)
 def test_tf_train_checkpoint_restores_weighting_state(
     digits, make_model, make_net, tmp_path
 ):
