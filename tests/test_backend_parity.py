@@ -144,5 +144,9 @@ def test_random_methods_train_on_both_backends(runs, spec):
         assert "error" not in run, f"{backend}: {run.get('error')}"
         history = run["history"]
         assert all(np.all(np.isfinite(v)) for v in history.values()), backend
-        # Trained: the loss went down from the first epoch to the last.
-        assert history["loss"][-1] < history["loss"][0], backend
+        # Trained: the sum of the unweighted task losses went down (the
+        # logged "loss" carries RLW's random weights).
+        tasks = [k for k in history if k.endswith("_loss")]
+        first = sum(history[k][0] for k in tasks)
+        last = sum(history[k][-1] for k in tasks)
+        assert last < first, (backend, first, last)
