@@ -10,6 +10,7 @@ from conftest import TASK_LOSSES, build_net, one_alias_per_class, weighting_for
 
 import keras_mtl
 
+
 POLICIES = ["mixed_float16", "mixed_bfloat16"]
 WEIGHTINGS = one_alias_per_class(keras_mtl.weighting)
 _cycle = itertools.cycle(WEIGHTINGS)
@@ -85,6 +86,7 @@ def test_every_method_trains_in_float32_maths(policy, weighting, aggregator, dig
     assert int(model.skipped_steps.numpy()) == 0
 
 
+@pytest.mark.backend_neutral  # the loss-scaling paths, on JAX too
 @pytest.mark.parametrize("aggregator", ["gradvac", "pcgrad"])
 def test_loss_scale_overflow_lowers_the_scale_and_skips(aggregator, digits):
     """An overflowing loss scale: the float16 per-task gradients are
@@ -125,6 +127,7 @@ def test_loss_scale_overflow_lowers_the_scale_and_skips(aggregator, digits):
         keras.config.set_dtype_policy("float32")
 
 
+@pytest.mark.backend_neutral  # the loss-scaling paths, on JAX too
 def test_aggregated_update_under_loss_scaling_equals_float32(digits):
     """With an exact float32 net (`float32` layers) under a loss-scale
     optimizer, the scaled-then-unscaled per-task gradients give the update
@@ -142,6 +145,7 @@ def test_aggregated_update_under_loss_scaling_equals_float32(digits):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.backend_neutral  # the loss-scaling paths, on JAX too
 @pytest.mark.parametrize("policy", POLICIES, indirect=True)
 @pytest.mark.parametrize("alias", ["bmtl", "adaptive"])
 def test_exponential_weightings_never_overflow(policy, alias):
