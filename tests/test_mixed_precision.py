@@ -10,7 +10,6 @@ from conftest import TASK_LOSSES, build_net, one_alias_per_class, weighting_for
 
 import keras_mtl
 
-
 POLICIES = ["mixed_float16", "mixed_bfloat16"]
 WEIGHTINGS = one_alias_per_class(keras_mtl.weighting)
 _cycle = itertools.cycle(WEIGHTINGS)
