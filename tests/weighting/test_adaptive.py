@@ -1,8 +1,9 @@
 """Tests of AdaptiveWeighting (Huq & Pervin 2022): harder tasks weigh more."""
 
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from _backend import compiled, dtype_of, tensor, to_numpy, value_and_gradient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,30 +25,30 @@ def np_proportional_weights(losses):
 
 
 def weights_of(w, losses, **kwargs):
-    return w(tf.constant(losses, tf.float32), **kwargs)[1].numpy()
+    return to_numpy(w(tensor(losses, "float32"), **kwargs)[1])
 
 
 # ---------------------------------------------------------------- step mode
 @pytest.mark.parametrize("temperature", [0.1, 0.5, 1.0, 2.0, 10.0])
 def test_softmax_form(temperature):
     w = AdaptiveWeighting(temperature=temperature)
-    objective, weights = w(tf.constant(LOSSES))
+    objective, weights = w(tensor(LOSSES))
     expected = np_softmax_weights(LOSSES, temperature)
-    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(to_numpy(weights), expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(float(objective), np.sum(expected * LOSSES), rtol=1e-5)
 
 
 def test_docstring_example():
     w = keras_mtl.weighting.get("adaptive", temperature=1.0)
-    _, weights = w(tf.constant([0.5, 2.0]))
-    np.testing.assert_allclose(weights.numpy(), [0.365, 1.635], atol=1e-3)
+    _, weights = w(tensor([0.5, 2.0]))
+    np.testing.assert_allclose(to_numpy(weights), [0.365, 1.635], atol=1e-3)
 
 
 def test_proportional_form():
     w = AdaptiveWeighting(form="proportional")
-    objective, weights = w(tf.constant(LOSSES))
+    objective, weights = w(tensor(LOSSES))
     expected = np_proportional_weights(LOSSES)
-    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(weights), expected, rtol=1e-6)
     np.testing.assert_allclose(float(objective), np.sum(expected * LOSSES), rtol=1e-6)
 
 
@@ -107,38 +108,37 @@ def test_small_temperature_puts_weight_on_hardest_task():
 @pytest.mark.parametrize("form", ["softmax", "proportional"])
 def test_huge_losses_give_finite_weights(form):
     w = AdaptiveWeighting(form=form)
-    objective, weights = w(tf.constant([1e4, 3e4]))
-    assert np.all(np.isfinite(weights.numpy()))
+    objective, weights = w(tensor([1e4, 3e4]))
+    assert np.all(np.isfinite(to_numpy(weights)))
     assert np.isfinite(float(objective))
-    np.testing.assert_allclose(weights.numpy().sum(), 2.0, rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(weights).sum(), 2.0, rtol=1e-6)
     expected = [0.0, 2.0] if form == "softmax" else [0.5, 1.5]
-    np.testing.assert_allclose(weights.numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(weights), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("form", ["softmax", "proportional"])
 @pytest.mark.parametrize("mode", ["step", "epoch"])
 def test_gradient_equals_weights(form, mode):
     w = AdaptiveWeighting(temperature=1.5, form=form, mode=mode)
-    losses = tf.Variable([0.4, 1.2, 2.6])
+    losses = tensor([0.4, 1.2, 2.6])
     w.build((3,))
     if mode == "epoch":
         w.on_epoch_begin(0)
-        w(tf.constant([1.0, 2.0, 0.5]))
+        w(tensor([1.0, 2.0, 0.5]))
         w.on_epoch_begin(1)
-    with tf.GradientTape() as tape:
-        objective, weights = w(losses)
-    grad = tape.gradient(objective, losses).numpy()
-    np.testing.assert_allclose(grad, weights.numpy(), rtol=1e-6)
+    (_, weights), grad, _ = value_and_gradient(w, losses)
+    grad = to_numpy(grad)
+    np.testing.assert_allclose(grad, to_numpy(weights), rtol=1e-6)
     if mode == "step":  # the weights depend on the losses but are constants
         assert not np.allclose(grad, 1.0)
 
 
 def test_float16_input_is_cast():
     w = AdaptiveWeighting()
-    objective, weights = w(tf.constant([0.5, 2.0], tf.float16))
-    assert weights.dtype == tf.float32 and objective.dtype == tf.float32
+    objective, weights = w(tensor([0.5, 2.0], "float16"))
+    assert dtype_of(weights) == "float32" and dtype_of(objective) == "float32"
     np.testing.assert_allclose(
-        weights.numpy(), np_softmax_weights([0.5, 2.0], 1.0), rtol=1e-5
+        to_numpy(weights), np_softmax_weights([0.5, 2.0], 1.0), rtol=1e-5
     )
 
 
@@ -159,7 +159,7 @@ def run_epochs(w, step):
     out = []
     for e, steps in enumerate(EPOCHS):
         w.on_epoch_begin(e)
-        out.append([step(tf.constant(s, tf.float32))[1].numpy() for s in steps])
+        out.append([to_numpy(step(tensor(s, "float32"))[1]) for s in steps])
     return out
 
 
@@ -198,9 +198,9 @@ def test_epoch_mode_objective_uses_current_losses():
     run_epochs(w, w)
     w.on_epoch_begin(4)
     current = np.array([2.0, 0.1, 0.4], np.float32)
-    objective, weights = w(tf.constant(current))
+    objective, weights = w(tensor(current))
     expected = np_softmax_weights(np.asarray(EPOCHS[3][0]), 1.0)
-    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(weights), expected, rtol=1e-5)
     np.testing.assert_allclose(float(objective), np.sum(expected * current), rtol=1e-5)
 
 
@@ -208,35 +208,35 @@ def test_training_false_changes_no_variable():
     w = make_epoch()
     w.on_epoch_begin(0)
     for s in EPOCHS[0]:
-        w(tf.constant(s))
+        w(tensor(s))
     w.on_epoch_begin(1)
-    before = [v.numpy().copy() for v in w.variables]
-    _, eval_weights = w(tf.constant([9.0, 9.0, 9.0]), training=False)
-    _, eval_again = w(tf.constant([0.0, 5.0, 1.0]), training=False)
+    before = [to_numpy(v).copy() for v in w.variables]
+    _, eval_weights = w(tensor([9.0, 9.0, 9.0]), training=False)
+    _, eval_again = w(tensor([0.0, 5.0, 1.0]), training=False)
     for a, v in zip(before, w.variables, strict=True):
-        np.testing.assert_array_equal(a, v.numpy())
+        np.testing.assert_array_equal(a, to_numpy(v))
     expected = np_softmax_weights(epoch_means()[0], 1.0)
-    np.testing.assert_allclose(eval_weights.numpy(), expected, rtol=1e-5)
-    np.testing.assert_allclose(eval_again.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(eval_weights), expected, rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(eval_again), expected, rtol=1e-5)
     # The next training step sees the same weights as evaluation did.
-    _, train_weights = w(tf.constant(EPOCHS[1][0]))
-    np.testing.assert_allclose(train_weights.numpy(), expected, rtol=1e-5)
+    _, train_weights = w(tensor(EPOCHS[1][0]))
+    np.testing.assert_allclose(to_numpy(train_weights), expected, rtol=1e-5)
 
 
 def test_training_false_during_first_epoch():
     w = make_epoch()
     w.on_epoch_begin(0)
-    w(tf.constant(EPOCHS[0][0]))
-    before = [v.numpy().copy() for v in w.variables]
-    _, weights = w(tf.constant([5.0, 0.0, 1.0]), training=False)
-    np.testing.assert_array_equal(weights.numpy(), np.ones(3))
+    w(tensor(EPOCHS[0][0]))
+    before = [to_numpy(v).copy() for v in w.variables]
+    _, weights = w(tensor([5.0, 0.0, 1.0]), training=False)
+    np.testing.assert_array_equal(to_numpy(weights), np.ones(3))
     for a, v in zip(before, w.variables, strict=True):
-        np.testing.assert_array_equal(a, v.numpy())
+        np.testing.assert_array_equal(a, to_numpy(v))
 
 
 def test_step_mode_has_no_state():
     w = AdaptiveWeighting()
-    w(tf.constant(LOSSES))
+    w(tensor(LOSSES))
     assert w.variables == []
     w.on_epoch_begin(3)  # no-ops in step mode
     w.on_train_end()
@@ -249,11 +249,11 @@ def test_eager_and_xla_agree(mode, form):
     jitted = AdaptiveWeighting(mode=mode, form=form, temperature=0.7)
     eager.build((3,))
     jitted.build((3,))
-    step = tf.function(lambda x: jitted(x), jit_compile=True)
+    step = compiled(lambda x: jitted(x), state=jitted, jit_compile=True)
     for a, b in zip(run_epochs(eager, eager), run_epochs(jitted, step), strict=True):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5)
-    objective_e, _ = eager(tf.constant([0.3, 0.2, 1.0]))
-    objective_j, _ = step(tf.constant([0.3, 0.2, 1.0]))
+    objective_e, _ = eager(tensor([0.3, 0.2, 1.0]))
+    objective_j, _ = step(tensor([0.3, 0.2, 1.0]))
     np.testing.assert_allclose(float(objective_e), float(objective_j), rtol=1e-5)
 
 
@@ -289,7 +289,7 @@ def test_epoch_state_survives_set_weights():
     for e, steps in enumerate(EPOCHS[:3]):
         w.on_epoch_begin(e)
         for s in steps:
-            w(tf.constant(s))
+            w(tensor(s))
     clone = AdaptiveWeighting.from_config(w.get_config())
     clone.build((3,))
     clone.set_weights(w.get_weights())
@@ -323,13 +323,13 @@ def test_bad_form(form):
 @pytest.mark.parametrize("mode", ["step", "epoch"])
 def test_fewer_than_two_tasks(mode):
     with pytest.raises(ValueError, match="at least 2 tasks"):
-        AdaptiveWeighting(mode=mode)(tf.constant([1.0]))
+        AdaptiveWeighting(mode=mode)(tensor([1.0]))
 
 
 @pytest.mark.parametrize("shape", [(), (2, 3), (1, 4)])
 def test_non_vector_input(shape):
     with pytest.raises(ValueError, match="1-D"):
-        AdaptiveWeighting()(tf.ones(shape))
+        AdaptiveWeighting()(keras.ops.ones(shape))
 
 
 def test_unknown_alias_lists_valid_names():
@@ -350,7 +350,7 @@ _PROPORTIONAL = AdaptiveWeighting(form="proportional")
 def _call(w, losses):
     # A fresh layer per K (a layer is built for one number of tasks).
     fresh = AdaptiveWeighting.from_config(w.get_config())
-    return fresh(tf.constant(losses, tf.float32))[1].numpy().astype(np.float64)
+    return to_numpy(fresh(tensor(losses, "float32"))[1]).astype(np.float64)
 
 
 def _check_common(losses, weights):

@@ -1,9 +1,11 @@
 """Tests of BMTL (Liang & Zhang 2020): sum of increasing convex loss transforms."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from _backend import compiled, dtype_of, tensor, to_numpy, value_and_gradient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,10 +27,10 @@ def np_softmax_weights(losses, temperature):
 
 
 def objective_and_gradient(w, losses):
-    var = tf.Variable(np.asarray(losses, np.float32))
-    with tf.GradientTape() as tape:
-        objective, weights = w(var)
-    return objective.numpy(), tape.gradient(objective, var).numpy(), weights.numpy()
+    (objective, weights), grad, _ = value_and_gradient(
+        w, tensor(np.asarray(losses, np.float32))
+    )
+    return to_numpy(objective), to_numpy(grad), to_numpy(weights)
 
 
 # ------------------------------------------------ exponential (default)
@@ -54,8 +56,8 @@ def test_exp_gradient_is_parallel_to_literal_gradient(temperature):
 
 def test_docstring_example():
     w = keras_mtl.weighting.get("bmtl", temperature=1.0)
-    _, weights = w(tf.constant([0.5, 2.0]))
-    np.testing.assert_allclose(weights.numpy(), [0.365, 1.635], atol=1e-3)
+    _, weights = w(tensor([0.5, 2.0]))
+    np.testing.assert_allclose(to_numpy(weights), [0.365, 1.635], atol=1e-3)
 
 
 @pytest.mark.parametrize("temperature", [0.2, 1.0, 3.0])
@@ -73,18 +75,16 @@ def test_normalised_exp_equals_adaptive_step(temperature):
         np.testing.assert_allclose(ob, oa, rtol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [tf.float32, tf.float16])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_large_losses_stay_finite(dtype):
     w = BMTL(temperature=1.0)
-    var = tf.Variable(tf.constant([100.0, 300.0, 1000.0], dtype))
-    with tf.GradientTape() as tape:
-        objective, weights = w(var)
-    grad = tape.gradient(objective, var)
-    assert objective.dtype == tf.float32 and weights.dtype == tf.float32
-    assert grad.dtype == dtype
+    var = tensor([100.0, 300.0, 1000.0], dtype)
+    (objective, weights), grad, _ = value_and_gradient(w, var)
+    assert dtype_of(objective) == "float32" and dtype_of(weights) == "float32"
+    assert dtype_of(grad) == dtype
     for value in (objective, weights, grad):
         assert np.all(np.isfinite(np.asarray(value, np.float64)))
-    np.testing.assert_allclose(weights.numpy(), [0.0, 0.0, 3.0], atol=1e-6)
+    np.testing.assert_allclose(to_numpy(weights), [0.0, 0.0, 3.0], atol=1e-6)
     np.testing.assert_allclose(float(objective), 3000.0, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(grad, np.float64), [0.0, 0.0, 3.0])
 
@@ -100,7 +100,7 @@ def test_literal_exp_objective_and_gradient():
 
 
 def test_literal_exp_overflows_for_large_losses():
-    objective, _ = BMTL(normalize=False)(tf.constant([100.0, 300.0]))
+    objective, _ = BMTL(normalize=False)(tensor([100.0, 300.0]))
     assert not np.isfinite(float(objective))
 
 
@@ -133,15 +133,15 @@ def test_power_transform_literal():
 
 
 def test_power_transform_with_a_zero_loss():
-    _, weights = BMTL(transform="power")(tf.constant([0.0, 1.0, 3.0]))
+    _, weights = BMTL(transform="power")(tensor([0.0, 1.0, 3.0]))
     np.testing.assert_allclose(
-        weights.numpy(), [0.0, 0.75, 2.25], rtol=1e-6, atol=1e-20
+        to_numpy(weights), [0.0, 0.75, 2.25], rtol=1e-6, atol=1e-20
     )
 
 
 def test_power_one_is_equal_weighting():
-    _, weights = BMTL(transform="power", power=1.0)(tf.constant(LOSSES))
-    np.testing.assert_allclose(weights.numpy(), np.ones(4), rtol=1e-6)
+    _, weights = BMTL(transform="power", power=1.0)(tensor(LOSSES))
+    np.testing.assert_allclose(to_numpy(weights), np.ones(4), rtol=1e-6)
 
 
 def h_prime(losses):  # derivative of l**2 + l, by hand
@@ -171,20 +171,19 @@ def test_user_callable_literal():
 @pytest.mark.parametrize("normalize", [True, False])
 def test_user_callable_under_xla(normalize):
     w = BMTL(transform=lambda x: keras.ops.square(x) + x, normalize=normalize)
-    var = tf.Variable(LOSSES)
+    var = tensor(LOSSES)
 
-    @tf.function(jit_compile=True)
-    def step():
-        with tf.GradientTape() as tape:
-            objective, weights = w(var)
-        return objective, weights, tape.gradient(objective, var)
+    @functools.partial(compiled, state=w, jit_compile=True)
+    def step(x):
+        (objective, weights), grad, _ = value_and_gradient(w, x)
+        return objective, weights, grad
 
-    objective, weights, grad = step()
+    objective, weights, grad = step(var)
     eager_objective, eager_grad, eager_weights = objective_and_gradient(w, LOSSES)
     expected = 4 * h_prime(LOSSES) / h_prime(LOSSES).sum()
-    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-5)
-    np.testing.assert_allclose(weights.numpy(), eager_weights, rtol=1e-6)
-    np.testing.assert_allclose(grad.numpy(), eager_grad, rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(weights), expected, rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(weights), eager_weights, rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(grad), eager_grad, rtol=1e-6)
     np.testing.assert_allclose(float(objective), eager_objective, rtol=1e-6)
 
 
@@ -200,20 +199,20 @@ def test_user_callable_under_xla(normalize):
 )
 def test_eager_and_xla_agree(kwargs):
     w = BMTL(**kwargs)
-    step = tf.function(lambda x: w(x), jit_compile=True)
+    step = compiled(lambda x: w(x), state=w, jit_compile=True)
     for value in (LOSSES, [5.0, 0.0, 2.0, 2.0]):
-        x = tf.constant(value, tf.float32)
+        x = tensor(value, "float32")
         eager, jitted = w(x), step(x)
         np.testing.assert_allclose(float(eager[0]), float(jitted[0]), rtol=1e-5)
-        np.testing.assert_allclose(eager[1].numpy(), jitted[1].numpy(), rtol=1e-5)
+        np.testing.assert_allclose(to_numpy(eager[1]), to_numpy(jitted[1]), rtol=1e-5)
 
 
 def test_stateless_and_training_flag_is_irrelevant():
     w = BMTL()
-    a = w(tf.constant(LOSSES))
-    b = w(tf.constant(LOSSES), training=False)
+    a = w(tensor(LOSSES))
+    b = w(tensor(LOSSES), training=False)
     assert w.variables == []
-    np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
+    np.testing.assert_array_equal(to_numpy(a[1]), to_numpy(b[1]))
 
 
 @pytest.mark.parametrize(
@@ -229,9 +228,9 @@ def test_stateless_and_training_flag_is_irrelevant():
     ],
 )
 def test_accepts_increasing_convex_callables(transform, derivative):
-    _, weights = BMTL(transform=transform)(tf.constant(LOSSES))
+    _, weights = BMTL(transform=transform)(tensor(LOSSES))
     slopes = derivative(LOSSES.astype(np.float64))
-    np.testing.assert_allclose(weights.numpy(), 4 * slopes / slopes.sum(), rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(weights), 4 * slopes / slopes.sum(), rtol=1e-5)
 
 
 # ------------------------------------------------------ rejected inputs
@@ -315,9 +314,9 @@ def test_rejects_bad_temperature(bad):
 
 def test_fewer_than_two_tasks_and_non_vector():
     with pytest.raises(ValueError, match="at least 2 tasks"):
-        BMTL()(tf.constant([1.0]))
+        BMTL()(tensor([1.0]))
     with pytest.raises(ValueError, match="1-D"):
-        BMTL()(tf.ones((2, 2)))
+        BMTL()(keras.ops.ones((2, 2)))
 
 
 # ------------------------------------------------------ config round trip
@@ -341,9 +340,9 @@ def test_config_round_trip(kwargs):
     for key in ("temperature", "power", "normalize"):
         assert getattr(restored, key) == getattr(w, key)
     assert restored.get_config() == w.get_config()
-    a, b = w(tf.constant(LOSSES)), restored(tf.constant(LOSSES))
+    a, b = w(tensor(LOSSES)), restored(tensor(LOSSES))
     np.testing.assert_allclose(float(a[0]), float(b[0]), rtol=1e-6)
-    np.testing.assert_allclose(a[1].numpy(), b[1].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(a[1]), to_numpy(b[1]), rtol=1e-6)
     again = keras_mtl.weighting.get(config)
     assert again.get_config() == w.get_config()
 
@@ -378,7 +377,7 @@ _CONFIGS = {
 
 def _weights(name, losses):
     w = BMTL(**_CONFIGS[name])  # one layer per call: K varies
-    return w(tf.constant(losses, tf.float32))[1].numpy().astype(np.float64)
+    return to_numpy(w(tensor(losses, "float32"))[1]).astype(np.float64)
 
 
 @settings(deadline=None, max_examples=30)
@@ -403,14 +402,14 @@ def test_property_weights(losses, name, data):
 @settings(deadline=None, max_examples=30)
 @given(losses=loss_vectors, temperature=st.sampled_from([1.0, 2.0, 7.5]))
 def test_property_exp_matches_numpy_and_adaptive(losses, temperature):
-    weights = BMTL(temperature=temperature)(tf.constant(losses, tf.float32))[1]
+    weights = BMTL(temperature=temperature)(tensor(losses, "float32"))[1]
     expected = np_softmax_weights(np.float32(losses), temperature)
-    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-4, atol=1e-30)
+    np.testing.assert_allclose(to_numpy(weights), expected, rtol=1e-4, atol=1e-30)
     adaptive = AdaptiveWeighting(temperature=temperature)
     # Equal up to float32 rounding of the logits (BMTL subtracts log T).
     np.testing.assert_allclose(
-        weights.numpy(),
-        adaptive(tf.constant(losses, tf.float32))[1].numpy(),
+        to_numpy(weights),
+        to_numpy(adaptive(tensor(losses, "float32"))[1]),
         rtol=2e-5,
         atol=1e-30,
     )

@@ -3,7 +3,7 @@ keras_mtl/weighting/dynamic_weight_average.py."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from _backend import compiled, tensor, to_numpy, value_and_gradient
 
 import keras_mtl
 from keras_mtl.weighting import DynamicWeightAverage
@@ -32,7 +32,7 @@ def run(w, step, epochs=EPOCHS, first_epoch=0):
     out = []
     for e, steps in enumerate(epochs, start=first_epoch):
         w.on_epoch_begin(e)
-        out.append([step(tf.constant(s, tf.float32))[1].numpy() for s in steps])
+        out.append([to_numpy(step(tensor(s, "float32"))[1]) for s in steps])
     return out
 
 
@@ -60,18 +60,18 @@ def test_objective_and_temperature():
     run(w, w, EPOCHS[:2])
     w.on_epoch_begin(2)
     losses = np.array([0.4, 1.0, 0.2], np.float32)
-    objective, weights = w(tf.constant(losses))
+    objective, weights = w(tensor(losses))
     means = epoch_means()
     exp_w = np_dwa(means[0], means[1], temperature=0.5)
-    np.testing.assert_allclose(weights.numpy(), exp_w, rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(weights), exp_w, rtol=1e-5)
     np.testing.assert_allclose(float(objective), np.sum(exp_w * losses), rtol=1e-5)
-    np.testing.assert_allclose(weights.numpy().sum(), 3.0, rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(weights).sum(), 3.0, rtol=1e-6)
 
 
 def test_eager_and_xla_agree():
     eager = make()
     jitted = make()
-    step = tf.function(lambda x: jitted(x), jit_compile=True)
+    step = compiled(lambda x: jitted(x), state=jitted, jit_compile=True)
     for a, b in zip(run(eager, eager), run(jitted, step), strict=True):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6)
 
@@ -80,18 +80,18 @@ def test_reannouncing_an_epoch_does_not_roll():
     w = make()
     w.on_epoch_begin(0)
     for s in EPOCHS[0]:
-        w(tf.constant(s))
+        w(tensor(s))
     w.on_epoch_begin(1)
-    w(tf.constant(EPOCHS[1][0]))
+    w(tensor(EPOCHS[1][0]))
     w.on_epoch_begin(1)  # e.g. a resumed run announcing the same epoch
     w.on_epoch_begin(1)
-    _, weights = w(tf.constant(EPOCHS[1][1]))
-    np.testing.assert_allclose(weights.numpy(), np.ones(3))
-    assert int(w.epoch_history.completed.numpy()) == 1
+    _, weights = w(tensor(EPOCHS[1][1]))
+    np.testing.assert_allclose(to_numpy(weights), np.ones(3))
+    assert int(to_numpy(w.epoch_history.completed)) == 1
     w.on_epoch_begin(2)
-    _, weights = w(tf.constant(EPOCHS[2][0]))
+    _, weights = w(tensor(EPOCHS[2][0]))
     means = epoch_means()
-    np.testing.assert_allclose(weights.numpy(), np_dwa(means[0], means[1]), rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(weights), np_dwa(means[0], means[1]), rtol=1e-5)
 
 
 def test_train_end_then_new_fit_closes_last_epoch():
@@ -99,45 +99,44 @@ def test_train_end_then_new_fit_closes_last_epoch():
     run(w, w, EPOCHS[:2])
     w.on_train_end()
     w.on_epoch_begin(0)  # a second fit() starts again at epoch 0
-    _, weights = w(tf.constant(EPOCHS[2][0]))
+    _, weights = w(tensor(EPOCHS[2][0]))
     means = epoch_means()
-    np.testing.assert_allclose(weights.numpy(), np_dwa(means[0], means[1]), rtol=1e-5)
-    assert int(w.epoch_history.completed.numpy()) == 2
+    np.testing.assert_allclose(to_numpy(weights), np_dwa(means[0], means[1]), rtol=1e-5)
+    assert int(to_numpy(w.epoch_history.completed)) == 2
 
 
 def test_training_false_changes_no_variable_and_reads_next_weights():
     w = make()
     run(w, w, EPOCHS[:2])
     w.on_epoch_begin(2)
-    before = [v.numpy().copy() for v in w.variables]
-    _, eval_weights = w(tf.constant([9.0, 9.0, 9.0]), training=False)
+    before = [to_numpy(v).copy() for v in w.variables]
+    _, eval_weights = w(tensor([9.0, 9.0, 9.0]), training=False)
     for a, v in zip(before, w.variables, strict=True):
-        np.testing.assert_array_equal(a, v.numpy())
+        np.testing.assert_array_equal(a, to_numpy(v))
     means = epoch_means()
     np.testing.assert_allclose(
-        eval_weights.numpy(), np_dwa(means[0], means[1]), rtol=1e-5
+        to_numpy(eval_weights), np_dwa(means[0], means[1]), rtol=1e-5
     )
-    _, train_weights = w(tf.constant(EPOCHS[2][0]))
-    np.testing.assert_allclose(train_weights.numpy(), eval_weights.numpy())
+    _, train_weights = w(tensor(EPOCHS[2][0]))
+    np.testing.assert_allclose(to_numpy(train_weights), to_numpy(eval_weights))
 
 
 def test_gradient_equals_weights():
     w = make()
     run(w, w, EPOCHS[:2])
     w.on_epoch_begin(2)
-    losses = tf.Variable(EPOCHS[2][0], dtype=tf.float32)
-    with tf.GradientTape() as tape:
-        objective, weights = w(losses)
-    np.testing.assert_allclose(tape.gradient(objective, losses), weights, rtol=1e-6)
+    losses = tensor(EPOCHS[2][0], "float32")
+    (objective, weights), grad, _ = value_and_gradient(w, losses)
+    np.testing.assert_allclose(grad, weights, rtol=1e-6)
 
 
 def test_zero_denominator_keeps_weights_finite():
     w = make()
     run(w, w, [[[0.0, 1.0, 0.0]], [[0.5, 1.0, 0.0]], [[1.0, 1.0, 1.0]]])
-    _, weights = w(tf.constant([1.0, 1.0, 1.0]))
-    assert np.all(np.isfinite(weights.numpy()))
-    np.testing.assert_allclose(weights.numpy().sum(), 3.0, rtol=1e-6)
-    assert weights.numpy()[0] > weights.numpy()[1]
+    _, weights = w(tensor([1.0, 1.0, 1.0]))
+    assert np.all(np.isfinite(to_numpy(weights)))
+    np.testing.assert_allclose(to_numpy(weights).sum(), 3.0, rtol=1e-6)
+    assert to_numpy(weights)[0] > to_numpy(weights)[1]
 
 
 def test_alias_and_serialization():

@@ -4,7 +4,13 @@ keras_mtl/weighting/random_loss_weighting.py."""
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from _backend import (
+    compiled,
+    stateless_normal,
+    tensor,
+    to_numpy,
+    value_and_gradient,
+)
 
 import keras_mtl
 from keras_mtl.weighting import RandomLossWeighting
@@ -20,7 +26,7 @@ def make(seed=7):
 
 
 def draws(step, n=5):
-    return np.array([step(tf.constant(LOSSES))[1].numpy() for _ in range(n)])
+    return np.array([to_numpy(step(tensor(LOSSES))[1]) for _ in range(n)])
 
 
 def np_softmax(z):
@@ -33,9 +39,9 @@ def test_first_draws_match_softmax_of_seeded_normal():
     w = make(seed=11)
     for n in range(3):
         # The generator's state is [seed, n] at the n-th draw.
-        z = tf.random.stateless_normal((K,), seed=[11, n]).numpy()
-        objective, weights = w(tf.constant(LOSSES))
-        np.testing.assert_allclose(weights.numpy(), np_softmax(z), rtol=1e-5)
+        z = stateless_normal((K,), [11, n])
+        objective, weights = w(tensor(LOSSES))
+        np.testing.assert_allclose(to_numpy(weights), np_softmax(z), rtol=1e-5)
         np.testing.assert_allclose(
             float(objective), np.sum(np_softmax(z) * LOSSES), rtol=1e-5
         )
@@ -44,20 +50,20 @@ def test_first_draws_match_softmax_of_seeded_normal():
 @pytest.mark.parametrize("jit", [False, True])
 def test_weights_positive_sum_to_one_and_vary(jit):
     w = make()
-    step = tf.function(lambda x: w(x), jit_compile=True) if jit else w
+    step = compiled(lambda x: w(x), state=w, jit_compile=True) if jit else w
     weights = draws(step)
     assert np.all(weights > 0)
     np.testing.assert_allclose(weights.sum(axis=1), np.ones(len(weights)), rtol=1e-6)
     assert not np.allclose(weights[0], weights[1])
     assert len({tuple(np.round(row, 6)) for row in weights}) == len(weights)
-    np.testing.assert_array_equal(w.seed_generator.state.numpy(), [7, len(weights)])
+    np.testing.assert_array_equal(to_numpy(w.seed_generator.state), [7, len(weights)])
 
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_same_seed_same_sequence(jit):
     def sequence(seed):
         w = make(seed)
-        step = tf.function(lambda x: w(x), jit_compile=True) if jit else w
+        step = compiled(lambda x: w(x), state=w, jit_compile=True) if jit else w
         return draws(step)
 
     np.testing.assert_array_equal(sequence(3), sequence(3))
@@ -68,28 +74,27 @@ def test_graph_and_eager_agree():
     eager = make(seed=5)
     graph = make(seed=5)
     np.testing.assert_allclose(
-        draws(eager), draws(tf.function(lambda x: graph(x))), rtol=1e-6
+        draws(eager), draws(compiled(lambda x: graph(x), state=graph)), rtol=1e-6
     )
 
 
 def test_evaluation_uses_expected_weights_and_keeps_generator():
     w = make()
-    w(tf.constant(LOSSES))
-    state = w.seed_generator.state.numpy().copy()
-    objective, weights = w(tf.constant(LOSSES), training=False)
-    np.testing.assert_allclose(weights.numpy(), np.full(K, 1.0 / K), rtol=1e-6)
+    w(tensor(LOSSES))
+    state = to_numpy(w.seed_generator.state).copy()
+    objective, weights = w(tensor(LOSSES), training=False)
+    np.testing.assert_allclose(to_numpy(weights), np.full(K, 1.0 / K), rtol=1e-6)
     np.testing.assert_allclose(float(objective), LOSSES.mean(), rtol=1e-6)
-    np.testing.assert_array_equal(w.seed_generator.state.numpy(), state)
-    tf.function(lambda x: w(x, training=False), jit_compile=True)(tf.constant(LOSSES))
-    np.testing.assert_array_equal(w.seed_generator.state.numpy(), state)
+    np.testing.assert_array_equal(to_numpy(w.seed_generator.state), state)
+    compiled(lambda x: w(x, training=False), state=w, jit_compile=True)(tensor(LOSSES))
+    np.testing.assert_array_equal(to_numpy(w.seed_generator.state), state)
 
 
 def test_gradient_equals_weights():
     w = make()
-    losses = tf.Variable(LOSSES)
-    with tf.GradientTape() as tape:
-        objective, weights = w(losses)
-    np.testing.assert_allclose(tape.gradient(objective, losses), weights, rtol=1e-6)
+    losses = tensor(LOSSES)
+    (objective, weights), grad, _ = value_and_gradient(w, losses)
+    np.testing.assert_allclose(grad, weights, rtol=1e-6)
 
 
 def test_generator_state_is_saved_and_restored():
@@ -116,17 +121,17 @@ class _Net(keras.Model):
 def test_generator_state_survives_save_weights(tmp_path):
     model = _Net()
     for _ in range(3):
-        model(tf.constant(LOSSES))
+        model(tensor(LOSSES))
     path = str(tmp_path / "rlw.weights.h5")
     model.save_weights(path)
     restored = _Net()
-    restored(tf.constant(LOSSES), training=False)  # build, no draw
+    restored(tensor(LOSSES), training=False)  # build, no draw
     restored.load_weights(path)
     np.testing.assert_array_equal(
-        restored.weighting.seed_generator.state.numpy(), [9, 3]
+        to_numpy(restored.weighting.seed_generator.state), [9, 3]
     )
     np.testing.assert_array_equal(
-        restored(tf.constant(LOSSES)).numpy(), model(tf.constant(LOSSES)).numpy()
+        to_numpy(restored(tensor(LOSSES))), to_numpy(model(tensor(LOSSES)))
     )
 
 
@@ -134,7 +139,7 @@ def test_load_without_generator_state_keeps_it():
     w = make()
     draws(w, 2)
     w.load_own_variables({})
-    np.testing.assert_array_equal(w.seed_generator.state.numpy(), [7, 2])
+    np.testing.assert_array_equal(to_numpy(w.seed_generator.state), [7, 2])
     with pytest.raises(ValueError, match="expected 1 variables"):
         w.load_own_variables({"0": np.zeros(2), "1": np.zeros(2)})
 
