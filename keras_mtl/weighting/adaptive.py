@@ -109,6 +109,10 @@ class AdaptiveWeighting(Weighting):
         # keeps the sum in [1, K]: no underflow for tiny losses, no overflow
         # of the sum for huge ones.
         levels = ops.maximum(levels, 0.0)
+        # XLA on JAX (CPU) divides by a scalar as a product with its
+        # reciprocal, which is subnormal, flushed to 0, for a peak above
+        # 2**126: huge levels are first scaled by 2**-64 (exact).
+        levels = ops.where(ops.max(levels) > 2.0**64, levels * 2.0**-64, levels)
         peak = ops.max(levels)
         scaled = levels / ops.where(peak > 0.0, peak, 1.0)
         num_tasks = levels.shape[0]
