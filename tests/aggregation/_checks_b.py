@@ -3,13 +3,16 @@ FairGrad, MoCo, DBMTL and ExcessMTL."""
 
 import keras
 import numpy as np
-import tensorflow as tf
+from _backend import compiled, stateless_uniform
 from _jacobians import assert_config_round_trip  # noqa: F401 (re-exported)
 
 
 def jitted(aggregator, training=True):
-    """The aggregator inside an XLA-compiled `tf.function`."""
-    return tf.function(lambda x: aggregator(x, training=training), jit_compile=True)
+    """The aggregator XLA-compiled by the backend (`tf.function` with
+    `jit_compile=True`, `jax.jit`), its state updated after each call."""
+    return compiled(
+        lambda x: aggregator(x, training=training), state=aggregator, jit_compile=True
+    )
 
 
 def values(aggregator):
@@ -42,7 +45,7 @@ def assert_finite_direction(aggregator, jacobian, calls=2):
 def eager_uniform(shape, seed, draw):
     """The eager draw number `draw` of `keras.random.uniform` from a
     `SeedGenerator(seed)` (its state is `[seed, draw]`)."""
-    return tf.random.stateless_uniform(shape, seed=[seed, draw]).numpy()
+    return stateless_uniform(shape, [seed, draw])
 
 
 def padded(jacobian, num_tasks=6, dim=20):

@@ -12,7 +12,7 @@ matrix, or mixed per row).
 
 import keras
 import numpy as np
-import tensorflow as tf
+from _backend import compiled, tensor
 from hypothesis import strategies as st
 
 KINDS = (
@@ -89,8 +89,10 @@ def random_jacobian(num_tasks, dim, seed, spread=1.0):
 
 
 class Graph:
-    """Runs an aggregator in graph mode (`tf.function`, no XLA) with one
-    trace per number of tasks K (D is dynamic), a fresh instance per K.
+    """Runs an aggregator compiled by the backend, with one function per
+    number of tasks K and a fresh instance per K: on TensorFlow a
+    `tf.function` in graph mode (no XLA) with one trace per K (D is
+    dynamic), on JAX `jax.jit` (one trace per shape).
 
     The aggregators loop a few hundred times in-graph; eagerly every
     iteration is a Python round trip, so the numeric tests run here."""
@@ -104,19 +106,23 @@ class Graph:
         if num_tasks not in self.functions:
             aggregator = self.factory()
             if self.method == "call":
-                spec = tf.TensorSpec([num_tasks, None], tf.float32)
+                shape = [num_tasks, None]
                 fn = aggregator
             else:
-                spec = tf.TensorSpec([num_tasks, num_tasks], tf.float32)
+                shape = [num_tasks, num_tasks]
                 fn = getattr(aggregator, self.method)
-            self.functions[num_tasks] = tf.function(
-                fn, input_signature=[spec], autograph=False
+            self.functions[num_tasks] = compiled(
+                fn,
+                state=aggregator if self.method == "call" else None,
+                jit_compile=False,
+                input_shapes=[shape],
+                autograph=False,
             )
         return self.functions[num_tasks]
 
     def __call__(self, array):
         array = np.asarray(array, np.float32)
-        out = self.function(array.shape[0])(tf.constant(array))
+        out = self.function(array.shape[0])(keras.ops.convert_to_tensor(array))
         return np.asarray(out, dtype=np.float64)
 
 
@@ -126,8 +132,11 @@ def direction(aggregator, jacobian):
 
 
 def jitted(aggregator):
-    """The aggregator inside an XLA-compiled `tf.function`."""
-    return tf.function(lambda x: aggregator(x), jit_compile=True, autograph=False)
+    """The aggregator XLA-compiled by the backend (`tf.function` with
+    `jit_compile=True`, `jax.jit`), its state updated after each call."""
+    return compiled(
+        lambda x: aggregator(x), state=aggregator, jit_compile=True, autograph=False
+    )
 
 
 def assert_finite_direction(run, jacobian):
@@ -143,7 +152,7 @@ def assert_eager_xla_and_graph_agree(aggregator, run, jacobian, rtol=1e-5):
     output's norm."""
     eager = direction(aggregator, jacobian.astype(np.float64))
     assert eager.shape == (jacobian.shape[1],)
-    compiled = np.asarray(jitted(aggregator)(tf.constant(jacobian)), np.float64)
+    compiled = np.asarray(jitted(aggregator)(tensor(jacobian)), np.float64)
     graph = run(jacobian)
     scale = max(np.linalg.norm(eager), 1e-30)
     assert np.linalg.norm(eager - compiled) <= rtol * scale, (eager, compiled)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from _backend import TENSORFLOW, to_numpy
 from _checks_b import (
     assert_config_round_trip,
     assert_finite_direction,
@@ -27,7 +28,7 @@ def nash(jacobian):
         agg = NashMTL()
         agg.build(jacobian.shape)
         _STEP[jacobian.shape] = jitted(agg)
-    return _STEP[jacobian.shape](jacobian).numpy()
+    return to_numpy(_STEP[jacobian.shape](jacobian))
 
 
 def well_conditioned(num_tasks, dim=12):
@@ -42,14 +43,14 @@ def well_conditioned(num_tasks, dim=12):
 def test_weights_solve_the_bargaining_condition(num_tasks):
     j = well_conditioned(num_tasks)
     g = (j @ j.T).astype(np.float64)
-    alpha = NashMTL().gramian_weights(g.astype(np.float32)).numpy().astype(np.float64)
+    alpha = to_numpy(NashMTL().gramian_weights(g.astype(np.float32))).astype(np.float64)
     assert np.all(alpha > 0)
     np.testing.assert_allclose(alpha * (g @ alpha), np.ones(num_tasks), atol=2e-3)
 
 
 def test_orthogonal_gradients_weigh_by_inverse_norm():
     j = np.diag([2.0, 0.5, 4.0]).astype(np.float32)
-    alpha = NashMTL().gramian_weights(j @ j.T).numpy()
+    alpha = to_numpy(NashMTL().gramian_weights(j @ j.T))
     np.testing.assert_allclose(alpha, [0.5, 2.0, 0.25], rtol=1e-4)
     np.testing.assert_allclose(NashMTL()(j), [1.0, 1.0, 1.0], rtol=1e-4)  # eager
 
@@ -89,17 +90,17 @@ def test_update_every_reuses_the_stored_weights_under_jit():
     stored = []
     for n in range(5):
         j = well_conditioned(3)
-        d = step(j).numpy()
-        weights = agg.task_weights.numpy()
+        d = to_numpy(step(j))
+        weights = to_numpy(agg.task_weights)
         scaled = j / np.abs(j).max()
         np.testing.assert_allclose(d, weights @ scaled, rtol=1e-5, atol=1e-6)
         if n % 3 == 0:
-            fresh = solver.gramian_weights(scaled @ scaled.T).numpy()  # eager
+            fresh = to_numpy(solver.gramian_weights(scaled @ scaled.T))  # eager
             np.testing.assert_allclose(weights, fresh, rtol=1e-4)
         else:
             np.testing.assert_array_equal(weights, stored[-1])
         stored.append(weights)
-    assert agg.step.numpy() == 5
+    assert to_numpy(agg.step) == 5
     before = values(agg)
     step_eval = agg(j, training=False)  # eager evaluation: no state change
     assert_same_values(before, values(agg))
@@ -108,7 +109,7 @@ def test_update_every_reuses_the_stored_weights_under_jit():
 
 def test_max_norm_clips():
     j = well_conditioned(4)
-    d = NashMTL(max_norm=1.0)(j).numpy()
+    d = to_numpy(NashMTL(max_norm=1.0)(j))
     np.testing.assert_allclose(np.linalg.norm(d), 1.0, rtol=1e-5)
     full = padded(j)
     full = nash(full)[: j.shape[1]]
@@ -140,18 +141,40 @@ def test_degenerate_jacobians_give_finite_directions(jacobian):
 
 
 class CountingNash(NashMTL):
-    """NashMTL that counts its solves in a variable: a Python counter would
-    count traces, a variable counts the solves that actually run."""
+    """NashMTL that counts the solves that actually run (a Python counter
+    would count traces): in a variable on TensorFlow; on JAX, where a
+    variable assigned inside the solve's `cond` branch would leak a tracer
+    out of the branch, by a `jax.debug.callback`, which runs on the host
+    each time the branch runs."""
 
     def build_state(self, num_tasks, dim):
         super().build_state(num_tasks, dim)
-        self.solves = self.add_weight(
-            shape=(), dtype="int32", initializer="zeros", trainable=False
-        )
+        if TENSORFLOW:
+            self.solves = self.add_weight(
+                shape=(), dtype="int32", initializer="zeros", trainable=False
+            )
+        else:
+            self.host_solves = [0]
 
     def gramian_weights(self, gramian):
-        self.solves.assign_add(1)
+        if TENSORFLOW:
+            self.solves.assign_add(1)
+        else:
+            import jax
+
+            jax.debug.callback(self._count)
         return super().gramian_weights(gramian)
+
+    def _count(self):
+        self.host_solves[0] += 1
+
+    def solve_count(self):
+        if TENSORFLOW:
+            return int(to_numpy(self.solves))
+        import jax
+
+        jax.effects_barrier()  # every callback issued so far has run
+        return self.host_solves[0]
 
 
 @pytest.mark.parametrize("mode", ["eager", "jit"])
@@ -163,14 +186,14 @@ def test_update_every_skips_the_solve(mode):
     for n in range(7):
         # A new Jacobian every call: a solve would give new weights.
         j = well_conditioned(3)
-        before = agg.task_weights.numpy()
+        before = to_numpy(agg.task_weights)
         d = np.asarray(call(j))
         scaled = j / np.abs(j).max()
         if n % 3 == 0:
             np.testing.assert_allclose(d, np.asarray(reference(j)), rtol=1e-4)
         else:
             np.testing.assert_allclose(d, before @ scaled, rtol=1e-5, atol=1e-6)
-            np.testing.assert_array_equal(agg.task_weights.numpy(), before)
+            np.testing.assert_array_equal(to_numpy(agg.task_weights), before)
         # Solves at calls 0, 3, 6 only.
-        assert int(agg.solves.numpy()) == n // 3 + 1, n
-    assert int(agg.step.numpy()) == 7
+        assert agg.solve_count() == n // 3 + 1, n
+    assert int(to_numpy(agg.step)) == 7
