@@ -114,7 +114,6 @@ class Graph:
             self.functions[num_tasks] = compiled(
                 fn,
                 state=aggregator if self.method == "call" else None,
-                jit_compile=False,
                 input_shapes=[shape],
                 autograph=False,
             )

@@ -50,8 +50,8 @@ def test_weights_of_a_gramian_give_the_direction(name):
     g = (j.astype(np.float64) @ j.T.astype(np.float64)).astype(np.float32)
     w = np.asarray(agg.weights(g), np.float64)
     assert w.shape == (3,)
-    # Eagerly on TensorFlow `weights` runs a cached tf.function,
-    # `gramian_weights` op by op.
+    # Eagerly `weights` runs a cached compiled function (`tf.function`,
+    # `jax.jit`), `gramian_weights` op by op.
     np.testing.assert_allclose(w, agg.gramian_weights(g), rtol=1e-5, atol=1e-7)
     d = np.asarray(agg(j), np.float64)
     np.testing.assert_allclose(d, w @ j, rtol=1e-4, atol=1e-6)
