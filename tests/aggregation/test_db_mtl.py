@@ -83,7 +83,7 @@ def test_positively_homogeneous(factor):
             b(j * np.float32(factor)),
             expected,
             rtol=1e-5,
-            atol=1e-6 * np.linalg.norm(expected),
+            atol=1e-6 * np.linalg.norm(expected.astype(np.float64)),
         )
 
 
