@@ -16,6 +16,8 @@ from hypothesis import given, settings
 
 from keras_mtl.aggregation.aligned_mtl import AlignedMTL
 
+pytestmark = pytest.mark.backend_neutral
+
 RUN = Graph(AlignedMTL)
 BALANCE = Graph(AlignedMTL, method="balance_transformation")
 

@@ -17,6 +17,8 @@ from scipy.optimize import minimize
 
 from keras_mtl.aggregation.cagrad import CAGrad
 
+pytestmark = pytest.mark.backend_neutral
+
 RUN = Graph(lambda: CAGrad(c=0.5, rescale=0))
 
 

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from keras_mtl.aggregation._aliases_b import ALIASES_B
 from keras_mtl.aggregation.config import ConFIG
 
+pytestmark = pytest.mark.backend_neutral
+
 RNG = np.random.default_rng(3)
 
 

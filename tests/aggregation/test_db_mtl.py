@@ -18,6 +18,8 @@ from keras_mtl.aggregation._aliases_b import ALIASES_B
 from keras_mtl.aggregation.db_mtl import DBMTL
 from keras_mtl.aggregation.mean import Mean
 
+pytestmark = pytest.mark.backend_neutral
+
 RNG = np.random.default_rng(7)
 
 

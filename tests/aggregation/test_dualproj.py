@@ -18,6 +18,8 @@ from scipy.optimize import nnls
 
 from keras_mtl.aggregation.dualproj import DualProj
 
+pytestmark = pytest.mark.backend_neutral
+
 RUN = Graph(DualProj)
 
 

@@ -14,6 +14,8 @@ from _backend import TENSORFLOW, compiled, tensorflow_only
 import keras_mtl
 from keras_mtl.aggregation import base
 
+pytestmark = pytest.mark.backend_neutral
+
 SEEDED = {"pcgrad", "graddrop", "gradvac"}
 # Shorter solves where an argument allows it: the op-by-op reference runs
 # every iteration as a Python round trip.

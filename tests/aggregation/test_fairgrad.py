@@ -16,6 +16,8 @@ from keras_mtl.aggregation._aliases_b import ALIASES_B
 from keras_mtl.aggregation.fairgrad import FairGrad
 from keras_mtl.aggregation.nash_mtl import NashMTL
 
+pytestmark = pytest.mark.backend_neutral
+
 RNG = np.random.default_rng(5)
 _STEP = {}
 

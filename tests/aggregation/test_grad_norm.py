@@ -10,6 +10,8 @@ from _checks_b import assert_config_round_trip, assert_same_values, values
 import keras_mtl
 from keras_mtl.aggregation import Aggregator, GradNorm
 
+pytestmark = pytest.mark.backend_neutral
+
 RNG = np.random.default_rng(11)
 
 

@@ -17,6 +17,8 @@ from hypothesis import given, settings
 from keras_mtl.aggregation._aliases_b import ALIASES_B
 from keras_mtl.aggregation.gradvac import GradVac
 
+pytestmark = pytest.mark.backend_neutral
+
 RNG = np.random.default_rng(2)
 
 

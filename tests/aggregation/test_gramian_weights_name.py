@@ -13,6 +13,8 @@ import keras_mtl
 from keras_mtl.aggregation import GramianWeightedAggregator
 from keras_mtl.aggregation.base import GramianWeights
 
+pytestmark = pytest.mark.backend_neutral
+
 GRAMIAN_WEIGHTED = sorted(
     name
     for name, cls in keras_mtl.aggregation.ALIASES.items()

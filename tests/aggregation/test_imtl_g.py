@@ -16,6 +16,8 @@ from hypothesis import given, settings
 
 from keras_mtl.aggregation.imtl_g import IMTLG
 
+pytestmark = pytest.mark.backend_neutral
+
 RUN = Graph(IMTLG)
 
 

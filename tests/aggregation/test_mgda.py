@@ -20,6 +20,8 @@ from hypothesis import given, settings
 
 from keras_mtl.aggregation.mgda import MGDA
 
+pytestmark = pytest.mark.backend_neutral
+
 RUN = Graph(MGDA)
 WEIGHTS = Graph(MGDA, method="gramian_weights")
 

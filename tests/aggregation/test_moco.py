@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from keras_mtl.aggregation._aliases_b import ALIASES_B
 from keras_mtl.aggregation.moco import MoCo
 
+pytestmark = pytest.mark.backend_neutral
+
 RNG = np.random.default_rng(6)
 
 

@@ -17,6 +17,8 @@ from hypothesis import given, settings
 from keras_mtl.aggregation._aliases_b import ALIASES_B
 from keras_mtl.aggregation.nash_mtl import NashMTL
 
+pytestmark = pytest.mark.backend_neutral
+
 RNG = np.random.default_rng(4)
 # One compiled NashMTL for the stateless checks (update_every=1: the output
 # depends on J only); eager calls run the 20 solver iterations op by op.

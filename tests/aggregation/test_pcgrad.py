@@ -20,6 +20,8 @@ from hypothesis import given, settings
 from keras_mtl.aggregation._aliases_b import ALIASES_B
 from keras_mtl.aggregation.pcgrad import PCGrad
 
+pytestmark = pytest.mark.backend_neutral
+
 RNG = np.random.default_rng(0)
 
 

@@ -5,6 +5,8 @@ import pytest
 
 import keras_mtl
 
+pytestmark = pytest.mark.backend_neutral
+
 
 def test_every_alias_gives_an_aggregator_that_returns_a_direction():
     jacobian = np.array([[1.0, 0.0, 2.0], [-0.5, 1.0, 0.0]], dtype="float32")

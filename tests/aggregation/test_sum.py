@@ -16,6 +16,8 @@ from hypothesis import given, settings
 
 from keras_mtl.aggregation.sum import Sum
 
+pytestmark = pytest.mark.backend_neutral
+
 
 @pytest.mark.parametrize("shape", [(1, 3), (2, 5), (6, 20)])
 def test_sum_of_rows(shape):

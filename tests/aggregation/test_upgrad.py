@@ -19,6 +19,8 @@ from scipy.optimize import nnls
 
 from keras_mtl.aggregation.upgrad import UPGrad
 
+pytestmark = pytest.mark.backend_neutral
+
 RUN = Graph(UPGrad)
 
 

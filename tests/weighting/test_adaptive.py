@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 import keras_mtl
 from keras_mtl.weighting import AdaptiveWeighting
 
+pytestmark = pytest.mark.backend_neutral
+
 LOSSES = np.array([0.5, 2.0, 1.0, 3.5], np.float32)
 
 

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 import keras_mtl
 from keras_mtl.weighting import BMTL, AdaptiveWeighting
 
+pytestmark = pytest.mark.backend_neutral
+
 LOSSES = np.array([0.3, 1.2, 2.5, 0.8], np.float32)
 
 

@@ -8,6 +8,8 @@ from _backend import compiled, tensor, to_numpy, value_and_gradient
 import keras_mtl
 from keras_mtl.weighting import DynamicWeightAverage
 
+pytestmark = pytest.mark.backend_neutral
+
 # Known training losses per epoch (several steps each, 3 tasks).
 EPOCHS = [
     [[1.0, 2.0, 0.5], [0.8, 1.6, 0.7], [0.9, 2.2, 0.6]],

@@ -8,6 +8,8 @@ from _backend import compiled, dtype_of, tensor, to_numpy, value_and_gradient
 import keras_mtl
 from keras_mtl.weighting import EqualWeighting
 
+pytestmark = pytest.mark.backend_neutral
+
 
 @pytest.mark.parametrize(
     "losses", [[0.5, 2.0], [1.0, 0.0, 3.5], [7.0, 1e-3, 2.0, 40.0, 0.25]]

@@ -9,6 +9,8 @@ from _backend import compiled, tensor, to_numpy, value_and_gradient
 import keras_mtl
 from keras_mtl.weighting import FAMO
 
+pytestmark = pytest.mark.backend_neutral
+
 STEPS = [
     [0.5, 2.0, 1.0],
     [0.4, 1.9, 1.1],

@@ -9,6 +9,8 @@ from _backend import compiled, tensor, to_numpy, value_and_gradient
 import keras_mtl
 from keras_mtl.weighting import FixedWeighting
 
+pytestmark = pytest.mark.backend_neutral
+
 LOSSES = np.array([0.5, 2.0, 4.0], np.float32)
 
 

@@ -8,6 +8,8 @@ from _backend import compiled, dtype_of, tensor, to_numpy, value_and_gradient
 import keras_mtl
 from keras_mtl.weighting import GeometricLossStrategy
 
+pytestmark = pytest.mark.backend_neutral
+
 LOSSES = np.array([0.5, 2.0, 4.0], dtype=np.float32)
 
 

@@ -15,6 +15,8 @@ from _backend import (
 import keras_mtl
 from keras_mtl.weighting import RandomLossWeighting
 
+pytestmark = pytest.mark.backend_neutral
+
 LOSSES = np.array([0.7, 2.0, 0.1, 1.3], dtype=np.float32)
 K = len(LOSSES)
 

@@ -8,6 +8,8 @@ from _backend import compiled, dtype_of, tensor, to_numpy, value_and_gradient
 import keras_mtl
 from keras_mtl.weighting import UncertaintyWeighting
 
+pytestmark = pytest.mark.backend_neutral
+
 LOSSES = np.array([0.7, 2.0, 0.1], dtype=np.float32)
 LOG_VARS = np.array([0.3, -0.5, 1.2], dtype=np.float32)
 
