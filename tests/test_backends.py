@@ -156,12 +156,21 @@ def _check_loaded(directory: Path, backend: str) -> None:
     assert result["trains"]
 
 
+# Each starts both backends itself: run once, from the TensorFlow pass.
+_tensorflow_pass_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="starts both backends itself; runs once, in the TensorFlow pass",
+)
+
+
+@_tensorflow_pass_only
 def test_a_keras_file_saved_on_the_other_backend_loads_here(tmp_path):
     _run_worker("save", tmp_path, OTHER)
     _run_worker("load", tmp_path, keras.backend.backend())
     _check_loaded(tmp_path, keras.backend.backend())
 
 
+@_tensorflow_pass_only
 def test_a_keras_file_saved_here_loads_on_the_other_backend(tmp_path):
     _run_worker("save", tmp_path, keras.backend.backend())
     _run_worker("load", tmp_path, OTHER)

@@ -10,8 +10,6 @@ from conftest import TASK_LOSSES, build_net
 import keras_mtl
 from keras_mtl.model import REPRESENTATION_AGGREGATORS
 
-pytestmark = pytest.mark.backend_neutral
-
 
 @keras.saving.register_keras_serializable(package="keras_mtl_tests")
 class Trunk(keras.Model):
@@ -181,6 +179,7 @@ def test_trunk_and_heads_sum_equals_plain_training(digits):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.backend_neutral
 def test_trunk_and_heads_save_and_load_exactly(digits, tmp_path):
     """GradVac (targets [K, K] and a saved random stream) on subclassed trunk
     and heads: the loaded model takes exactly the same next step."""
@@ -208,6 +207,7 @@ def test_trunk_and_heads_save_and_load_exactly(digits, tmp_path):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.backend_neutral
 def test_functional_representation_mode_is_kept_on_save(digits, tmp_path):
     model = _model("upgrad")
     # 100 does not divide 512: the last batch is smaller, so D (batch x 32)

@@ -8,8 +8,6 @@ import tensorflow as tf
 import keras_mtl
 from keras_mtl.weighting import AdaptiveWeighting
 
-pytestmark = pytest.mark.backend_neutral
-
 CASES = [*keras_mtl.weighting.names(), "adaptive_epoch"]
 STATEFUL = {"fixed", "uncertainty", "dwa", "rlw", "adaptive_epoch", "famo"}
 # Variables the model owns for training only (never part of an export).
@@ -83,6 +81,7 @@ def test_save_load_restores_weighting_and_training_state(
     )
 
 
+@pytest.mark.backend_neutral
 @pytest.mark.parametrize("outputs", ["dict", "list", "subclassed"])
 def test_export_serves_the_inference_net_only(
     outputs, digits, make_net, make_subclassed_net, task_losses, tmp_path
@@ -110,6 +109,7 @@ def test_export_serves_the_inference_net_only(
     assert not [n for n in names if any(t in n for t in TRAINING_ONLY)], names
 
 
+@pytest.mark.backend_neutral
 @pytest.mark.parametrize("alias", ["uncertainty", "dwa"])
 def test_save_weights_restores_weighting_state(
     alias, digits, make_model, make_net, tmp_path
@@ -176,6 +176,7 @@ def test_tf_train_checkpoint_restores_weighting_state(
     )
 
 
+@pytest.mark.backend_neutral
 def test_subclassed_net_with_a_stateful_aggregator_loads_exactly(
     digits, make_subclassed_net, task_losses, tmp_path
 ):
