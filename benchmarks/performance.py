@@ -3,36 +3,48 @@
     python benchmarks/performance.py                 # everything -> docs/performance.md
     python benchmarks/performance.py --quick         # a smoke run (tiny, few repeats)
     python benchmarks/performance.py --sections 1,3  # some sections only
+    python benchmarks/performance.py --backends jax  # one backend only
 
-Every figure is a ratio of median train-step times measured side by side in
-one process (the variants of a table take turns, repeat after repeat, so a
-noisy machine slows them alike), after warm-up (the first call, which
-traces and compiles, is timed separately as the compile time). Steps run
-through Keras' own `train_function`, as `fit` runs them.
+The Keras backend is fixed per process, so the suite runs each backend's
+measurements in a process of its own (`KERAS_BACKEND=...`, one per section
+and backend) and merges their results into one report, the backends side by
+side. Every figure is still a ratio of median train-step times measured side
+by side in one process (the variants of a table take turns, repeat after
+repeat, so a noisy machine slows them alike), after warm-up (the first call,
+which traces and compiles, is timed separately as the compile time). Steps
+run through Keras' own `train_function`, as `fit` runs them: on TensorFlow
+`train_function(iterator)` over a `tf.data` pipeline, on JAX the stateless
+`train_function(state, iterator)` over numpy batches (as `fit` feeds arrays).
 
-Baselines:
+Baselines, on each backend:
 - loss-level methods: stock Keras, the same network as a plain multi-output
   `keras.Model` compiled with static `loss_weights` (same data, optimizer
   and `jit_compile`);
 - gradient-level methods: the ideal cost of any per-task-gradient method,
   one forward pass and K backward passes of the shared trunk, measured on
   the same network by `IdealPerTaskStep` (the gradients are summed, no
-  other work).
+  other work): a `GradientTape` step on TensorFlow, on JAX a stateless step
+  with one `jax.vjp` forward pass and K VJPs, applied with
+  `optimizer.stateless_apply`.
 
 Peak memory (section 4) is the peak resident set size of a fresh process
-per variant (`ru_maxrss`), so it includes TensorFlow's own ~0.5-1 GB.
-Not part of the test suite: nothing there depends on timing.
+per variant (`ru_maxrss`), so it includes the framework's own (keras_mtl
+imports TensorFlow on either backend). Not part of the test suite: nothing
+there depends on timing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import itertools
 import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +53,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
 
 import keras_mtl  # noqa: E402
 from keras_mtl import gradients as gradients_lib  # noqa: E402
@@ -49,6 +61,13 @@ from keras_mtl import gradients as gradients_lib  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZE = 256
 INPUT_DIM = 64
+BACKENDS = ("tensorflow", "jax")
+BACKEND_LABELS = {"tensorflow": "TF", "jax": "JAX"}
+
+
+def backend() -> str:
+    """The Keras backend of this process."""
+    return keras.backend.backend()
 
 
 # ------------------------------------------------------------------ networks
@@ -80,10 +99,12 @@ def cnn(num_tasks: int) -> keras.Model:
     return image_cnn((12, 16, 1), tasks)
 
 
-def dataset(kind: str, num_tasks: int, batches: int = 16) -> tf.data.Dataset:
-    """Fixed random data of the right shapes, repeated forever."""
+def batches(
+    kind: str, num_tasks: int, count: int = 16
+) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """`count` fixed batches of random data of the right shapes (numpy)."""
     rng = np.random.default_rng(0)
-    n = batches * BATCH_SIZE
+    n = count * BATCH_SIZE
     if kind == "cnn":
         x = rng.random((n, 12, 16, 1), dtype="float32")
         y = {f"task_{k}": rng.integers(0, 10, n) for k in range(num_tasks)}
@@ -93,7 +114,35 @@ def dataset(kind: str, num_tasks: int, batches: int = 16) -> tf.data.Dataset:
             f"task_{k}": rng.standard_normal((n, 1)).astype("float32")
             for k in range(num_tasks)
         }
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH_SIZE).cache().repeat()
+    return [
+        (x[i : i + BATCH_SIZE], {t: v[i : i + BATCH_SIZE] for t, v in y.items()})
+        for i in range(0, n, BATCH_SIZE)
+    ]
+
+
+def dataset(kind: str, num_tasks: int, count: int = 16) -> Any:
+    """The batches of `batches`, repeated forever, as `fit` feeds them on
+    this backend: a cached `tf.data` pipeline on TensorFlow (the train
+    function reads it in the graph), the numpy batches themselves on JAX."""
+    data = batches(kind, num_tasks, count)
+    if backend() == "tensorflow":
+        import tensorflow as tf
+
+        x = np.concatenate([b[0] for b in data])
+        y = {t: np.concatenate([b[1][t] for b in data]) for t in data[0][1]}
+        pipeline = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH_SIZE)
+        return pipeline.cache().repeat()
+    return _Cycle(data)
+
+
+class _Cycle:
+    """Numpy batches repeated forever (an iterable, like a dataset)."""
+
+    def __init__(self, data: list[Any]) -> None:
+        self.data = data
+
+    def __iter__(self) -> Any:
+        return itertools.cycle(self.data)
 
 
 def losses_for(kind: str, num_tasks: int) -> dict[str, str]:
@@ -110,7 +159,13 @@ class IdealPerTaskStep(keras.Model):
     """The least work of any per-task-gradient method: one forward pass, the
     K task losses' gradients of the shared trunk (K backward passes), the
     heads' gradient of the summed loss, and one optimizer update with the
-    summed trunk gradients. No aggregation, no checks, no bookkeeping."""
+    summed trunk gradients. No aggregation, no checks, no bookkeeping.
+
+    On TensorFlow a persistent `GradientTape` (K + 1 `tape.gradient` calls);
+    on JAX the stateless `train_step(state, data)`: one forward pass under
+    `jax.vjp`, K VJPs with the unit cotangents of the task losses (the trunk's
+    part of each is used) and one with cotangent 1 on every loss (the heads'
+    part), applied with `optimizer.stateless_apply`."""
 
     def __init__(self, net: keras.Model, losses: dict[str, str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -118,22 +173,34 @@ class IdealPerTaskStep(keras.Model):
         self.task_names = list(losses)
         self.task_loss_fns = [keras.losses.get(losses[t]) for t in self.task_names]
         variables = list(net.trainable_variables)
-        shared = gradients_lib.shared_variable_indices(net, variables, self.task_names)
-        self.shared = [variables[i] for i in shared]
+        self.shared_indices = gradients_lib.shared_variable_indices(
+            net, variables, self.task_names
+        )
+        self.shared = [variables[i] for i in self.shared_indices]
         ids = {id(v) for v in self.shared}
         self.heads = [v for v in variables if id(v) not in ids]
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         return self.net(inputs, training=training)
 
-    def train_step(self, data: Any) -> dict[str, Any]:
+    def _task_losses(self, y: Any, outputs: Any) -> list[Any]:
+        return [
+            ops.mean(fn(y[t], outputs[t]))
+            for t, fn in zip(self.task_names, self.task_loss_fns)
+        ]
+
+    def train_step(self, *args: Any) -> Any:
+        if backend() == "jax":
+            return self._jax_train_step(*args)
+        return self._tf_train_step(*args)
+
+    def _tf_train_step(self, data: Any) -> dict[str, Any]:
+        import tensorflow as tf
+
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape(persistent=True) as tape:
             outputs = self.net(x, training=True)
-            task_losses = [
-                tf.reduce_mean(fn(y[t], outputs[t]))
-                for t, fn in zip(self.task_names, self.task_loss_fns)
-            ]
+            task_losses = self._task_losses(y, outputs)
             total = tf.add_n(task_losses)
         shared = [tape.gradient(loss, self.shared) for loss in task_losses]
         summed = [tf.add_n(list(gs)) for gs in zip(*shared)]
@@ -141,6 +208,42 @@ class IdealPerTaskStep(keras.Model):
         del tape
         self.optimizer.apply(summed + heads, self.shared + self.heads)
         return {"loss": total}
+
+    def _jax_train_step(self, state: Any, data: Any) -> tuple[Any, Any]:
+        import jax
+
+        trainable, non_trainable, optimizer_values, metrics_values = state
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        # The model's trainable variables are the net's, in the net's order.
+        net_trainable = len(self.net.trainable_variables)
+        net_non_trainable = len(self.net.non_trainable_variables)
+
+        def forward(values: list[Any]) -> tuple[Any, Any]:
+            outputs, new_non_trainable = self.net.stateless_call(
+                values[:net_trainable],
+                non_trainable[:net_non_trainable],
+                x,
+                training=True,
+            )
+            return ops.stack(self._task_losses(y, outputs)), new_non_trainable
+
+        losses, vjp, new_non_trainable = jax.vjp(forward, trainable, has_aux=True)
+        eye = ops.eye(len(self.task_names), dtype=losses.dtype)
+        rows = [vjp(eye[k])[0] for k in range(len(self.task_names))]
+        heads = vjp(ops.ones_like(losses))[0]  # XLA keeps only the heads' part
+        shared = set(self.shared_indices)
+        gradients = [
+            sum(row[i] for row in rows) if i in shared else g
+            for i, g in enumerate(heads)
+        ]
+        new_trainable, new_optimizer = self.optimizer.stateless_apply(
+            optimizer_values, gradients, trainable
+        )
+        non_trainable = list(new_non_trainable) + list(
+            non_trainable[net_non_trainable:]
+        )
+        state = (new_trainable, non_trainable, new_optimizer, metrics_values)
+        return {"loss": ops.sum(losses)}, state
 
 
 # ------------------------------------------------------------------ variants
@@ -184,9 +287,42 @@ def build(variant: str, kind: str, width: int, num_tasks: int, jit: bool) -> Any
     return model
 
 
-def _sync(outputs: Any) -> None:
-    for value in tf.nest.flatten(outputs):
-        np.asarray(value)
+class Runner:
+    """Calls a compiled model's train function step by step, as `fit` does:
+    `train_function(iterator)` on TensorFlow; on JAX
+    `train_function(state, iterator)`, the state threaded from call to call
+    (taken from the variables once, which are then emptied, as in `fit`)."""
+
+    def __init__(self, model: Any, data: Any) -> None:
+        self.model = model
+        model.optimizer.build(model.trainable_variables)
+        model.make_train_function()
+        self.iterator = iter(data)
+        self.state = None
+        if backend() == "jax":
+            self.state = model._get_jax_state(
+                trainable_variables=True,
+                non_trainable_variables=True,
+                optimizer_variables=True,
+                metrics_variables=True,
+                purge_model_variables=True,
+            )
+
+    def step(self) -> Any:
+        if self.state is None:
+            return self.model.train_function(self.iterator)
+        logs, self.state = self.model.train_function(self.state, self.iterator)
+        return logs
+
+    def sync(self, outputs: Any) -> None:
+        """Waits for the step's results (JAX and TF dispatch asynchronously)."""
+        if self.state is not None:
+            import jax
+
+            jax.block_until_ready((outputs, self.state))
+            return
+        for value in keras.tree.flatten(outputs):
+            np.asarray(value)
 
 
 def time_variants(
@@ -201,29 +337,26 @@ def time_variants(
     """Median seconds per train step of each variant (taking turns), and the
     seconds of each one's first call (trace + compile + one step)."""
     data = dataset(kind, num_tasks)
-    runs: dict[str, Any] = {}
+    runs: dict[str, Runner] = {}
     compile_seconds: dict[str, float] = {}
     for variant in variants:
-        model = build(variant, kind, width, num_tasks, jit)
-        model.optimizer.build(model.trainable_variables)
-        model.make_train_function()
-        iterator = iter(data)
+        runner = Runner(build(variant, kind, width, num_tasks, jit), data)
         start = time.perf_counter()
-        _sync(model.train_function(iterator))
+        runner.sync(runner.step())
         compile_seconds[variant] = time.perf_counter() - start
         for _ in range(3):  # warm-up
-            _sync(model.train_function(iterator))
-        runs[variant] = (model, iterator)
+            runner.sync(runner.step())
+        runs[variant] = runner
     samples: dict[str, list[float]] = {v: [] for v in variants}
     for repeat in range(repeats):
         # Rotate the order so no variant always runs first after a pause.
         order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
         for variant in order:
-            model, iterator = runs[variant]
+            runner = runs[variant]
             start = time.perf_counter()
             for _ in range(steps):
-                outputs = model.train_function(iterator)
-            _sync(outputs)
+                outputs = runner.step()
+            runner.sync(outputs)
             samples[variant].append((time.perf_counter() - start) / steps)
     return {
         v: {
@@ -236,7 +369,7 @@ def time_variants(
     }
 
 
-# ------------------------------------------------------------------ sections
+# ---------------------------------------------------------------- the plan
 def weighting_names() -> list[str]:
     return _one_alias_per_class(keras_mtl.weighting.ALIASES)
 
@@ -255,168 +388,145 @@ def _one_alias_per_class(aliases: dict[str, type]) -> list[str]:
     return names
 
 
-def ratio_table(
-    results: dict[str, dict[str, float]], baseline: str, goal: float, label: str
-) -> list[str]:
-    base = results[baseline]["step_seconds"]
-    lines = [
-        f"| {label} | ms/step | ÷ `{baseline}` | goal ≤ {goal} | spread | compile s |",
-        "|---|---|---|---|---|---|",
-    ]
-    for variant, r in results.items():
-        ratio = r["step_seconds"] / base
-        mark = "" if variant == baseline else ("yes" if ratio <= goal else "**no**")
-        lines.append(
-            f"| `{variant}` | {1e3 * r['step_seconds']:.2f} | {ratio:.3f} | {mark} "
-            f"| {100 * r['spread']:.0f}% | {r['compile_seconds']:.1f} |"
-        )
-    return lines
-
-
-def section_loss_level(cfg: argparse.Namespace, record: dict[str, Any]) -> list[str]:
-    out = [
-        "## 1. Loss-level methods against stock Keras",
-        "",
-        "Each weighting in `MultiTaskModel` ÷ the same network as a plain "
-        "multi-output `keras.Model` with static `loss_weights` (goal ≤ 1.03); "
-        f"MLP, K = 3 tasks, batch {BATCH_SIZE}.",
-        "",
-    ]
-    variants = ["keras"] + [f"w:{n}" for n in weighting_names()]
-    for width in cfg.widths:
-        for jit in (True, False):
-            key = f"loss_level/mlp{width}/jit={jit}"
-            print(f"[1] {key}", flush=True)
-            results = time_variants(
-                variants, "mlp", width, 3, jit, cfg.steps, cfg.repeats
-            )
-            record[key] = results
-            out += [f"### MLP width {width}, jit_compile={jit}", ""]
-            out += ratio_table(results, "keras", 1.03, "method") + [""]
-    return out
-
-
-def section_gradient_level(
-    cfg: argparse.Namespace, record: dict[str, Any]
-) -> list[str]:
-    out = [
-        "## 2. Gradient-level methods against the ideal per-task-gradient step",
-        "",
-        "Each aggregator in `MultiTaskModel` ÷ `ideal` (one forward, K = 3 "
-        "backward passes of the trunk, gradients summed; goal ≤ 1.1); "
-        "`keras` (stock, one backward) for scale. jit_compile=True.",
-        "",
-    ]
-    variants = ["ideal", "keras", "w:equal"] + [f"a:{n}" for n in aggregator_names()]
-    out += _tables_per_network(cfg, record, variants, "ideal", 1.1, "gradient_level")
-    out += [
-        "### Representation mode",
-        "",
-        "Aggregation at the trunk's output (`representation=`, one backward "
-        "through the trunk) ÷ `w:equal` (goal ≤ 1.15), jit_compile=True.",
-        "",
-    ]
-    variants = ["w:equal"] + [
-        f"r:{n}" for n in ("sum", "mgda", "pcgrad", "upgrad", "cagrad", "nash_mtl")
-    ]
-    out += _tables_per_network(cfg, record, variants, "w:equal", 1.15, "representation")
-    return out
-
-
-def _tables_per_network(
-    cfg: argparse.Namespace,
-    record: dict[str, Any],
-    variants: list[str],
-    baseline: str,
-    goal: float,
-    prefix: str,
-) -> list[str]:
-    """One ratio table per network (the MLP widths and the CNN), XLA on."""
-    out: list[str] = []
-    for kind, width in [("mlp", w) for w in cfg.widths] + [("cnn", 32)]:
-        key = f"{prefix}/{kind}{width}"
-        print(f"[2] {key}", flush=True)
-        results = time_variants(variants, kind, width, 3, True, cfg.steps, cfg.repeats)
-        record[key] = results
-        title = f"MLP width {width}" if kind == "mlp" else "benchmark CNN"
-        out += [f"### {prefix}: {title}", ""]
-        out += ratio_table(results, baseline, goal, "method") + [""]
-    return out
-
-
-def section_tasks(cfg: argparse.Namespace, record: dict[str, Any]) -> list[str]:
-    out = [
-        "## 3. Scaling with the number of tasks",
-        "",
-        "ms per step for K = " + ", ".join(map(str, cfg.tasks)) + " (MLP width "
-        f"{cfg.widths[0]}, jit_compile=True); the ratio to stock Keras at the same K "
-        "in brackets.",
-        "",
-    ]
-    variants = ["keras", "w:equal", "w:adaptive", "w:dwa", "ideal"] + [
-        f"a:{n}" for n in ("pcgrad", "mgda", "upgrad", "nash_mtl")
-    ]
-    table: dict[int, dict[str, dict[str, float]]] = {}
-    for k in cfg.tasks:
-        key = f"tasks/K={k}"
-        print(f"[3] {key}", flush=True)
-        table[k] = time_variants(
-            variants, "mlp", cfg.widths[0], k, True, cfg.steps, cfg.repeats
-        )
-        record[key] = table[k]
-    out.append("| method | " + " | ".join(f"K = {k}" for k in cfg.tasks) + " |")
-    out.append("|---|" + "---|" * len(cfg.tasks))
-    for v in variants:
-        cells = []
-        for k in cfg.tasks:
-            t = table[k][v]["step_seconds"]
-            cells.append(f"{1e3 * t:.2f} ({t / table[k]['keras']['step_seconds']:.2f})")
-        out.append(f"| `{v}` | " + " | ".join(cells) + " |")
-    return out + [""]
-
-
+REPRESENTATION_VARIANTS = [
+    f"r:{n}" for n in ("sum", "mgda", "pcgrad", "upgrad", "cagrad", "nash_mtl")
+]
+TASKS_VARIANTS = ["keras", "w:equal", "w:adaptive", "w:dwa", "ideal"] + [
+    f"a:{n}" for n in ("pcgrad", "mgda", "upgrad", "nash_mtl")
+]
 XLA_VARIANTS = ["keras", "w:equal", "w:adaptive", "ideal", "a:pcgrad", "a:upgrad"]
 
 
-def section_xla(cfg: argparse.Namespace, record: dict[str, Any]) -> list[str]:
-    out = [
-        "## 4. XLA on and off: compile time, step time, peak memory",
-        "",
-        f"MLP width {cfg.widths[-1]}, K = 3. Each cell runs in a fresh process; "
-        "compile = the first call (trace, compile and one step); peak RSS of "
-        "that process (TensorFlow itself included).",
-        "",
-        "| method | compile s (XLA) | compile s (no XLA) | ms/step (XLA) "
-        "| ms/step (no XLA) | peak MB (XLA) | peak MB (no XLA) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+def jit_modes(name: str) -> tuple[bool, ...]:
+    """XLA on and off for section 1 on TensorFlow (a `tf.function` graph
+    either way). On JAX `jit_compile=False` is op-by-op eager execution, a
+    debugging mode (see section 4), so section 1 measures XLA only there."""
+    return (True, False) if name == "tensorflow" else (True,)
+
+
+def plan(section: str, cfg: argparse.Namespace, name: str) -> list[dict[str, Any]]:
+    """The tables a section measures on backend `name`: each a key, its
+    variants and the network, number of tasks and `jit_compile` they share."""
+    tables: list[dict[str, Any]] = []
+
+    def table(
+        key: str, variants: list[str], kind: str, width: int, k: int, jit: bool
+    ) -> None:
+        tables.append(
+            {"key": key, "variants": variants, "kind": kind, "width": width,
+             "tasks": k, "jit": jit}
+        )  # fmt: skip
+
+    if section == "1":
+        variants = ["keras"] + [f"w:{n}" for n in weighting_names()]
+        for width in cfg.widths:
+            for jit in jit_modes(name):
+                table(
+                    f"loss_level/mlp{width}/jit={jit}", variants, "mlp", width, 3, jit
+                )
+    elif section == "2":
+        gradient = ["ideal", "keras", "w:equal"] + [
+            f"a:{n}" for n in aggregator_names()
+        ]
+        representation = ["w:equal"] + REPRESENTATION_VARIANTS
+        for prefix, variants in (
+            ("gradient_level", gradient),
+            ("representation", representation),
+        ):
+            for kind, width in networks(cfg):
+                table(f"{prefix}/{kind}{width}", variants, kind, width, 3, True)
+    elif section == "3":
+        for k in cfg.tasks:
+            table(f"tasks/K={k}", TASKS_VARIANTS, "mlp", cfg.widths[0], k, True)
+    return tables
+
+
+def networks(cfg: argparse.Namespace) -> list[tuple[str, int]]:
+    """The MLP at each width, then the benchmark CNN."""
+    return [("mlp", w) for w in cfg.widths] + [("cnn", 32)]
+
+
+# ------------------------------------------------------------ measuring
+def run_tables(tables: list[dict[str, Any]], cfg: argparse.Namespace) -> dict[str, Any]:
+    """Measures `tables` in this process (one backend)."""
+    results: dict[str, Any] = {}
+    for t in tables:
+        print(f"  [{backend()}] {t['key']}", flush=True)
+        results[t["key"]] = time_variants(
+            t["variants"], t["kind"], t["width"], t["tasks"], t["jit"],
+            cfg.steps, cfg.repeats,
+        )  # fmt: skip
+    return results
+
+
+def available_backends(requested: list[str]) -> list[str]:
+    """The requested backends whose package is installed."""
+    found = []
+    for name in requested:
+        if name not in BACKENDS:
+            raise ValueError(f"Unknown backend {name!r}; choose from {BACKENDS}.")
+        if importlib.util.find_spec(name) is None:
+            print(f"{name} is not installed: its measurements are left out.")
+        else:
+            found.append(name)
+    return found
+
+
+def _env(name: str) -> dict[str, str]:
+    return {**os.environ, "KERAS_BACKEND": name}
+
+
+def _common_args(cfg: argparse.Namespace) -> list[str]:
+    return ["--steps", str(cfg.steps), "--repeats", str(cfg.repeats)]
+
+
+def measure_in_subprocess(
+    section: str, name: str, cfg: argparse.Namespace
+) -> dict[str, Any]:
+    """Runs section `section`'s tables in a fresh process on backend `name`."""
+    if section == "4":
+        return section_xla_cells(name, cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "results.json"
+        args = [
+            sys.executable, __file__, "--worker", section, "--worker-out", str(out),
+            "--widths", ",".join(map(str, cfg.widths)),
+            "--tasks", ",".join(map(str, cfg.tasks)), *_common_args(cfg),
+        ]  # fmt: skip
+        done = subprocess.run(args, env=_env(name), timeout=4 * 3600)
+        if done.returncode != 0:
+            raise RuntimeError(f"section {section} on {name} failed (see above)")
+        return json.loads(out.read_text())
+
+
+def section_xla_cells(name: str, cfg: argparse.Namespace) -> dict[str, Any]:
+    """Section 4 on backend `name`: each variant, XLA on and off, in a fresh
+    process of its own (its peak memory is that process')."""
+    results: dict[str, Any] = {}
     for variant in XLA_VARIANTS:
-        cells: dict[bool, dict[str, float]] = {}
         for jit in (True, False):
-            print(f"[4] {variant} jit={jit}", flush=True)
-            cells[jit] = _in_subprocess(variant, cfg.widths[-1], jit, cfg)
-            record[f"xla/{variant}/jit={jit}"] = cells[jit]
-        on, off = cells[True], cells[False]
-        out.append(
-            f"| `{variant}` | {on['compile_seconds']:.1f} | {off['compile_seconds']:.1f} "
-            f"| {1e3 * on['step_seconds']:.2f} | {1e3 * off['step_seconds']:.2f} "
-            f"| {on['peak_mb']:.0f} | {off['peak_mb']:.0f} |"
-        )
-    return out + [""]
-
-
-def _in_subprocess(
-    variant: str, width: int, jit: bool, cfg: argparse.Namespace
-) -> dict[str, float]:
-    args = [
-        sys.executable, __file__, "--one", variant, "--one-width", str(width),
-        "--one-jit", str(int(jit)), "--steps", str(cfg.steps),
-        "--repeats", str(cfg.repeats),
-    ]  # fmt: skip
-    done = subprocess.run(args, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        raise RuntimeError(f"{variant} jit={jit} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"  [{name}] xla/{variant}/jit={jit}", flush=True)
+            steps, repeats = cfg.steps, cfg.repeats
+            if name == "jax" and not jit:
+                # Op-by-op JAX takes 0.1-1 s a step: a tenth of the steps
+                # and 3 samples already time it to a few percent.
+                steps, repeats = max(1, steps // 10), min(repeats, 3)
+            args = [
+                sys.executable, __file__, "--one", variant,
+                "--one-width", str(cfg.widths[-1]), "--one-jit", str(int(jit)),
+                "--steps", str(steps), "--repeats", str(repeats),
+            ]  # fmt: skip
+            done = subprocess.run(
+                args, env=_env(name), capture_output=True, text=True, timeout=3600
+            )
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"{variant} jit={jit} on {name} failed:\n{done.stderr[-3000:]}"
+                )
+            results[f"xla/{variant}/jit={jit}"] = json.loads(
+                done.stdout.strip().splitlines()[-1]
+            )
+    return {"results": results}
 
 
 def one_variant(variant: str, width: int, jit: bool, steps: int, repeats: int) -> None:
@@ -426,39 +536,237 @@ def one_variant(variant: str, width: int, jit: bool, steps: int, repeats: int) -
     print(json.dumps(result))
 
 
-# -------------------------------------------------------------------- report
-def machine() -> dict[str, Any]:
-    from keras_mtl.bench.cli import machine_info
+# ------------------------------------------------------------------ report
+def ratio_table(
+    per_backend: dict[str, dict[str, dict[str, float]]],
+    baseline: str,
+    goal: float,
+    label: str,
+) -> list[str]:
+    """A markdown table: one row per variant, for each backend its ms per
+    step, ratio to `baseline` (measured in the same process), whether that
+    meets `goal`, the spread of the samples and the compile time."""
+    names = list(per_backend)
+    variants: list[str] = []
+    for results in per_backend.values():
+        variants += [v for v in results if v not in variants]
+    head = [label]
+    for name in names:
+        b = BACKEND_LABELS.get(name, name)
+        head += [
+            f"{b} ms/step", f"{b} ÷ `{baseline}`", f"≤ {goal}",
+            f"{b} spread", f"{b} compile s",
+        ]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for variant in variants:
+        cells = [f"`{variant}`"]
+        for name in names:
+            results = per_backend[name]
+            r = results.get(variant)
+            if r is None or baseline not in results:
+                cells += ["–"] * 5
+                continue
+            ratio = r["step_seconds"] / results[baseline]["step_seconds"]
+            mark = "" if variant == baseline else ("yes" if ratio <= goal else "**no**")
+            cells += [
+                f"{1e3 * r['step_seconds']:.2f}", f"{ratio:.3f}", mark,
+                f"{100 * r['spread']:.0f}%", f"{r['compile_seconds']:.1f}",
+            ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
-    info = machine_info()
+
+def _per_backend(records: dict[str, dict[str, Any]], key: str) -> dict[str, Any]:
+    return {name: rec[key] for name, rec in records.items() if key in rec}
+
+
+def format_loss_level(cfg: argparse.Namespace, records: dict[str, Any]) -> list[str]:
+    out = [
+        "## 1. Loss-level methods against stock Keras",
+        "",
+        "Each weighting in `MultiTaskModel` ÷ the same network as a plain "
+        "multi-output `keras.Model` with static `loss_weights` (goal ≤ 1.03), "
+        f"on each backend; MLP, K = 3 tasks, batch {BATCH_SIZE}. Without XLA "
+        "TensorFlow only: on JAX `jit_compile=False` runs op by op (section 4).",
+        "",
+    ]
+    for width in cfg.widths:
+        for jit in (True, False):
+            per_backend = _per_backend(records, f"loss_level/mlp{width}/jit={jit}")
+            if per_backend:
+                out += [f"### MLP width {width}, jit_compile={jit}", ""]
+                out += ratio_table(per_backend, "keras", 1.03, "method") + [""]
+    return out
+
+
+def format_gradient_level(
+    cfg: argparse.Namespace, records: dict[str, Any]
+) -> list[str]:
+    out = [
+        "## 2. Gradient-level methods against the ideal per-task-gradient step",
+        "",
+        "Each aggregator in `MultiTaskModel` ÷ `ideal` (one forward, K = 3 "
+        "backward passes of the trunk, gradients summed; goal ≤ 1.1), on each "
+        "backend; `keras` (stock, one backward) for scale. jit_compile=True.",
+        "",
+    ]
+    out += _network_tables(cfg, records, "gradient_level", "ideal", 1.1)
+    out += [
+        "### Representation mode",
+        "",
+        "Aggregation at the trunk's output (`representation=`, one backward "
+        "through the trunk) ÷ `w:equal` (goal ≤ 1.15), jit_compile=True.",
+        "",
+    ]
+    out += _network_tables(cfg, records, "representation", "w:equal", 1.15)
+    return out
+
+
+def _network_tables(
+    cfg: argparse.Namespace,
+    records: dict[str, Any],
+    prefix: str,
+    baseline: str,
+    goal: float,
+) -> list[str]:
+    out: list[str] = []
+    for kind, width in networks(cfg):
+        per_backend = _per_backend(records, f"{prefix}/{kind}{width}")
+        if per_backend:
+            title = f"MLP width {width}" if kind == "mlp" else "benchmark CNN"
+            out += [f"### {prefix}: {title}", ""]
+            out += ratio_table(per_backend, baseline, goal, "method") + [""]
+    return out
+
+
+def baseline_of(variant: str) -> str:
+    """What section 3 divides a variant by: an aggregator by the ideal
+    per-task-gradient step, anything else by stock Keras."""
+    return "ideal" if variant.startswith(("a:", "r:")) else "keras"
+
+
+def format_tasks(cfg: argparse.Namespace, records: dict[str, Any]) -> list[str]:
+    names = [n for n in records if any(k.startswith("tasks/") for k in records[n])]
+    out = [
+        "## 3. Scaling with the number of tasks",
+        "",
+        "ms per step for K = " + ", ".join(map(str, cfg.tasks)) + " (MLP width "
+        f"{cfg.widths[0]}, jit_compile=True), on each backend; in brackets the "
+        "ratio, measured in the same process, of an aggregator to `ideal` "
+        "(goal ≤ 1.1) and of anything else to stock Keras (goal ≤ 1.03 for the "
+        "weightings; for `ideal` the cost of K backward passes).",
+        "",
+    ]
+    columns = [(k, n) for k in cfg.tasks for n in names]
+    out.append(
+        "| method | "
+        + " | ".join(f"K = {k} {BACKEND_LABELS.get(n, n)}" for k, n in columns)
+        + " |"
+    )
+    out.append("|---|" + "---|" * len(columns))
+    for variant in TASKS_VARIANTS:
+        cells = []
+        for k, n in columns:
+            table = records[n].get(f"tasks/K={k}")
+            if table is None or variant not in table:
+                cells.append("–")
+                continue
+            t = table[variant]["step_seconds"]
+            base = table[baseline_of(variant)]["step_seconds"]
+            cells.append(f"{1e3 * t:.2f} ({t / base:.2f})")
+        out.append(f"| `{variant}` | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def format_xla(cfg: argparse.Namespace, records: dict[str, Any]) -> list[str]:
+    out = [
+        "## 4. XLA on and off: compile time, step time, peak memory",
+        "",
+        f"MLP width {cfg.widths[-1]}, K = 3. Each cell runs in a fresh process; "
+        "compile = the first call (trace, compile and one step); peak RSS of "
+        "that process (the framework itself included: keras_mtl imports "
+        "TensorFlow on either backend). Without XLA: a `tf.function` graph on "
+        "TensorFlow, op-by-op (eager) execution on JAX.",
+        "",
+        "| method | backend | compile s (XLA) | compile s (no XLA) | ms/step (XLA) "
+        "| ms/step (no XLA) | peak MB (XLA) | peak MB (no XLA) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for variant in XLA_VARIANTS:
+        for name, rec in records.items():
+            on = rec.get(f"xla/{variant}/jit=True")
+            off = rec.get(f"xla/{variant}/jit=False")
+            if on is None or off is None:
+                continue
+            out.append(
+                f"| `{variant}` | {BACKEND_LABELS.get(name, name)} "
+                f"| {on['compile_seconds']:.1f} | {off['compile_seconds']:.1f} "
+                f"| {1e3 * on['step_seconds']:.2f} | {1e3 * off['step_seconds']:.2f} "
+                f"| {on['peak_mb']:.0f} | {off['peak_mb']:.0f} |"
+            )
+    return out + [""]
+
+
+FORMATS = {
+    "1": format_loss_level,
+    "2": format_gradient_level,
+    "3": format_tasks,
+    "4": format_xla,
+}
+
+
+def machine() -> dict[str, Any]:
+    """This machine and the versions of both backends."""
+    import platform
+    from importlib import metadata
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+    for package in ("tensorflow", "jax", "keras"):
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 info["cpu"] = line.split(":", 1)[1].strip()
                 break
-        info["load_average_at_start"] = os.getloadavg()
+        info["load_average_at_start"] = tuple(round(a, 2) for a in os.getloadavg())
     except OSError:
         pass
     return info
 
 
-SECTIONS = {
-    "1": section_loss_level,
-    "2": section_gradient_level,
-    "3": section_tasks,
-    "4": section_xla,
-}
+def kept_profile(path: Path) -> list[str]:
+    """The hand-written "## Profile" section of an existing report (from
+    that heading to the end), kept when the suite rewrites the report."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == "## Profile":
+            return lines[i:] + [""]
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "docs" / "performance.md"))
+    parser.add_argument("--out", help="default docs/performance.md")
     parser.add_argument("--sections", default="1,2,3,4")
+    parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--steps", type=int, default=20, help="steps per sample")
     parser.add_argument("--repeats", type=int, default=7, help="samples per variant")
     parser.add_argument("--widths", default="128,1024")
     parser.add_argument("--tasks", default="2,8,40")
-    parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny smoke run (to runs/perf-quick/)"
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--one-width", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--one-jit", type=int, help=argparse.SUPPRESS)
@@ -468,14 +776,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cfg.quick:
         cfg.steps, cfg.repeats, cfg.widths, cfg.tasks = 2, 2, "32", "2,3"
-    cfg.widths = [int(w) for w in cfg.widths.split(",")]
-    cfg.tasks = [int(k) for k in cfg.tasks.split(",")]
+        cfg.out = cfg.out or str(REPO / "runs" / "perf-quick" / "performance.md")
+    cfg.widths = [int(w) for w in str(cfg.widths).split(",")]
+    cfg.tasks = [int(k) for k in str(cfg.tasks).split(",")]
+    if cfg.worker:
+        results = run_tables(plan(cfg.worker, cfg, backend()), cfg)
+        Path(cfg.worker_out).write_text(json.dumps({"results": results}))
+        return 0
     started = time.time()
     info = machine()
-    record: dict[str, Any] = {"machine": info, "config": vars(cfg).copy()}
+    names = available_backends(cfg.backends.split(","))
+    records: dict[str, dict[str, Any]] = {name: {} for name in names}
     body: list[str] = []
     for section in cfg.sections.split(","):
-        body += SECTIONS[section.strip()](cfg, record)
+        section = section.strip()
+        for name in names:
+            print(f"[{section}] {name}", flush=True)
+            records[name].update(measure_in_subprocess(section, name, cfg)["results"])
+        body += FORMATS[section](cfg, records)
     command = "python benchmarks/performance.py " + " ".join(argv or sys.argv[1:])
     header = [
         "# Performance",
@@ -485,14 +803,18 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v}" for k, v in info.items())
         + ".",
         "",
-        f"Median of {cfg.repeats} samples of {cfg.steps} steps per variant, "
-        "variants taking turns; 'spread' = (max - min) / median of the samples "
-        "(the machine's noise); compile s = the first call.",
+        f"Backends: {', '.join(names)}, each in processes of its own; every "
+        "ratio is measured within one process. Median of "
+        f"{cfg.repeats} samples of {cfg.steps} steps per variant, variants "
+        "taking turns; 'spread' = (max - min) / median of the samples (the "
+        "machine's noise); compile s = the first call.",
         "",
     ]
-    out = Path(cfg.out)
+    out = Path(cfg.out or REPO / "docs" / "performance.md")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(header + body))
+    profile = kept_profile(out)
+    out.write_text("\n".join(header + body + profile))
+    record = {"machine": info, "config": vars(cfg).copy(), "results": records}
     out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
     print(f"wrote {out}")
     return 0
