@@ -325,27 +325,40 @@ class Runner:
             np.asarray(value)
 
 
+SAMPLE_SECONDS = 0.2  # the default length of one timing sample
+MAX_STEPS = 100  # steps per sample at most
+
+
 def time_variants(
     variants: list[str],
     kind: str,
     width: int,
     num_tasks: int,
     jit: bool,
-    steps: int,
+    steps: int | None,
     repeats: int,
+    sample_seconds: float = SAMPLE_SECONDS,
 ) -> dict[str, dict[str, float]]:
     """Median seconds per train step of each variant (taking turns), and the
-    seconds of each one's first call (trace + compile + one step)."""
+    seconds of each one's first call (trace + compile + one step).
+
+    Each sample times `steps` steps; with `steps=None`, as many as fill
+    about `sample_seconds` (from the warm-up steps' time, between 1 and
+    `MAX_STEPS`): a 2 ms step is timed over 100 steps, a 100 ms one over 2."""
     data = dataset(kind, num_tasks)
     runs: dict[str, Runner] = {}
     compile_seconds: dict[str, float] = {}
+    counts: dict[str, int] = {}
     for variant in variants:
         runner = Runner(build(variant, kind, width, num_tasks, jit), data)
         start = time.perf_counter()
         runner.sync(runner.step())
         compile_seconds[variant] = time.perf_counter() - start
+        start = time.perf_counter()
         for _ in range(3):  # warm-up
             runner.sync(runner.step())
+        warm = (time.perf_counter() - start) / 3
+        counts[variant] = steps or min(MAX_STEPS, max(1, round(sample_seconds / warm)))
         runs[variant] = runner
     samples: dict[str, list[float]] = {v: [] for v in variants}
     for repeat in range(repeats):
@@ -354,16 +367,17 @@ def time_variants(
         for variant in order:
             runner = runs[variant]
             start = time.perf_counter()
-            for _ in range(steps):
+            for _ in range(counts[variant]):
                 outputs = runner.step()
             runner.sync(outputs)
-            samples[variant].append((time.perf_counter() - start) / steps)
+            samples[variant].append((time.perf_counter() - start) / counts[variant])
     return {
         v: {
             "step_seconds": statistics.median(samples[v]),
             "spread": (max(samples[v]) - min(samples[v]))
             / statistics.median(samples[v]),
             "compile_seconds": compile_seconds[v],
+            "steps_per_sample": counts[v],
         }
         for v in variants
     }
@@ -454,7 +468,7 @@ def run_tables(tables: list[dict[str, Any]], cfg: argparse.Namespace) -> dict[st
         print(f"  [{backend()}] {t['key']}", flush=True)
         results[t["key"]] = time_variants(
             t["variants"], t["kind"], t["width"], t["tasks"], t["jit"],
-            cfg.steps, cfg.repeats,
+            cfg.steps, cfg.repeats, cfg.sample_seconds,
         )  # fmt: skip
     return results
 
@@ -476,8 +490,10 @@ def _env(name: str) -> dict[str, str]:
     return {**os.environ, "KERAS_BACKEND": name}
 
 
-def _common_args(cfg: argparse.Namespace) -> list[str]:
-    return ["--steps", str(cfg.steps), "--repeats", str(cfg.repeats)]
+def _common_args(cfg: argparse.Namespace, repeats: int | None = None) -> list[str]:
+    args = ["--repeats", str(repeats or cfg.repeats)]
+    args += ["--sample-seconds", str(cfg.sample_seconds)]
+    return args + (["--steps", str(cfg.steps)] if cfg.steps else [])
 
 
 def measure_in_subprocess(
@@ -506,15 +522,15 @@ def section_xla_cells(name: str, cfg: argparse.Namespace) -> dict[str, Any]:
     for variant in XLA_VARIANTS:
         for jit in (True, False):
             print(f"  [{name}] xla/{variant}/jit={jit}", flush=True)
-            steps, repeats = cfg.steps, cfg.repeats
+            repeats = cfg.repeats
             if name == "jax" and not jit:
-                # Op-by-op JAX takes 0.1-1 s a step: a tenth of the steps
-                # and 3 samples already time it to a few percent.
-                steps, repeats = max(1, steps // 10), min(repeats, 3)
+                # Op-by-op JAX takes 0.1-5 s a step: 3 samples already
+                # time it to a few percent.
+                repeats = min(repeats, 3)
             args = [
                 sys.executable, __file__, "--one", variant,
                 "--one-width", str(cfg.widths[-1]), "--one-jit", str(int(jit)),
-                "--steps", str(steps), "--repeats", str(repeats),
+                *_common_args(cfg, repeats),
             ]  # fmt: skip
             done = subprocess.run(
                 args, env=_env(name), capture_output=True, text=True, timeout=3600
@@ -529,8 +545,10 @@ def section_xla_cells(name: str, cfg: argparse.Namespace) -> dict[str, Any]:
     return {"results": results}
 
 
-def one_variant(variant: str, width: int, jit: bool, steps: int, repeats: int) -> None:
-    result = time_variants([variant], "mlp", width, 3, jit, steps, repeats)[variant]
+def one_variant(variant: str, width: int, jit: bool, cfg: argparse.Namespace) -> None:
+    result = time_variants(
+        [variant], "mlp", width, 3, jit, cfg.steps, cfg.repeats, cfg.sample_seconds
+    )[variant]
     # ru_maxrss is in kilobytes on Linux.
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
@@ -758,7 +776,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="default docs/performance.md")
     parser.add_argument("--sections", default="1,2,3,4")
     parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--steps", type=int, default=20, help="steps per sample")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps per sample (default: as many as fill --sample-seconds)",
+    )
+    parser.add_argument(
+        "--sample-seconds",
+        type=float,
+        default=SAMPLE_SECONDS,
+        help="length of one timing sample when --steps is not given",
+    )
     parser.add_argument("--repeats", type=int, default=7, help="samples per variant")
     parser.add_argument("--widths", default="128,1024")
     parser.add_argument("--tasks", default="2,8,40")
@@ -772,7 +801,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one-jit", type=int, help=argparse.SUPPRESS)
     cfg = parser.parse_args(argv)
     if cfg.one:
-        one_variant(cfg.one, cfg.one_width, bool(cfg.one_jit), cfg.steps, cfg.repeats)
+        one_variant(cfg.one, cfg.one_width, bool(cfg.one_jit), cfg)
         return 0
     if cfg.quick:
         cfg.steps, cfg.repeats, cfg.widths, cfg.tasks = 2, 2, "32", "2,3"
@@ -805,9 +834,14 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Backends: {', '.join(names)}, each in processes of its own; every "
         "ratio is measured within one process. Median of "
-        f"{cfg.repeats} samples of {cfg.steps} steps per variant, variants "
-        "taking turns; 'spread' = (max - min) / median of the samples (the "
-        "machine's noise); compile s = the first call.",
+        f"{cfg.repeats} samples per variant, variants taking turns, each "
+        + (
+            f"of {cfg.steps} steps"
+            if cfg.steps
+            else f"of as many steps as fill {cfg.sample_seconds} s (1 to {MAX_STEPS})"
+        )
+        + "; 'spread' = (max - min) / median of the samples (the machine's "
+        "noise); compile s = the first call (trace, compile, one step).",
         "",
     ]
     out = Path(cfg.out or REPO / "docs" / "performance.md")

@@ -11,6 +11,9 @@ import keras
 import numpy as np
 import pytest
 
+# Backend-neutral: scripts/test.sh runs these under JAX too.
+pytestmark = pytest.mark.backend_neutral
+
 PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "performance.py"
 
 
