@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -272,12 +273,12 @@ class MultiTaskModel(keras.Model):
             trainable=False,
             name="nonfinite_tasks",
         )
-        self._task_loss_trackers = [
-            keras.metrics.Mean(name=f"{t}_loss") for t in self.task_names
-        ]
-        self._task_weight_trackers = [
-            keras.metrics.Mean(name=f"{t}_weight") for t in self.task_names
-        ]
+        trackers = _TaskMean.group(
+            [f"{t}_loss" for t in self.task_names]
+            + [f"{t}_weight" for t in self.task_names]
+        )
+        self._task_loss_trackers = trackers[:num_tasks]
+        self._task_weight_trackers = trackers[num_tasks:]
         if self.aggregator is not None:
             self._cosine_tracker = keras.metrics.Mean(name="grad_cosine_min")
             if self.representation_mode:
@@ -504,9 +505,12 @@ class MultiTaskModel(keras.Model):
             ops.where(finite, total, 0.0),
             sample_weight=keep * ops.cast(batch_size, "float32"),
         )
-        for i in range(len(self.task_names)):
-            self._task_loss_trackers[i].update_state(losses[i], sample_weight=keep)
-            self._task_weight_trackers[i].update_state(weights[i], sample_weight=keep)
+        self._task_loss_trackers[0].update_group(
+            ops.concatenate(
+                [ops.cast(losses, "float32"), ops.cast(weights, "float32")]
+            ),
+            sample_weight=keep,
+        )
 
     def train_step(self, *args: Any) -> Any:
         """One training step: `train_step(data)` on TensorFlow; on JAX the
@@ -1033,6 +1037,71 @@ class MultiTaskModel(keras.Model):
             shape = (None, *tuple(shapes[0])[1:])
             wrapper(keras.KerasTensor(shape, dtype=net.input_dtype))
         return wrapper
+
+
+class _TaskMean(keras.metrics.Metric):
+    """The epoch mean of one per-task value (`<task>_loss`, `<task>_weight`):
+    what a `keras.metrics.Mean` of that name logs, bit for bit, but the 2K
+    trackers of a model share one pair of variables, held by the first of
+    the group: the weighted totals `[2K]` and the count (equal for all, as
+    they are updated together, by `update_group`). Each variable costs a
+    fixed time per step (TensorFlow's XLA launch handles every variable
+    separately: 4K scalars measured about 8% of a step at K = 8; see
+    docs/performance.md, Profile)."""
+
+    def __init__(
+        self, name: str, index: int = 0, size: int | None = None, owner: Any = None
+    ) -> None:
+        super().__init__(name=name)
+        self._index = index
+        if owner is None:
+            self.total = self.add_variable(
+                shape=(size,), initializer="zeros", name="total"
+            )
+            self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+        # A weak reference, not tracked (and no cycle for object walkers):
+        # the group's variables belong to its first tracker only.
+        object.__setattr__(
+            self, "_owner_ref", None if owner is None else weakref.ref(owner)
+        )
+
+    def _owner(self) -> _TaskMean:
+        # A method, not a property: Keras' saving walks every attribute
+        # and would recurse into the tracker itself.
+        return self if self._owner_ref is None else self._owner_ref()
+
+    @classmethod
+    def group(cls, names: list[str]) -> list[_TaskMean]:
+        """One tracker per name, sharing the first one's variables."""
+        first = cls(names[0], 0, size=len(names))
+        return [first] + [
+            cls(name, i, owner=first) for i, name in enumerate(names) if i > 0
+        ]
+
+    def update_group(self, values: Any, sample_weight: Any) -> None:
+        """Adds `values` (one per tracker of the group, in order) with the
+        scalar `sample_weight`, as each tracker's `Mean.update_state` would."""
+        owner = self._owner()
+        weight = ops.cast(sample_weight, "float32")
+        owner.total.assign_add(ops.cast(values, "float32") * weight)
+        owner.count.assign_add(weight)
+
+    def update_state(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "Per-task trackers are updated together, with `update_group`."
+        )
+
+    def result(self) -> Any:
+        owner = self._owner()
+        return ops.divide_no_nan(owner.total[self._index], owner.count)
+
+    def reset_state(self) -> None:
+        if self._owner_ref is None:
+            self.total.assign(ops.zeros(self.total.shape, "float32"))
+            self.count.assign(0.0)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "index": self._index}
 
 
 def _counter_dtype() -> str:
