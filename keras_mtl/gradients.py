@@ -139,10 +139,35 @@ def combination_weights(jacobian: Any, direction: Any, ridge: float = 1e-6) -> A
     # A non-finite step is skipped anyway; its logs must not make the
     # (non-XLA) solver raise on a NaN system.
     jacobian = ops.where(ops.isfinite(jacobian), jacobian, 0.0)
-    direction = ops.where(ops.isfinite(direction), direction, 0.0)
+    return _combination(*_scaled_gram(jacobian), direction, ridge)
+
+
+def min_cosine(jacobian: Any) -> Any:
+    """The smallest pairwise cosine similarity between the task gradients."""
+    return _min_cosine(_scaled_gram(jacobian)[2])
+
+
+def combination_weights_and_min_cosine(
+    jacobian: Any, direction: Any, ridge: float = 1e-6
+) -> tuple[Any, Any]:
+    """`combination_weights(jacobian, direction, ridge)` and
+    `min_cosine(jacobian)` of a finite `jacobian`, the same values, with the
+    scaled Jacobian and its Gramian computed once for both (each is a pass
+    over the `[K, D]` Jacobian: this halves the logging's cost)."""
+    scaled = _scaled_gram(jacobian)
+    return _combination(*scaled, direction, ridge), _min_cosine(scaled[2])
+
+
+def _scaled_gram(jacobian: Any) -> tuple[Any, Any, Any]:
+    """The Jacobian divided by its largest absolute entry (so the Gramian
+    cannot overflow), that scale and the Gramian of the scaled Jacobian."""
     scale = ops.maximum(ops.max(ops.abs(jacobian)), 1e-30)
     j = jacobian / scale
-    gram = ops.matmul(j, ops.transpose(j))
+    return j, scale, ops.matmul(j, ops.transpose(j))
+
+
+def _combination(j: Any, scale: Any, gram: Any, direction: Any, ridge: float) -> Any:
+    direction = ops.where(ops.isfinite(direction), direction, 0.0)
     k = gram.shape[0]
     trace = ops.trace(gram) / k
     system = gram + (ridge * ops.maximum(trace, 1e-30)) * ops.eye(k)
@@ -150,11 +175,7 @@ def combination_weights(jacobian: Any, direction: Any, ridge: float = 1e-6) -> A
     return ops.linalg.solve(system, rhs)[:, 0]
 
 
-def min_cosine(jacobian: Any) -> Any:
-    """The smallest pairwise cosine similarity between the task gradients."""
-    scale = ops.maximum(ops.max(ops.abs(jacobian)), 1e-30)
-    j = jacobian / scale
-    gram = ops.matmul(j, ops.transpose(j))
+def _min_cosine(gram: Any) -> Any:
     norms = ops.sqrt(ops.maximum(ops.diagonal(gram), 1e-30))
     cosine = gram / (norms[:, None] * norms[None, :])
     k = gram.shape[0]

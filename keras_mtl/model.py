@@ -767,8 +767,10 @@ class MultiTaskModel(keras.Model):
         direction = self.aggregator(jacobian, training=True, losses=losses)
         # Logged only; an overflowing (loss-scaled) step has no finite Jacobian.
         finite_jacobian = ops.where(ops.isfinite(jacobian), jacobian, 0.0)
-        combination = gradients_lib.combination_weights(finite_jacobian, direction)
-        self._cosine_tracker.update_state(gradients_lib.min_cosine(finite_jacobian))
+        combination, cosine = gradients_lib.combination_weights_and_min_cosine(
+            finite_jacobian, direction
+        )
+        self._cosine_tracker.update_state(cosine)
         if lso:
             # The aggregator zeroes non-finite entries: an overflow must
             # still reach the optimizer, which then lowers the scale.

@@ -1,11 +1,13 @@
 """The training step's bookkeeping in its cheaper form (docs/performance.md,
 Profile): per-task trackers sharing one pair of variables log what
-`keras.metrics.Mean` trackers would."""
+`keras.metrics.Mean` trackers would, and the effective-weight and
+min-cosine logs computed together equal the two separate functions."""
 
 import keras
 import numpy as np
 import pytest
 
+from keras_mtl import gradients
 from keras_mtl.model import _TaskMean
 
 pytestmark = pytest.mark.backend_neutral
@@ -43,3 +45,21 @@ def test_model_logs_and_metrics_keep_their_names(digits, make_net, task_losses):
     assert sorted(logs) == sorted(names + ["grad_cosine_min"])
     # The per-task trackers hold 2 variables (not 2 per tracker).
     assert len(model.metrics_variables) == 2 + 2 + 2
+
+
+def test_combined_logging_equals_the_separate_functions():
+    rng = np.random.default_rng(1)
+    for k, d in [(2, 7), (3, 50), (8, 300)]:
+        jacobian = keras.ops.convert_to_tensor(
+            rng.standard_normal((k, d)).astype("float32") * 1e3
+        )
+        direction = keras.ops.sum(jacobian, axis=0)
+        weights, cosine = gradients.combination_weights_and_min_cosine(
+            jacobian, direction
+        )
+        np.testing.assert_array_equal(
+            np.asarray(weights),
+            np.asarray(gradients.combination_weights(jacobian, direction)),
+        )
+        assert float(cosine) == float(gradients.min_cosine(jacobian))
+        np.testing.assert_allclose(np.asarray(weights), np.ones(k), rtol=1e-4)
