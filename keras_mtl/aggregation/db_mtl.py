@@ -14,6 +14,7 @@ from keras_mtl.aggregation._helpers_b import (
     row_norms,
     unit_rows,
 )
+from keras_mtl.aggregation._rows import sum_rows
 
 # Inside the logarithm of the loss part, as in the paper and LibMTL.
 LOG_EPSILON = 1e-8
@@ -127,7 +128,7 @@ class DBMTL(RawStateAggregator):
         # max_j |g_j| / |g_i| * g_i == max_j |g_j| * unit(g_i): no ratio of
         # norms (it can overflow), zero rows drop out.
         largest = ops.max(row_norms(smoothed))
-        return largest * ops.sum(unit_rows(smoothed), axis=0)
+        return largest * sum_rows(unit_rows(smoothed))
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from keras_mtl.aggregation._helpers_b import SeededAggregator, check_number
+from keras_mtl.aggregation._rows import sum_rows
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -73,8 +74,8 @@ class GradDrop(SeededAggregator):
         self.leak = check_number(leak, "leak", "GradDrop", 0.0, 1.0)
 
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
-        total = ops.sum(jacobian, axis=0)
-        magnitude = ops.sum(ops.abs(jacobian), axis=0)
+        total = sum_rows(jacobian)
+        magnitude = sum_rows(ops.abs(jacobian))
         purity = 0.5 * (1.0 + total / (magnitude + self.epsilon))
         positive = ops.cast(jacobian > 0.0, "float32")
         negative = ops.cast(jacobian < 0.0, "float32")
@@ -90,7 +91,7 @@ class GradDrop(SeededAggregator):
             keep_positive = purity
             keep_negative = 1.0 - purity
         mask = keep_positive[None, :] * positive + keep_negative[None, :] * negative
-        return ops.sum(jacobian * (self.leak + (1.0 - self.leak) * mask), axis=0)
+        return sum_rows(jacobian * (self.leak + (1.0 - self.leak) * mask))
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "leak": self.leak}

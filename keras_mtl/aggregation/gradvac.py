@@ -13,6 +13,7 @@ from keras_mtl.aggregation._helpers_b import (
     row_norms,
     safe_divide,
 )
+from keras_mtl.aggregation._rows import sum_rows
 
 # The largest |target| used in the correction: a cosine of exactly 1 cannot
 # be reached by adding a finite multiple of g_j.
@@ -121,7 +122,7 @@ class GradVac(SeededAggregator):
             new_targets = new_targets + visit * (ema - target)[:, None]
         if training:
             self.targets.assign(new_targets)
-        return ops.sum(adjusted, axis=0)
+        return sum_rows(adjusted)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "beta": self.beta}

@@ -7,6 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_mtl.aggregation._rows import mean_rows
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 
@@ -38,4 +39,4 @@ class Mean(GramianWeightedAggregator):
 
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
         # Same as gramian_weights(G) @ J, without forming the Gramian.
-        return ops.mean(jacobian, axis=0)
+        return mean_rows(jacobian)

@@ -11,6 +11,7 @@ from keras_mtl.aggregation._helpers_b import (
     SeededAggregator,
     safe_divide,
 )
+from keras_mtl.aggregation._rows import sum_rows
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -83,4 +84,4 @@ class PCGrad(SeededAggregator):
             conflict = ops.logical_and(dots < 0.0, ops.not_equal(others, tasks))
             coefficient = ops.where(conflict, safe_divide(dots, other_norms), 0.0)
             projected = projected - coefficient[:, None] * other_grads
-        return ops.sum(projected, axis=0)
+        return sum_rows(projected)

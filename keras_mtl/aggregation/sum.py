@@ -7,6 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_mtl.aggregation._rows import sum_rows
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 
@@ -37,4 +38,4 @@ class Sum(GramianWeightedAggregator):
 
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
         # Same as gramian_weights(G) @ J, without forming the Gramian.
-        return ops.sum(jacobian, axis=0)
+        return sum_rows(jacobian)
