@@ -816,12 +816,16 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     names = available_backends(cfg.backends.split(","))
     records: dict[str, dict[str, Any]] = {name: {} for name in names}
+    minutes: dict[str, float] = {}  # wall time of each section on each backend
     body: list[str] = []
     for section in cfg.sections.split(","):
         section = section.strip()
         for name in names:
             print(f"[{section}] {name}", flush=True)
+            begun = time.time()
             records[name].update(measure_in_subprocess(section, name, cfg)["results"])
+            minutes[f"{section}/{name}"] = round((time.time() - begun) / 60, 1)
+            print(f"[{section}] {name}: {minutes[f'{section}/{name}']} min", flush=True)
         body += FORMATS[section](cfg, records)
     command = "python benchmarks/performance.py " + " ".join(argv or sys.argv[1:])
     header = [
@@ -848,7 +852,12 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     profile = kept_profile(out)
     out.write_text("\n".join(header + body + profile))
-    record = {"machine": info, "config": vars(cfg).copy(), "results": records}
+    record = {
+        "machine": info,
+        "config": vars(cfg).copy(),
+        "minutes": minutes,
+        "results": records,
+    }
     out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
     print(f"wrote {out}")
     return 0
