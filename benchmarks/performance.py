@@ -354,10 +354,11 @@ def time_variants(
         start = time.perf_counter()
         runner.sync(runner.step())
         compile_seconds[variant] = time.perf_counter() - start
-        start = time.perf_counter()
-        for _ in range(3):  # warm-up
+        warm = float("inf")
+        for _ in range(3):  # warm-up; the fastest step sizes the samples
+            start = time.perf_counter()
             runner.sync(runner.step())
-        warm = (time.perf_counter() - start) / 3
+            warm = min(warm, time.perf_counter() - start)
         counts[variant] = steps or min(MAX_STEPS, max(1, round(sample_seconds / warm)))
         runs[variant] = runner
     samples: dict[str, list[float]] = {v: [] for v in variants}
