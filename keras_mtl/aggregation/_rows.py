@@ -33,3 +33,22 @@ def mean_rows(matrix: Any) -> Any:
     if keras.backend.backend() != "jax" or matrix.shape[0] is None:
         return ops.mean(matrix, axis=0)
     return sum_rows(matrix) / matrix.shape[0]
+
+
+def combine_rows(weights: Any, matrix: Any) -> Any:
+    """`weights @ matrix`, the combination `sum_i w_i m_i` of the K rows
+    of a `[K, D]` matrix with a known K, for weights `[K]`.
+
+    On JAX as K weighted row additions: XLA on the CPU (jaxlib 0.10) runs
+    the `[1, K] @ [K, D]` dot of a short, wide matrix about 10 times slower
+    (`[8, 2.2M]`: 106 ms against 11 ms; docs/performance.md, Profile). On
+    TensorFlow, one `ops.matmul`.
+    """
+    num = matrix.shape[0]
+    if keras.backend.backend() != "jax" or num is None:
+        return ops.matmul(weights[None, :], matrix)[0]
+    weights = ops.cast(weights, matrix.dtype)
+    total = weights[0] * matrix[0]
+    for i in range(1, num):
+        total = total + weights[i] * matrix[i]
+    return total

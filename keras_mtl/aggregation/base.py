@@ -8,6 +8,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_mtl.aggregation._rows import combine_rows
+
 # Per-instance `tf.function`s of eager calls (see `Aggregator.__call__`),
 # kept outside the layer: a function attribute would be tracked and
 # exported with the model as a SavedModel.
@@ -358,7 +360,7 @@ class GramianWeightedAggregator(Aggregator):
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
         gramian = ops.matmul(jacobian, ops.transpose(jacobian))
         weights = self.gramian_weights(gramian)
-        return ops.matmul(weights[None, :], jacobian)[0]
+        return combine_rows(weights, jacobian)
 
 
 def gramian(jacobian: Any) -> Any:

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from keras_mtl.aggregation._helpers_b import check_number, safe_divide, unit_rows
+from keras_mtl.aggregation._rows import combine_rows
 from keras_mtl.aggregation.base import Aggregator
 
 _MIN_NORM = 1e-3
@@ -82,7 +83,7 @@ class ConFIG(Aggregator):
         inverse = ops.where(keep, 1.0 / ops.where(keep, eigenvalues, 1.0), 0.0)
         projections = ops.sum(eigenvectors, axis=0)  # V^T 1
         coefficients = ops.matmul(eigenvectors, (inverse * projections)[:, None])
-        best = ops.matmul(ops.transpose(coefficients), units)[0]
+        best = combine_rows(coefficients[:, 0], units)
         # |pinv(U) 1| >= 1 when U x = 1 is solvable; a (least-squares) solution
         # of norm < min_norm means the tasks cancel out (e.g. exactly opposite
         # gradients, where it is exactly 0): its direction would be rounding

@@ -13,6 +13,7 @@ from keras_mtl.aggregation._helpers_b import (
     positive_or_one,
     safe_divide,
 )
+from keras_mtl.aggregation._rows import combine_rows
 
 # Cap of the relative excess risk (keeps exp-weights finite).
 _MAX_RATIO = 1e30
@@ -124,7 +125,7 @@ class ExcessMTL(RawStateAggregator):
             self.initial_risk.assign(initial)
             self.task_weights.assign(weights)
             self.step.assign(step + 1)
-        return ops.matmul(weights[None, :], jacobian)[0]
+        return combine_rows(weights, jacobian)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "step_size": self.step_size}

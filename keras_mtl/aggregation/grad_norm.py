@@ -14,6 +14,7 @@ from keras_mtl.aggregation._helpers_b import (
     positive_or_one,
     row_norms,
 )
+from keras_mtl.aggregation._rows import combine_rows
 from keras_mtl.aggregation.base import Aggregator
 
 # Floor of a task weight before the renormalisation: a task whose weight a
@@ -137,7 +138,7 @@ class GradNorm(Aggregator):
         jacobian = clean_jacobian(jacobian)
         weights = ops.convert_to_tensor(self.task_weights)
         scale = positive_or_one(ops.max(ops.abs(jacobian)))
-        direction = ops.matmul(weights[None, :], jacobian / scale)[0] * scale
+        direction = combine_rows(weights, jacobian / scale) * scale
         if training:
             new_weights, initial = self.updated_weights(
                 weights, row_norms(jacobian), losses

@@ -13,6 +13,7 @@ from keras_mtl.aggregation._helpers_b import (
     positive_or_one,
     unit_rows,
 )
+from keras_mtl.aggregation._rows import combine_rows
 from keras_mtl.aggregation.base import project_onto_simplex
 
 # Largest effective lambda step (gamma_t * max|Y|^2) for huge raw gradients
@@ -134,7 +135,7 @@ class MoCo(RawStateAggregator):
             self.tracked.assign(tracked)
             self.lambdas.assign(lambdas)
             self.step.assign(step)
-        return ops.matmul(lambdas[None, :], tracked)[0]
+        return combine_rows(lambdas, tracked)
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -9,6 +9,7 @@ from keras import ops
 
 from keras_mtl.aggregation._alpha_fair import ITERATIONS, RIDGE, alpha_fair_weights
 from keras_mtl.aggregation._helpers_b import check_int, check_number, safe_divide
+from keras_mtl.aggregation._rows import combine_rows
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 
@@ -122,7 +123,7 @@ class NashMTL(GramianWeightedAggregator):
         if training:
             self.task_weights.assign(weights)
             self.step.assign(step + 1)
-        direction = ops.matmul(weights[None, :], jacobian)[0]
+        direction = combine_rows(weights, jacobian)
         if self.max_norm:
             norm = ops.sqrt(ops.sum(direction * direction))
             factor = ops.minimum(1.0, safe_divide(self.max_norm, norm))
