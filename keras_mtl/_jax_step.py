@@ -17,8 +17,9 @@ the step needs is a VJP with a different cotangent:
 
 - no aggregator: cotangent 1 on the objective;
 - an aggregator on the shared parameters: the K unit cotangents of the task
-  terms (the Jacobian's rows), one on the heads' objective and one on the
-  regularisation (`_vjp_rows`);
+  terms (the Jacobian's rows), one on the heads' objective and, if there
+  are any, one on the activity losses (`_vjp_rows`); the weight
+  regularisers' gradient is taken apart, from the parameters alone;
 - representation mode: two functions, trunk and heads, so the K rows are
   taken at the representation and the trunk gets one backward pass, with
   the aggregated direction as its output cotangent.
@@ -78,7 +79,7 @@ class _Forward:
     in a scope that maps the trainable variables to the traced values and
     every other variable to its value in the enclosing (step) scope, and
     returns `body`'s outputs (a dict; with `activity=True` also the sum of
-    the pass's activity losses) with, as auxiliary output, the other
+    the pass's activity losses, `"activity"`, if it has any) with, as auxiliary output, the other
     variables' new values and `body`'s auxiliary values."""
 
     def __init__(
@@ -98,11 +99,12 @@ class _Forward:
         mapping += [(v, v.value) for v in self.others]
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
             outputs, aux = self.body(*args)
-            if self.activity:
-                # The activity losses (`add_loss`) of this pass, summed.
+            if self.activity and scope.losses:
+                # The activity losses (`add_loss`) of this pass, summed; no
+                # output without any (its VJP row would be a backward pass
+                # of zeros, which XLA does not remove).
                 outputs["activity"] = sum(
-                    (ops.cast(ops.sum(t), "float32") for t in scope.losses),
-                    ops.zeros((), "float32"),
+                    ops.cast(ops.sum(t), "float32") for t in scope.losses
                 )
         updates = [scope.get_current_value(v) for v in self.others]
         return outputs, (updates, aux)
@@ -115,8 +117,8 @@ class _Forward:
 def _vjp_rows(vjp: Any, outputs: dict[str, Any]) -> tuple[list[Any], Any, Any]:
     """The VJPs an aggregator step needs from the outputs of
     `_task_outputs`: one per task term (the Jacobian's rows), the heads'
-    objective's and the regularisation's; each a tuple with the gradient of
-    every differentiated argument.
+    objective's and, if the pass has activity losses, theirs (else None);
+    each a tuple with the gradient of every differentiated argument.
 
     One VJP call per row rather than a `jax.vmap` of them: measured faster
     under XLA on the CPU (20-35% a step at widths 128 and 1024 with K = 3
@@ -124,21 +126,15 @@ def _vjp_rows(vjp: Any, outputs: dict[str, Any]) -> tuple[list[Any], Any, Any]:
     row needs only the shared parameters' gradients, the heads' row no
     backward pass through the trunk); a batched pass computes it all."""
     k = outputs["terms"].shape[0]
-
-    def row(terms: Any, objective: float, regularization: float) -> Any:
-        return vjp(
-            {
-                "objective": ops.cast(objective, outputs["objective"].dtype),
-                "terms": ops.cast(terms, outputs["terms"].dtype),
-                "regularization": ops.cast(
-                    regularization, outputs["regularization"].dtype
-                ),
-            }
-        )
-
     eye = ops.eye(k)
-    task_rows = [row(eye[i], 0.0, 0.0) for i in range(k)]
-    return task_rows, row(eye[0] * 0.0, 1.0, 0.0), row(eye[0] * 0.0, 0.0, 1.0)
+    zeros = {"objective": 0.0, "terms": eye[0] * 0.0, "activity": 0.0}
+
+    def row(**cotangent: Any) -> Any:
+        return vjp(_cotangents(outputs, {**zeros, **cotangent}))
+
+    task_rows = [row(terms=eye[i]) for i in range(k)]
+    activity_row = row(activity=1.0) if "activity" in outputs else None
+    return task_rows, row(objective=1.0), activity_row
 
 
 def _cotangents(outputs: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
@@ -185,7 +181,11 @@ def _train_body(model: Any, data: Any) -> dict[str, Any]:
                 outputs.update(_task_outputs(model, losses, weights, total))
             return outputs, (y_pred, losses, total, weights)
 
-        forward = _Forward(trainable, others, objective)
+        # With an aggregator the activity losses are an output of their own:
+        # the shared parameters get their gradient unweighted.
+        forward = _Forward(
+            trainable, others, objective, activity=aggregator is not None
+        )
         outputs, vjp, (updates, aux) = jax.vjp(forward, values, has_aux=True)
         forward.assign_updates(updates)
         y_pred, losses, total, weights = aux
@@ -193,7 +193,7 @@ def _train_body(model: Any, data: Any) -> dict[str, Any]:
             gradients = vjp(_cotangents(outputs, {"objective": 1.0}))[0]
         else:
             gradients, weights = _shared_gradients(
-                model, trainable, outputs, vjp, losses, weights
+                model, trainable, values, outputs, vjp, (losses, weights)
             )
 
     def apply_if(finite: Any, gradients: list[Any], variables: list[Any]) -> None:
@@ -210,21 +210,36 @@ def _train_body(model: Any, data: Any) -> dict[str, Any]:
 
 
 def _task_outputs(model: Any, losses: Any, weights: Any, total: Any) -> dict[str, Any]:
-    """The outputs an aggregator step differentiates, as on TensorFlow: the
-    loss-scaled task terms (rows of the Jacobian), the heads' objective and
-    the regularisation. A `task_terms` transform (DB-MTL) swaps each task's
-    term in the heads' objective too."""
+    """The outputs an aggregator step differentiates, as on TensorFlow
+    (`MultiTaskModel._aggregation_objectives`): the loss-scaled task terms
+    (the Jacobian's rows) and heads' objective."""
     optimizer = model.optimizer
-    terms = ops.stop_gradient(weights) * losses
-    transformed = model.aggregator.task_terms(terms)
-    heads = total
-    if transformed is not terms:
-        heads = total + (ops.sum(transformed) - ops.sum(terms))
+    _, transformed, heads = model._aggregation_objectives(losses, weights, total)
     return {
         "objective": optimizer.scale_loss(heads),
         "terms": optimizer.scale_loss(transformed),
-        "regularization": model._regularization(),
     }
+
+
+def _weight_regularization(trainable: list[Any], values: list[Any]) -> list[Any]:
+    """The gradient of the weight regularisers' sum (`regularizer=` of the
+    trainable variables), a function of the parameters alone: taken on its
+    own, not as a VJP row of the forward pass (a backward pass through the
+    whole network with zero cotangents, which XLA does not remove). Zeros
+    for a model without any."""
+    import jax
+
+    regularized = [i for i, v in enumerate(trainable) if v.regularizer is not None]
+    if not regularized:
+        return [ops.zeros_like(value) for value in values]
+
+    def penalty(values: list[Any]) -> Any:
+        return sum(
+            ops.cast(ops.sum(trainable[i].regularizer(values[i])), "float32")
+            for i in regularized
+        )
+
+    return jax.grad(penalty)(values)
 
 
 def _transform_weights(model: Any, losses: Any, weights: Any) -> Any:
@@ -243,15 +258,21 @@ def _transform_weights(model: Any, losses: Any, weights: Any) -> Any:
 def _shared_gradients(
     model: Any,
     trainable: list[Any],
+    values: list[Any],
     outputs: dict[str, Any],
     vjp: Any,
-    losses: Any,
-    weights: Any,
+    objective: tuple[Any, Any],
 ) -> tuple[list[Any], Any]:
     """Parameter mode: the shared parameters get the aggregator's direction
-    for the Jacobian of the task terms (plus the regularisation's gradient),
-    every other parameter the gradient of the heads' objective."""
-    task_rows, heads_row, regularization_row = _vjp_rows(vjp, outputs)
+    for the Jacobian of the task terms plus the regularisation's gradient
+    (activity losses and weight regularisers), every other parameter the
+    gradient of the heads' objective. `objective`: the task losses and
+    weights."""
+    losses, weights = objective
+    task_rows, heads_row, activity_row = _vjp_rows(vjp, outputs)
+    regularization = _weight_regularization(trainable, values)
+    if activity_row is not None:
+        regularization = [r + a for r, a in zip(regularization, activity_row[0])]
     shared = model._find_shared_variables()
     index = {id(v): i for i, v in enumerate(trainable)}
     positions = [index[id(v)] for v in shared]
@@ -266,8 +287,8 @@ def _shared_gradients(
     )
     gradients = list(heads_row[0])
     for i, v, g in zip(positions, shared, gradients_lib.unflatten(direction, shared)):
-        regularization = regularization_row[0][i] * ops.cast(loss_scale, v.dtype)
-        gradients[i] = g + ops.cast(regularization, g.dtype)
+        scaled = regularization[i] * ops.cast(loss_scale, v.dtype)
+        gradients[i] = g + ops.cast(scaled, g.dtype)
     weights = _transform_weights(model, losses, weights)
     return gradients, weights * combination
 
@@ -311,32 +332,37 @@ def _representation_gradients(
         losses, total, weights = model._objective(
             y, y_pred, sample_weight, training=True
         )
-        total = total + trunk_outputs["activity"]
+        if "activity" in trunk_outputs:
+            total = total + trunk_outputs["activity"]
         outputs = _task_outputs(model, losses, weights, total)
         return outputs, (y_pred, losses, total, weights)
 
-    heads_forward = _Forward(trainable, others, run_heads)
+    # The heads' activity losses reach the trunk through `z` unweighted, as
+    # on TensorFlow: their own row.
+    heads_forward = _Forward(trainable, others, run_heads, activity=True)
     outputs, heads_vjp, (updates, aux) = jax.vjp(
         heads_forward, values, representation, has_aux=True
     )
     heads_forward.assign_updates(updates)
     y_pred, losses, total, weights = aux
-    task_rows, heads_row, regularization_row = _vjp_rows(heads_vjp, outputs)
+    task_rows, heads_row, activity_row = _vjp_rows(heads_vjp, outputs)
     jacobian = ops.stack(
         [ops.reshape(ops.cast(row[1], "float32"), (-1,)) for row in task_rows]
     )
     direction, combination, _ = model._direction(jacobian, ops.cast(losses, "float32"))
-    trunk_cotangent = _cotangents(
-        trunk_outputs,
-        {"z": ops.reshape(direction, ops.shape(representation)), "activity": 1.0},
-    )
+    z_cotangent = ops.reshape(direction, ops.shape(representation))
+    # Weight regularisers read the trunk's parameters directly.
+    regularization = _weight_regularization(trainable, values)
+    if activity_row is not None:
+        z_cotangent = z_cotangent + ops.cast(activity_row[1], z_cotangent.dtype)
+        regularization = [r + a for r, a in zip(regularization, activity_row[0])]
+    trunk_cotangent = _cotangents(trunk_outputs, {"z": z_cotangent, "activity": 1.0})
     trunk_grads = trunk_vjp(trunk_cotangent)[0]
     trunk_ids = {id(v) for v in model._trunk_variables()}
     gradients = [
-        # Weight regularisers read the trunk's parameters directly.
-        through_z + regularization if id(v) in trunk_ids else heads
-        for v, heads, regularization, through_z in zip(
-            trainable, heads_row[0], regularization_row[0], trunk_grads
+        through_z + reg if id(v) in trunk_ids else heads
+        for v, heads, reg, through_z in zip(
+            trainable, heads_row[0], regularization, trunk_grads
         )
     ]
     weights = _transform_weights(model, losses, weights)

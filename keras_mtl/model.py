@@ -486,6 +486,23 @@ class MultiTaskModel(keras.Model):
         total = ops.cast(objective, "float32") + self._regularization()
         return losses, total, weights * static
 
+    def _aggregation_objectives(
+        self, losses: Any, weights: Any, target: Any
+    ) -> tuple[Any, Any, Any]:
+        """What an aggregator step differentiates, on either backend: the
+        task terms `w_i L_i` (weights held constant), the same after the
+        aggregator's `task_terms` transform (the Jacobian's rows) and the
+        heads' objective, `target` with each task's term swapped for its
+        transformed one: the task heads follow the transformed losses too
+        (DB-MTL trains every parameter on log L_i). `weights` is
+        d target / d L, so the swap keeps the weighting's own gradient."""
+        terms = ops.stop_gradient(weights) * losses
+        transformed = self.aggregator.task_terms(terms)
+        heads = target
+        if transformed is not terms:
+            heads = target + (ops.sum(transformed) - ops.sum(terms))
+        return terms, transformed, heads
+
     def _regularization(self) -> Any:
         """The model's own losses (`model.losses`): added once, unweighted."""
         total = ops.zeros((), "float32")
@@ -548,22 +565,14 @@ class MultiTaskModel(keras.Model):
                 target = total - regularization * (1.0 - 1.0 / replicas)
             scaled = self.optimizer.scale_loss(target)
             if self.aggregator is not None:
-                # Sliced inside the tape: a slice taken after it is not recorded.
-                terms = ops.stop_gradient(weights) * losses
-                transformed = self.aggregator.task_terms(terms)
+                terms, transformed, heads = self._aggregation_objectives(
+                    losses, weights, target
+                )
                 # Loss-scaled (mixed_float16), so small gradients survive float16.
                 scaled_terms = self.optimizer.scale_loss(transformed)
+                # Sliced inside the tape: a slice taken after it is not recorded.
                 task_terms = [scaled_terms[k] for k in range(len(self.task_names))]
-                head_objective = scaled
-                if transformed is not terms:
-                    # The task heads follow the transformed losses too (DB-MTL
-                    # trains every parameter on log L_i). `weights` is
-                    # d total / d L, so this swaps each task's term in the
-                    # heads' gradient and keeps the weighting's own gradient.
-                    transformed_sum = ops.sum(transformed)
-                    head_objective = self.optimizer.scale_loss(
-                        target + (transformed_sum - ops.sum(terms))
-                    )
+                head_objective = self.optimizer.scale_loss(heads)
                 regularization = self._regularization()
         # Read after the forward pass: a subclassed net creates its variables
         # in its first call (inside the first trace of this step).
@@ -589,7 +598,7 @@ class MultiTaskModel(keras.Model):
             )
             if transformed is not terms:
                 # Effective weight on grad L_i: d term_i / d (w_i L_i) too.
-                weights = weights * tape.gradient(transformed_sum, terms)
+                weights = weights * tape.gradient(transformed, terms)
             del tape
         if replicas > 1:
             gradients = self._replica_share(gradients, variables, replicas)

@@ -5,7 +5,9 @@ it saw, for the TensorFlow/JAX parity test (tests/test_backend_parity.py).
 
 Each METHOD is a benchmark method specification (`adaptive`, `pcgrad`,
 `adaptive+upgrad`), optionally with `@trunk` for representation mode and
-`@k2` for the first two tasks only. Everything that could differ between
+`@k2` for the first two tasks only and `@reg` for regularisers (an L2
+kernel and an L2 activity regulariser on the trunk, an L1 activity
+regulariser on the digit head). Everything that could differ between
 backends is fixed here instead: the data (real scikit-learn digits), the
 initial weights (numpy, by variable path) and the optimizer (plain SGD).
 """
@@ -47,11 +49,22 @@ def data(tasks: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return x, {t: y[t] for t in tasks}
 
 
-def build_net(tasks: list[str]) -> keras.Model:
+def build_net(tasks: list[str], regularized: bool = False) -> keras.Model:
     inputs = keras.Input((64,), name="pixels")
-    hidden = keras.layers.Dense(16, activation="tanh", name="trunk")(inputs)
+    hidden = keras.layers.Dense(
+        16,
+        activation="tanh",
+        name="trunk",
+        kernel_regularizer=keras.regularizers.L2(1e-3) if regularized else None,
+        activity_regularizer=keras.regularizers.L2(1e-3) if regularized else None,
+    )(inputs)
     heads = {
-        "digit": keras.layers.Dense(10, activation="softmax", name="digit"),
+        "digit": keras.layers.Dense(
+            10,
+            activation="softmax",
+            name="digit",
+            activity_regularizer=keras.regularizers.L1(1e-3) if regularized else None,
+        ),
         "parity": keras.layers.Dense(1, activation="sigmoid", name="parity"),
         "ink": keras.layers.Dense(1, name="ink"),
     }
@@ -72,7 +85,8 @@ def run(spec: str) -> dict[str, object]:
     kwargs = parse_method(method).build()
     if "trunk" in options:
         kwargs["representation"] = "trunk"
-    model = keras_mtl.MultiTaskModel(build_net(tasks), **kwargs)
+    net = build_net(tasks, regularized="reg" in options)
+    model = keras_mtl.MultiTaskModel(net, **kwargs)
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.02),
         loss={t: TASK_LOSSES[t] for t in tasks},

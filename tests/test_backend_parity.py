@@ -40,7 +40,7 @@ RTOL, ATOL = 1e-4, 1e-6
 
 # Every weighting and aggregator class, one alias each, plus pairs and
 # representation mode. `@k2`: the first two tasks only; `@trunk`:
-# representation mode at the layer "trunk".
+# representation mode at the layer "trunk"; `@reg`: with regularisers.
 EXACT = [
     "equal",
     "fixed:weights=[1.0,2.0,0.5]",
@@ -73,6 +73,10 @@ EXACT = [
     "upgrad@trunk",
     "mgda@trunk",
     "imtl_g@trunk",
+    # Weight and activity regularisers, of the trunk and of a head.
+    "equal@reg",
+    "upgrad@reg",
+    "upgrad@trunk@reg",
 ]
 RANDOM = ["rlw", "graddrop"]
 
