@@ -772,6 +772,49 @@ def kept_profile(path: Path) -> list[str]:
     return []
 
 
+def write_report(
+    out: Path,
+    cfg: argparse.Namespace,
+    argv: list[str] | None,
+    info: dict[str, Any],
+    started: float,
+    body: list[str],
+    profile: list[str],
+    records: dict[str, dict[str, Any]],
+    minutes: dict[str, float],
+) -> None:
+    """Writes the report (`out`, markdown) and its record (`.json`)."""
+    command = "python benchmarks/performance.py " + " ".join(argv or sys.argv[1:])
+    header = [
+        "# Performance",
+        "",
+        f"Output of `{command.strip()}` (wall time "
+        f"{(time.time() - started) / 60:.0f} min). Machine: "
+        + ", ".join(f"{k} {v}" for k, v in info.items())
+        + ".",
+        "",
+        f"Backends: {', '.join(records)}, each in processes of its own; every "
+        "ratio is measured within one process. Median of "
+        f"{cfg.repeats} samples per variant, variants taking turns, each "
+        + (
+            f"of {cfg.steps} steps"
+            if cfg.steps
+            else f"of as many steps as fill {cfg.sample_seconds} s (1 to {MAX_STEPS})"
+        )
+        + "; 'spread' = (max - min) / median of the samples (the machine's "
+        "noise); compile s = the first call (trace, compile, one step).",
+        "",
+    ]
+    out.write_text("\n".join(header + body + profile))
+    record = {
+        "machine": info,
+        "config": vars(cfg).copy(),
+        "minutes": minutes,
+        "results": records,
+    }
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="default docs/performance.md")
@@ -819,6 +862,9 @@ def main(argv: list[str] | None = None) -> int:
     records: dict[str, dict[str, Any]] = {name: {} for name in names}
     minutes: dict[str, float] = {}  # wall time of each section on each backend
     body: list[str] = []
+    out = Path(cfg.out or REPO / "docs" / "performance.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    profile = kept_profile(out)
     for section in cfg.sections.split(","):
         section = section.strip()
         for name in names:
@@ -828,38 +874,8 @@ def main(argv: list[str] | None = None) -> int:
             minutes[f"{section}/{name}"] = round((time.time() - begun) / 60, 1)
             print(f"[{section}] {name}: {minutes[f'{section}/{name}']} min", flush=True)
         body += FORMATS[section](cfg, records)
-    command = "python benchmarks/performance.py " + " ".join(argv or sys.argv[1:])
-    header = [
-        "# Performance",
-        "",
-        f"Output of `{command.strip()}` (wall time "
-        f"{(time.time() - started) / 60:.0f} min). Machine: "
-        + ", ".join(f"{k} {v}" for k, v in info.items())
-        + ".",
-        "",
-        f"Backends: {', '.join(names)}, each in processes of its own; every "
-        "ratio is measured within one process. Median of "
-        f"{cfg.repeats} samples per variant, variants taking turns, each "
-        + (
-            f"of {cfg.steps} steps"
-            if cfg.steps
-            else f"of as many steps as fill {cfg.sample_seconds} s (1 to {MAX_STEPS})"
-        )
-        + "; 'spread' = (max - min) / median of the samples (the machine's "
-        "noise); compile s = the first call (trace, compile, one step).",
-        "",
-    ]
-    out = Path(cfg.out or REPO / "docs" / "performance.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    profile = kept_profile(out)
-    out.write_text("\n".join(header + body + profile))
-    record = {
-        "machine": info,
-        "config": vars(cfg).copy(),
-        "minutes": minutes,
-        "results": records,
-    }
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
+        # Written after every section: a run cut short keeps what it measured.
+        write_report(out, cfg, argv, info, started, body, profile, records, minutes)
     print(f"wrote {out}")
     return 0
 

@@ -56,7 +56,9 @@ def _stateless(model: Any, state: Any, optimizer: bool, body: Any) -> Any:
         for variables, values in zip(groups, state)
         for variable, value in zip(variables, values)
     ]
-    with keras.StatelessScope(state_mapping=mapping) as scope:
+    # Collecting the activity losses (`add_loss`) makes them part of
+    # `model.losses`, so an evaluation's loss includes them, as on TensorFlow.
+    with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
         result = body()
     new_state = tuple(
         [scope.get_current_value(v) for v in variables] for variables in groups

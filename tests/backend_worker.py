@@ -90,7 +90,7 @@ def run(spec: str) -> dict[str, object]:
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.02),
         loss={t: TASK_LOSSES[t] for t in tasks},
-        jit_compile=True,
+        jit_compile=os.environ.get("PARITY_JIT_COMPILE", "1") == "1",
     )
     x, y = data(tasks)
     history = model.fit(
