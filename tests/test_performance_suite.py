@@ -95,6 +95,40 @@ def test_timing_runs_every_kind_of_variant(suite):
     assert table[2].startswith("| `keras` | ") and len(table) == 2 + len(variants)
 
 
+def test_ratios_are_paired_by_round_with_a_noise_interval(suite):
+    """A slow round slows every variant alike: the paired ratio (median of
+    the per-round ratios) sees through it; a ratio over its goal whose
+    interval reaches the goal is marked as noise, not as a miss."""
+
+    def r(samples):
+        return {
+            "samples": samples,
+            "step_seconds": sorted(samples)[len(samples) // 2],
+            "spread": 0.0,
+            "compile_seconds": 1.0,
+        }
+
+    results = {
+        "keras": r([1.0, 1.0, 3.0, 3.0, 3.0]),
+        "w:steady": r([1.1, 1.1, 3.3, 3.3, 3.3]),
+        "w:noisy": r([3.0, 0.9, 3.3, 3.15, 2.85]),
+    }
+    # Ratio of the medians: 3.3 / 3.0 and 3.0 / 3.0; paired: 1.1 and 1.05.
+    assert suite.paired_ratio(results, "w:steady", "keras") == pytest.approx(1.1)
+    assert suite.paired_ratio(results, "w:noisy", "keras") == pytest.approx(1.05)
+    low, high = suite.ratio_interval(results, "w:steady", "keras")
+    assert low == pytest.approx(1.1) and high == pytest.approx(1.1)
+    low, high = suite.ratio_interval(results, "w:noisy", "keras")
+    assert low < 1.0 < 1.05 < high
+    rows = suite.ratio_table({"tensorflow": results}, "keras", 1.03, "method")
+    marks = {row.split(" | ")[0]: row.split(" | ")[3] for row in rows[2:]}
+    assert marks == {
+        "| `keras`": "",
+        "| `w:steady`": "**no**",
+        "| `w:noisy`": "within noise",
+    }
+
+
 def test_report_puts_the_backends_side_by_side(suite, tmp_path):
     """Each backend's results (from its own process) in one table: ratios
     are taken within a backend, never across; a variant or table measured on
@@ -109,8 +143,8 @@ def test_report_puts_the_backends_side_by_side(suite, tmp_path):
         {"tensorflow": tf_results, "jax": jax_results}, "keras", 1.03, "method"
     )
     assert table[0].count("ms/step") == 2 and "TF ÷ `keras`" in table[0]
-    assert table[3].split(" | ")[1:4] == ["2.20", "1.100", "**no**"]
-    assert table[3].split(" | ")[6:9] == ["0.50", "1.000", "yes"]
+    assert table[3].split(" | ")[1:4] == ["2.20", "1.100 (1.10-1.10)", "**no**"]
+    assert table[3].split(" | ")[6:9] == ["0.50", "1.000 (1.00-1.00)", "yes"]
     assert table[4].split(" | ")[1] == "–"  # w:famo measured on JAX only
     cfg = suite.argparse.Namespace(widths=[32], tasks=[2, 3])
     records = {
