@@ -81,8 +81,9 @@ class _Forward:
     in a scope that maps the trainable variables to the traced values and
     every other variable to its value in the enclosing (step) scope, and
     returns `body`'s outputs (a dict; with `activity=True` also the sum of
-    the pass's activity losses, `"activity"`, if it has any) with, as auxiliary output, the other
-    variables' new values and `body`'s auxiliary values."""
+    the pass's activity losses, `"activity"`, if it has any) with, as
+    auxiliary output, the other variables' new values and `body`'s
+    auxiliary values."""
 
     def __init__(
         self,
@@ -244,6 +245,18 @@ def _weight_regularization(trainable: list[Any], values: list[Any]) -> list[Any]
     return jax.grad(penalty)(values)
 
 
+def _regularization_gradients(
+    trainable: list[Any], values: list[Any], activity_row: Any
+) -> list[Any]:
+    """Each trainable parameter's gradient of the regularisation: the
+    weight regularisers' plus, if the pass has activity losses, their VJP
+    row's (`_vjp_rows`)."""
+    gradients = _weight_regularization(trainable, values)
+    if activity_row is None:
+        return gradients
+    return [g + a for g, a in zip(gradients, activity_row[0])]
+
+
 def _transform_weights(model: Any, losses: Any, weights: Any) -> Any:
     """Effective weights on grad L_i under a `task_terms` transform:
     the weights times d term_i / d (w_i L_i)."""
@@ -272,9 +285,7 @@ def _shared_gradients(
     weights."""
     losses, weights = objective
     task_rows, heads_row, activity_row = _vjp_rows(vjp, outputs)
-    regularization = _weight_regularization(trainable, values)
-    if activity_row is not None:
-        regularization = [r + a for r, a in zip(regularization, activity_row[0])]
+    regularization = _regularization_gradients(trainable, values, activity_row)
     shared = model._find_shared_variables()
     index = {id(v): i for i, v in enumerate(trainable)}
     positions = [index[id(v)] for v in shared]
@@ -353,11 +364,10 @@ def _representation_gradients(
     )
     direction, combination, _ = model._direction(jacobian, ops.cast(losses, "float32"))
     z_cotangent = ops.reshape(direction, ops.shape(representation))
-    # Weight regularisers read the trunk's parameters directly.
-    regularization = _weight_regularization(trainable, values)
     if activity_row is not None:
         z_cotangent = z_cotangent + ops.cast(activity_row[1], z_cotangent.dtype)
-        regularization = [r + a for r, a in zip(regularization, activity_row[0])]
+    # Weight regularisers read the trunk's parameters directly.
+    regularization = _regularization_gradients(trainable, values, activity_row)
     trunk_cotangent = _cotangents(trunk_outputs, {"z": z_cotangent, "activity": 1.0})
     trunk_grads = trunk_vjp(trunk_cotangent)[0]
     trunk_ids = {id(v) for v in model._trunk_variables()}
