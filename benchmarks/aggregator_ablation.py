@@ -1,23 +1,28 @@
-"""Where an aggregator step's time goes: `ideal`, `a:sum` and `a:upgrad`,
-each also with its effective-weight and min-cosine logs removed, timed
-side by side (paired rounds) on one backend.
+"""Where an aggregator step's time goes: `ideal`, `a:sum` and `a:upgrad`
+(the Gramian route), `a:upgrad` made to take the `[K, D]` Jacobian, with
+and without its effective-weight and min-cosine logs, timed side by side
+(paired rounds) on one backend.
 
     KERAS_BACKEND=jax python benchmarks/aggregator_ablation.py --width 1024
 
-The logs are removed by replacing `gradients.combination_weights_and_min_cosine`
-while a variant's step is traced (its first call); the other variants are
-traced with the real one. Prints one JSON line: ms per step and the paired
-ratio to `ideal` of each variant. Used for docs/performance.md (Profile).
+A variant's step is traced (its first call) with `model.uses_gramian`
+replaced by `False` (the Jacobian) and, for "no logs", with
+`gradients.combination_weights_and_min_cosine` replaced by constants; the
+other variants are traced with the real ones. Prints one JSON line: ms per
+step and the paired ratio to `ideal` of each variant. Used for
+docs/performance.md (Profile).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import statistics
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +33,36 @@ from keras import ops  # noqa: E402
 
 from benchmarks import performance  # noqa: E402
 from keras_mtl import gradients  # noqa: E402
+from keras_mtl import model as model_lib  # noqa: E402
 
+# (name, variant, take the Jacobian, remove its logs)
 VARIANTS = [
-    ("ideal", "ideal", False),
-    ("a:sum", "a:sum", False),
-    ("a:sum, no logs", "a:sum", True),
-    ("a:upgrad", "a:upgrad", False),
-    ("a:upgrad, no logs", "a:upgrad", True),
+    ("ideal", "ideal", False, False),
+    ("a:sum", "a:sum", False, False),
+    ("a:upgrad", "a:upgrad", False, False),
+    ("a:upgrad, Jacobian", "a:upgrad", True, False),
+    ("a:upgrad, Jacobian, no logs", "a:upgrad", True, True),
 ]
 
 
 def no_logs(jacobian: Any, direction: Any) -> tuple[Any, Any]:
     """Constant logs: the step's log computations become dead code."""
     return ops.ones((jacobian.shape[0],), "float32"), ops.zeros((), "float32")
+
+
+@contextlib.contextmanager
+def traced_with(jacobian: bool, remove_logs: bool) -> Iterator[None]:
+    """The model's route and logs replaced while a step is traced."""
+    route, logs = model_lib.uses_gramian, gradients.combination_weights_and_min_cosine
+    if jacobian:
+        model_lib.uses_gramian = lambda aggregator: False
+    if remove_logs:
+        gradients.combination_weights_and_min_cosine = no_logs
+    try:
+        yield
+    finally:
+        model_lib.uses_gramian = route
+        gradients.combination_weights_and_min_cosine = logs
 
 
 def main() -> None:
@@ -51,18 +73,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="steps per sample")
     cfg = parser.parse_args()
     data = performance.dataset("mlp", cfg.tasks)
-    real = gradients.combination_weights_and_min_cosine
     runs, counts = {}, {}
-    for name, variant, remove_logs in VARIANTS:
-        gradients.combination_weights_and_min_cosine = no_logs if remove_logs else real
-        try:
+    for name, variant, jacobian, remove_logs in VARIANTS:
+        with traced_with(jacobian, remove_logs):
             runner = performance.Runner(
                 performance.build(variant, "mlp", cfg.width, cfg.tasks, True), data
             )
             for _ in range(3):  # trace, compile, warm up
                 runner.sync(runner.step())
-        finally:
-            gradients.combination_weights_and_min_cosine = real
         runs[name], counts[name] = runner, cfg.steps
     samples: dict[str, list[float]] = {name: [] for name in runs}
     gc.collect()

@@ -35,8 +35,6 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_mtl import gradients as gradients_lib
-
 
 def _state_groups(model: Any, optimizer: bool) -> list[list[Any]]:
     """The model's variables in the order of the JAX trainer's state."""
@@ -289,17 +287,12 @@ def _shared_gradients(
     shared = model._find_shared_variables()
     index = {id(v): i for i, v in enumerate(trainable)}
     positions = [index[id(v)] for v in shared]
-    jacobian = ops.stack(
-        [
-            gradients_lib.flatten([row[0][i] for i in positions], shared)
-            for row in task_rows
-        ]
-    )
-    direction, combination, loss_scale = model._direction(
-        jacobian, ops.cast(losses, "float32")
+    rows = [[row[0][i] for i in positions] for row in task_rows]
+    direction, combination, loss_scale = model._aggregate_rows(
+        rows, shared, ops.cast(losses, "float32")
     )
     gradients = list(heads_row[0])
-    for i, v, g in zip(positions, shared, gradients_lib.unflatten(direction, shared)):
+    for i, v, g in zip(positions, shared, direction):
         scaled = regularization[i] * ops.cast(loss_scale, v.dtype)
         gradients[i] = g + ops.cast(scaled, g.dtype)
     weights = _transform_weights(model, losses, weights)
@@ -359,11 +352,12 @@ def _representation_gradients(
     heads_forward.assign_updates(updates)
     y_pred, losses, total, weights = aux
     task_rows, heads_row, activity_row = _vjp_rows(heads_vjp, outputs)
-    jacobian = ops.stack(
-        [ops.reshape(ops.cast(row[1], "float32"), (-1,)) for row in task_rows]
+    direction, combination, _ = model._aggregate_rows(
+        [[row[1]] for row in task_rows],
+        [representation],
+        ops.cast(losses, "float32"),
     )
-    direction, combination, _ = model._direction(jacobian, ops.cast(losses, "float32"))
-    z_cotangent = ops.reshape(direction, ops.shape(representation))
+    z_cotangent = direction[0]
     if activity_row is not None:
         z_cotangent = z_cotangent + ops.cast(activity_row[1], z_cotangent.dtype)
     # Weight regularisers read the trunk's parameters directly.

@@ -16,6 +16,7 @@ from keras_mtl import _replicas
 from keras_mtl import aggregation as aggregation_lib
 from keras_mtl import gradients as gradients_lib
 from keras_mtl import weighting as weighting_lib
+from keras_mtl.aggregation.base import rescaled, uses_gramian
 from keras_mtl.tasks import TaskLosses, loss_weight_vector
 
 NONFINITE_MODES = ("raise", "skip")
@@ -734,14 +735,13 @@ class MultiTaskModel(keras.Model):
             targets = shared = self._find_shared_variables()
         else:
             targets, shared = [representation], self._trunk_variables()
-        jacobian = gradients_lib.task_jacobian(tape, task_terms, targets)
-        jacobian = _replicas.all_reduce_sum(jacobian)
-        direction, combination, loss_scale = self._direction(jacobian, losses)
+        rows = [tape.gradient(term, targets) for term in task_terms]
+        direction, combination, loss_scale = self._aggregate_rows(rows, targets, losses)
         if replicas > 1:
             # The same on every replica; the optimizer sums the replicas.
-            direction = direction / replicas
+            direction = [d / replicas for d in direction]
         if representation is None:
-            shared_grads = gradients_lib.unflatten(direction, shared)
+            shared_grads = direction
             if self.losses:
                 reg_scale = loss_scale / replicas
                 for i, g in enumerate(tape.gradient(regularization, shared)):
@@ -751,7 +751,7 @@ class MultiTaskModel(keras.Model):
                         )
         else:
             shared_grads = self._trunk_gradients(
-                tape, representation, direction, regularization, shared
+                tape, representation, direction[0], regularization, shared
             )
         shared_ids = {id(v) for v in shared}
         by_id = {id(v): g for v, g in zip(shared, shared_grads)}
@@ -763,6 +763,48 @@ class MultiTaskModel(keras.Model):
             for v in variables
         ]
         return gradients, weights * combination
+
+    def _aggregate_rows(
+        self, rows: list[list[Any]], targets: list[Any], losses: Any
+    ) -> tuple[list[Any], Any, Any]:
+        """The aggregator's direction for the per-task gradients `rows[k][v]`
+        (task k, target v: a shared variable or the representation; `None`
+        for zeros; loss-scaled), on either backend: returns it per target
+        (shaped like the target, loss-scaled again), each task's effective
+        weight in it and the optimizer's loss scale. Under `tf.distribute`
+        the gradients are all-reduced first.
+
+        A Gramian-weighted aggregator (`uses_gramian`) takes the Gramian
+        route: the Gramian is summed over the targets' blocks, the weights
+        `c` come from it and each target's direction is its rows combined
+        by `c`; the `[K, D]` Jacobian is never formed and the effective
+        weights are `c` itself. Any other aggregator gets the Jacobian
+        (`_direction`)."""
+        tensorflow = keras.backend.backend() == "tensorflow"
+        if not uses_gramian(self.aggregator):
+            jacobian = ops.stack([gradients_lib.flatten(r, targets) for r in rows])
+            if tensorflow:
+                jacobian = _replicas.all_reduce_sum(jacobian)
+            direction, combination, loss_scale = self._direction(jacobian, losses)
+            return gradients_lib.split_like(direction, targets), combination, loss_scale
+        blocks = gradients_lib.task_blocks(rows, targets)
+        if tensorflow:
+            blocks = [_replicas.all_reduce_sum(b) for b in blocks]
+        loss_scale = ops.cast(self.optimizer.scale_loss(1.0), "float32")
+        gramian, divisor = gradients_lib.safe_gramian(blocks)
+        # `gramian` is that of J / unit for the unscaled Jacobian J; the
+        # weights of J itself follow from the aggregator's scale degree.
+        unit = divisor / loss_scale
+        combination = rescaled(
+            self.aggregator.direction_weights(gramian, training=True),
+            unit,
+            self.aggregator.scale_degree - 1,
+        )
+        self._cosine_tracker.update_state(gradients_lib.gramian_min_cosine(gramian))
+        # Loss-scaled like the rows. On overflow the rows hold inf and so
+        # does the direction (c is finite): the optimizer lowers the scale.
+        direction = gradients_lib.combine_blocks(combination, blocks, targets)
+        return direction, combination, loss_scale
 
     def _direction(self, jacobian: Any, losses: Any) -> tuple[Any, Any, Any]:
         """The aggregator's direction for the (loss-scaled) Jacobian, on
@@ -813,16 +855,13 @@ class MultiTaskModel(keras.Model):
         self,
         tape: Any,
         representation: Any,
-        direction: Any,
+        output_gradient: Any,
         regularization: Any,
         trunk: list[Any],
     ) -> list[Any]:
-        """One backward pass through the trunk: the aggregated direction
-        `[B * R]`, reshaped like the representation, is its output gradient
-        (chain rule: d/dtheta = dz/dtheta^T d), plus the regularisation."""
-        output_gradient = ops.cast(
-            ops.reshape(direction, ops.shape(representation)), representation.dtype
-        )
+        """One backward pass through the trunk: the aggregated direction,
+        shaped like the representation, is its output gradient (chain rule:
+        d/dtheta = dz/dtheta^T d), plus the regularisation."""
         targets, output_gradients = [representation], [output_gradient]
         if self.losses:
             targets.append(regularization)

@@ -66,7 +66,9 @@ class Aggregator(keras.layers.Layer):
     `s` before `aggregate` and multiplies the result by `s ** scale_degree`:
     `scale_degree = 1` for aggregators that are positively homogeneous
     (`f(cJ) = c f(J)`: most of them), `0` for scale-invariant ones (e.g.
-    Nash-MTL). Subclasses set the class attribute accordingly.
+    Nash-MTL), another real number for `f(cJ) = c ** p f(J)` (FairGrad),
+    `None` for neither (the result is not rescaled). Subclasses set the
+    class attribute accordingly.
 
     **Losses.** Two hooks serve methods that need the task losses as well
     as their gradients. `task_terms(losses)` maps the K (weighted) task
@@ -256,8 +258,11 @@ class Aggregator(keras.layers.Layer):
             )
         else:
             direction = self.aggregate(jacobian / safe, training=training)
-        if self.scale_degree == 1:
+        degree = self.scale_degree
+        if degree == 1:
             direction = direction * safe
+        elif degree not in (0, None):
+            direction = direction * ops.power(safe, degree)
         return direction
 
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
@@ -311,8 +316,17 @@ class GramianWeightedAggregator(Aggregator):
     is the same computation under a name that is not a Keras attribute
     (called eagerly, `weights(gramian)` runs through a cached `tf.function`
     and `gramian_weights(gramian)` op by op).
-    Subclasses implement `gramian_weights(gramian)`; the base calls it on
-    the Gramian of the normalised Jacobian.
+    Subclasses implement `gramian_weights(gramian)`. `direction_weights`
+    turns them into the weights `c` of the direction `d = c @ J` of the
+    raw Jacobian (rescaled by `scale_degree`); a subclass whose direction
+    is another function of the Gramian (state, clipping) overrides
+    `direction_weights`, never `aggregate`.
+
+    **The Gramian route.** Since `d` needs only `G` and the rows,
+    `MultiTaskModel` never forms `J` (`[K, D]`) for these aggregators: it
+    sums `G` over the shared variables' per-task gradients, gets `c` from
+    `direction_weights(G)` and combines each variable's gradients with it
+    (see `uses_gramian`). The same `d` as `aggregator(J)`, up to rounding.
     """
 
     @property
@@ -357,10 +371,63 @@ class GramianWeightedAggregator(Aggregator):
             f"{type(self).__name__} must implement `gramian_weights`."
         )
 
+    def direction_weights(self, gramian: Any, training: bool = True) -> Any:
+        """The weights `c` (`[K]`) of this aggregator's direction
+        `d = c @ J` for any Jacobian `J` whose Gramian is `gramian`
+        (finite, of any scale).
+
+        With `n` the largest row norm of `J` (`n**2 = max_i G_ii`), the
+        weighting sees the normalised Gramian `G / n**2` and
+        `c = gramian_weights(G / n**2) * n ** (scale_degree - 1)`, so that
+        `d(aJ) = a ** scale_degree d(J)` for every `a > 0`.
+        """
+        normalized, norm = normalized_gramian(gramian)
+        degree = self.scale_degree
+        exponent = None if degree is None else degree - 1
+        return rescaled(self.gramian_weights(normalized), norm, exponent)
+
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
         gramian = ops.matmul(jacobian, ops.transpose(jacobian))
-        weights = self.gramian_weights(gramian)
-        return combine_rows(weights, jacobian)
+        return combine_rows(self.direction_weights(gramian, training), jacobian)
+
+
+def uses_gramian(aggregator: Any) -> bool:
+    """Whether `MultiTaskModel` may compute `aggregator`'s direction by
+    the Gramian route (`GramianWeightedAggregator`): it is one, needs no
+    losses, has a scale degree, and no class in its hierarchy changes `aggregate` or `call`
+    below the class that defines its `direction_weights` (a subclass that
+    changes how the direction is formed from the Jacobian, to record it
+    say, keeps the Jacobian)."""
+    if not isinstance(aggregator, GramianWeightedAggregator):
+        return False
+    if aggregator.needs_losses or aggregator.scale_degree is None:
+        return False
+    mro = type(aggregator).__mro__
+
+    def owner(name: str) -> type:
+        return next(cls for cls in mro if name in vars(cls))
+
+    weights_owner = owner("direction_weights")
+    return all(issubclass(weights_owner, owner(name)) for name in ("aggregate", "call"))
+
+
+def normalized_gramian(gramian: Any) -> tuple[Any, Any]:
+    """`G / n**2` and `n`, for `n` the largest row norm of the Jacobian
+    (`n**2 = max_i G_ii`; `n = 1` for a zero Gramian)."""
+    gramian = ops.cast(gramian, "float32")
+    largest = ops.max(ops.diagonal(gramian))
+    safe = ops.where(largest > 0.0, largest, 1.0)
+    return gramian / safe, ops.sqrt(safe)
+
+
+def rescaled(weights: Any, norm: Any, exponent: float | None) -> Any:
+    """`weights * norm ** exponent` (`weights` for an exponent of 0 or
+    `None`, the latter for an aggregator of no scale degree)."""
+    if exponent is None or exponent == 0:
+        return weights
+    if exponent == -1:
+        return weights / norm
+    return weights * ops.power(norm, exponent)
 
 
 def gramian(jacobian: Any) -> Any:

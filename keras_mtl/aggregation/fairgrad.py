@@ -5,15 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import ops
 
 from keras_mtl.aggregation._alpha_fair import ITERATIONS, RIDGE, alpha_fair_weights
-from keras_mtl.aggregation._helpers_b import (
-    check_int,
-    check_number,
-    clean_jacobian,
-    positive_or_one,
-)
+from keras_mtl.aggregation._helpers_b import check_int, check_number
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 
@@ -73,15 +67,6 @@ class FairGrad(GramianWeightedAggregator):
     def gramian_weights(self, gramian: Any) -> Any:
         """The FairGrad weights `w` (`[K]`) of a Gramian `G` (`[K, K]`)."""
         return alpha_fair_weights(gramian, self.alpha, self.iterations, RIDGE)
-
-    def call(self, jacobian: Any, training: bool = True) -> Any:
-        # The base class only applies integer degrees 0 and 1.
-        jacobian = clean_jacobian(jacobian)
-        scale = positive_or_one(ops.max(ops.abs(jacobian)))
-        direction = self.aggregate(jacobian / scale, training=training)
-        if self.scale_degree != 0.0:
-            direction = direction * ops.power(scale, self.scale_degree)
-        return direction
 
     def get_config(self) -> dict[str, Any]:
         return {

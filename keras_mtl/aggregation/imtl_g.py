@@ -10,7 +10,7 @@ from keras import ops
 
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
-# Gradient norms (of the Jacobian scaled to a largest entry of 1) below this
+# Gradient norms (of the Jacobian scaled to a largest row norm of 1) below this
 # count as zero: such a task has no direction to be impartial to.
 _ZERO_NORM = 1e-15
 

@@ -37,6 +37,9 @@ class Mean(GramianWeightedAggregator):
         num = gramian.shape[0]
         return ops.full((num,), 1.0 / num, dtype="float32")
 
+    def direction_weights(self, gramian: Any, training: bool = True) -> Any:
+        return self.gramian_weights(gramian)
+
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
         # Same as gramian_weights(G) @ J, without forming the Gramian.
         return mean_rows(jacobian)

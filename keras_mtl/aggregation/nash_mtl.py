@@ -9,8 +9,7 @@ from keras import ops
 
 from keras_mtl.aggregation._alpha_fair import ITERATIONS, RIDGE, alpha_fair_weights
 from keras_mtl.aggregation._helpers_b import check_int, check_number, safe_divide
-from keras_mtl.aggregation._rows import combine_rows
-from keras_mtl.aggregation.base import GramianWeightedAggregator
+from keras_mtl.aggregation.base import GramianWeightedAggregator, normalized_gramian
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -48,8 +47,8 @@ class NashMTL(GramianWeightedAggregator):
     counter, so skipped calls do not run it (eagerly, in a `tf.function`
     and under XLA). Evaluation calls (`training=False`) recompute when the
     counter is at a multiple of N. The stored weights are those
-    of the Jacobian scaled to a largest entry of 1 at their step, and are
-    applied to the current Jacobian scaled the same way. The weights
+    of the Jacobian scaled to a largest row norm of 1 at their step, and
+    are applied to the current Jacobian scaled the same way. The weights
     (variable `task_weights`) and a step counter (`step`) are updated only
     when `training=True`. `agg.weights(gramian)` (the same as
     `agg.gramian_weights(gramian)`) solves for the weights of a Gramian
@@ -105,30 +104,33 @@ class NashMTL(GramianWeightedAggregator):
         """The Nash weights `alpha` (`[K]`) of a Gramian `G` (`[K, K]`)."""
         return alpha_fair_weights(gramian, 1.0, self.iterations, RIDGE)
 
-    def aggregate(self, jacobian: Any, training: bool = True) -> Any:
+    def direction_weights(self, gramian: Any, training: bool = True) -> Any:
+        """`alpha / n` for the raw Jacobian (`n` its largest row norm; the
+        weights are solved for, or stored for, the Jacobian scaled to a
+        largest row norm of 1), clipped by `max_norm` (the direction's
+        norm is `sqrt(c^T G c)`)."""
+        normalized, norm = normalized_gramian(gramian)
         step = ops.convert_to_tensor(self.step)
-
-        def solve() -> Any:
-            gramian = ops.matmul(jacobian, ops.transpose(jacobian))
-            return self.gramian_weights(gramian)
-
         if self.update_every == 1:
-            weights = solve()
+            weights = self.gramian_weights(normalized)
         else:
-            # A real branch (not `where`): skipped calls run neither the
-            # O(K^2 D) Gramian nor the solver.
+            # A real branch (not `where`): skipped calls do not run the solver.
             recompute = ops.equal(ops.mod(step, self.update_every), 0)
             stored = ops.convert_to_tensor(self.task_weights)
-            weights = ops.cond(recompute, solve, lambda: stored)
+            weights = ops.cond(
+                recompute, lambda: self.gramian_weights(normalized), lambda: stored
+            )
         if training:
             self.task_weights.assign(weights)
             self.step.assign(step + 1)
-        direction = combine_rows(weights, jacobian)
         if self.max_norm:
-            norm = ops.sqrt(ops.sum(direction * direction))
-            factor = ops.minimum(1.0, safe_divide(self.max_norm, norm))
-            direction = direction * ops.where(norm > 0.0, factor, 1.0)
-        return direction
+            # The direction of the normalised Jacobian, the one returned.
+            length = ops.sqrt(
+                ops.maximum(ops.sum(weights * ops.matmul(normalized, weights)), 0.0)
+            )
+            factor = ops.minimum(1.0, safe_divide(self.max_norm, length))
+            weights = weights * ops.where(length > 0.0, factor, 1.0)
+        return weights / norm
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -36,6 +36,9 @@ class Sum(GramianWeightedAggregator):
     def gramian_weights(self, gramian: Any) -> Any:
         return ops.ones((gramian.shape[0],), dtype="float32")
 
+    def direction_weights(self, gramian: Any, training: bool = True) -> Any:
+        return self.gramian_weights(gramian)
+
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
         # Same as gramian_weights(G) @ J, without forming the Gramian.
         return sum_rows(jacobian)

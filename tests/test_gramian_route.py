@@ -1,0 +1,169 @@
+"""The Gramian route: a Gramian-weighted aggregator's training step, which
+never forms the `[K, D]` Jacobian (the Gramian summed over the shared
+variables' per-task gradients, the weights from it, each variable's rows
+combined by them), updates and logs as the same aggregator given the
+Jacobian."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import TASK_LOSSES, build_net
+
+import keras_mtl
+from keras_mtl import gradients
+from keras_mtl.aggregation.base import GramianWeightedAggregator, uses_gramian
+
+pytestmark = pytest.mark.backend_neutral
+
+# Every Gramian-weighted aggregator; Nash-MTL with its stored weights and
+# clipping, FairGrad with a fractional scale degree.
+GRAMIAN_WEIGHTED = {
+    "sum": {},
+    "mean": {},
+    "upgrad": {},
+    "mgda": {},
+    "dualproj": {},
+    "imtl_g": {},
+    "aligned_mtl": {},
+    "cagrad": {},
+    "nash_mtl": {"update_every": 2, "max_norm": 1.5},
+    "fairgrad": {"alpha": 0.5},
+}
+
+
+def _jacobian_kept(aggregator: GramianWeightedAggregator):
+    """The same aggregator made to take the Jacobian: a subclass that
+    overrides `aggregate` (as one that records the Jacobian would)."""
+    cls = type(aggregator)
+
+    def aggregate(self, jacobian, training=True):
+        return cls.aggregate(self, jacobian, training)
+
+    subclass = type(f"JacobianKept{cls.__name__}", (cls,), {"aggregate": aggregate})
+    return subclass.from_config(aggregator.get_config())
+
+
+def test_which_aggregators_take_the_gramian_route():
+    for name, kwargs in GRAMIAN_WEIGHTED.items():
+        aggregator = keras_mtl.aggregation.get(name, **kwargs)
+        assert uses_gramian(aggregator), name
+        assert not uses_gramian(_jacobian_kept(aggregator)), name
+    # Projections and loss-aware methods need the Jacobian itself.
+    for name in ("pcgrad", "gradvac", "graddrop", "config", "gradnorm", "moco"):
+        assert not uses_gramian(keras_mtl.aggregation.get(name)), name
+
+
+def _train(aggregator, digits, loss_scale=1.0, steps=3):
+    net = build_net(seed=3)
+    model = keras_mtl.MultiTaskModel(net, aggregator=aggregator)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1 / loss_scale),
+        loss=TASK_LOSSES,
+        loss_weights={"digit": loss_scale, "parity": loss_scale},
+    )
+    logs = [
+        model.train_on_batch(*digits.batch(64 * i), return_dict=True)
+        for i in range(steps)
+    ]
+    return [np.array(v) for v in model.trainable_variables], logs
+
+
+def _assert_same_training(route, kept):
+    (route_values, route_logs), (kept_values, kept_logs) = route, kept
+    for a, b in zip(route_values, kept_values):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-6)
+    for a, b in zip(route_logs, kept_logs):
+        for key in ("digit_weight", "parity_weight", "grad_cosine_min"):
+            # The Jacobian's effective weights are a least-squares fit.
+            np.testing.assert_allclose(a[key], b[key], rtol=2e-3, atol=1e-5)
+
+
+# The route is the same keras.ops code on both backends (only the rows'
+# origin differs): JAX, whose un-jitted steps are slow, checks three.
+ROUTE_CHECKS = (
+    sorted(GRAMIAN_WEIGHTED)
+    if keras.backend.backend() == "tensorflow"
+    else ["fairgrad", "nash_mtl", "upgrad"]
+)
+
+
+@pytest.mark.parametrize("name", ROUTE_CHECKS)
+def test_route_trains_as_the_jacobian(digits, name):
+    aggregator = keras_mtl.aggregation.get(name, **GRAMIAN_WEIGHTED[name])
+    kept = _jacobian_kept(aggregator)
+    _assert_same_training(_train(aggregator, digits), _train(kept, digits))
+
+
+# Gradients of ~1e22 overflow a float32 Gramian, of ~1e-15 underflow it:
+# the route's rescaled branch (the largest entry scaled to 1) runs then.
+@pytest.mark.parametrize("loss_scale", [1e22, 1e-15])
+@pytest.mark.parametrize("name", ["fairgrad", "nash_mtl", "upgrad"])
+def test_route_rescales_overflowing_and_underflowing_gramians(digits, name, loss_scale):
+    aggregator = keras_mtl.aggregation.get(name, **GRAMIAN_WEIGHTED[name])
+    kept = _jacobian_kept(aggregator)
+    route = _train(aggregator, digits, loss_scale, steps=2)
+    for log in route[1]:
+        assert np.isfinite(log["loss"]) and np.isfinite(log["digit_weight"])
+    _assert_same_training(route, _train(kept, digits, loss_scale, steps=2))
+
+
+def _train_representation(aggregator, digits, steps=3):
+    trunk = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(16, activation="relu")], name="trunk"
+    )
+    inputs = keras.Input((16,))
+    heads = keras.Model(
+        inputs,
+        {
+            "digit": keras.layers.Dense(10, activation="softmax")(inputs),
+            "parity": keras.layers.Dense(1, activation="sigmoid")(inputs),
+        },
+        name="heads",
+    )
+    model = keras_mtl.MultiTaskModel(trunk=trunk, heads=heads, aggregator=aggregator)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=TASK_LOSSES)
+    logs = [
+        model.train_on_batch(*digits.batch(64 * i), return_dict=True)
+        for i in range(steps)
+    ]
+    return [np.array(v) for v in model.trainable_variables], logs
+
+
+def test_route_in_representation_mode_trains_as_the_jacobian(digits):
+    # The rows are the gradients of the trunk's output z, [K, B * R].
+    aggregator = keras_mtl.aggregation.get("upgrad")
+    keras.utils.set_random_seed(5)
+    route = _train_representation(aggregator, digits)
+    keras.utils.set_random_seed(5)
+    kept = _train_representation(_jacobian_kept(aggregator), digits)
+    _assert_same_training(route, kept)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e25, 1e-25])
+def test_safe_gramian_is_the_gramian_of_the_rows_over_its_divisor(scale):
+    rng = np.random.default_rng(0)
+    # A large block too: on JAX its Gramian is summed pair by pair.
+    rows = [rng.normal(size=(3, 7)), rng.normal(size=(3, 4, 2))]
+    rows.append(rng.normal(size=(3, 70_000)))
+    blocks = [
+        list(keras.ops.convert_to_tensor((r * scale).reshape(3, -1), "float32"))
+        for r in rows
+    ]
+    gramian, divisor = gradients.safe_gramian(blocks)
+    jacobian = np.concatenate([r.reshape(3, -1) for r in rows], axis=1)
+    expected = jacobian @ jacobian.T  # float64, of the unscaled rows
+    divisor = float(keras.ops.convert_to_numpy(divisor))
+    got = keras.ops.convert_to_numpy(gramian) * (divisor / scale) ** 2
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # The raw Gramian when it is representable, else a rescaled one.
+    assert (divisor == 1.0) == (scale == 1.0)
+
+
+def test_safe_gramian_of_non_finite_rows_is_finite():
+    block = np.ones((2, 5), "float32")
+    block[1, 3] = np.inf
+    gramian, _ = gradients.safe_gramian([list(keras.ops.convert_to_tensor(block))])
+    # The non-finite entry counts as 0, as `Aggregator.call` does.
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(gramian), [[5.0, 4.0], [4.0, 4.0]], rtol=1e-6
+    )
