@@ -788,8 +788,12 @@ class MultiTaskModel(keras.Model):
             direction, combination, loss_scale = self._direction(jacobian, losses)
             return gradients_lib.split_like(direction, targets), combination, loss_scale
         blocks = gradients_lib.task_blocks(rows, targets)
-        if tensorflow:
-            blocks = [_replicas.all_reduce_sum(b) for b in blocks]
+        if tensorflow and _replicas.num_replicas() > 1:
+            # One all-reduce per block (stacked), as the Jacobian's one.
+            blocks = [
+                ops.unstack(_replicas.all_reduce_sum(ops.stack(b)), axis=0)
+                for b in blocks
+            ]
         loss_scale = ops.cast(self.optimizer.scale_loss(1.0), "float32")
         gramian, divisor = gradients_lib.safe_gramian(blocks)
         # `gramian` is that of J / unit for the unscaled Jacobian J; the
