@@ -75,8 +75,13 @@ def data(num: int = BATCH * STEPS):
     return digits.x, digits.y
 
 
-def build(case: tuple[str, str | None]):
-    """The same compiled model (same initial weights) for a case."""
+def build(case: tuple[str, str | None], optimizer_built: bool = False):
+    """The same compiled model (same initial weights) for a case.
+
+    `optimizer_built=True` builds the optimizer before `fit` (as
+    `BackupAndRestore` does, and `fit` under a strategy): without a strategy
+    an optimizer built by the first trace of the step makes `tf.function`
+    trace it a second time. The trained values are the same, bit for bit."""
     import keras
     from conftest import TASK_LOSSES, build_net, weighting_for
 
@@ -92,6 +97,8 @@ def build(case: tuple[str, str | None]):
     model.compile(
         optimizer=keras.optimizers.Adam(1e-2), loss=dict(TASK_LOSSES), jit_compile=False
     )
+    if optimizer_built:
+        model.optimizer.build(model.trainable_variables)
     return model
 
 
@@ -147,7 +154,7 @@ def mirrored(out_dir: str) -> None:
     assert strategy.num_replicas_in_sync == 2
     result, arrays = {}, {}
     for case in cases():
-        single = build(case)
+        single = build(case, optimizer_built=True)
         fit(single)
         with strategy.scope():
             distributed = build(case)
@@ -215,7 +222,7 @@ def interrupted(out_dir: str) -> None:
                 time.sleep(600)  # killed here
 
     for i, case in enumerate(all_cases):
-        model = build(case)
+        model = build(case, optimizer_built=True)
         backup = keras.callbacks.BackupAndRestore(
             os.path.join(out_dir, "backup", case_name(case)), save_freq="epoch"
         )

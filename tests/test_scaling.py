@@ -10,7 +10,9 @@ weighting and aggregator state, step counters, random-generator states);
 
 The runs are subprocesses of `tests/scale_worker.py` (logical devices and
 `TF_CONFIG` must be set before TensorFlow starts; a kill must be real), each
-bounded by a timeout. One process runs every method, to keep the cost down.
+bounded by a timeout. One process runs every method, to keep the cost down,
+and the mirrored run goes on while the interrupted, resumed and
+multi-worker runs follow each other (see `_Runs`).
 """
 
 import json
@@ -19,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,36 +41,44 @@ def _env(**extra: str) -> dict:
     return {**env, **extra}
 
 
-def _run(mode: str, out: Path, timeout: float = TIMEOUT) -> None:
-    done = subprocess.run(
-        [sys.executable, WORKER, mode, str(out)],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+def _start(mode: str, out: Path, **env: str) -> subprocess.Popen:
+    """A worker process; its stderr goes to a file (a pipe nobody reads
+    while it runs could fill up and block it)."""
+    stderr = open(out / f"{mode}{env.get('TASK', '')}.stderr", "w")
+    try:
+        return subprocess.Popen(
+            [sys.executable, WORKER, mode, str(out)],
+            env=_env(**{k: v for k, v in env.items() if k != "TASK"}),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+        )
+    finally:
+        stderr.close()  # the child has its own copy
+
+
+def _stderr(process: subprocess.Popen) -> str:
+    mode, out = process.args[2], Path(process.args[3])
+    paths = sorted(out.glob(f"{mode}*.stderr"))
+    return "\n".join(p.read_text()[-3000:] for p in paths)
+
+
+def _wait(process: subprocess.Popen, deadline: float) -> None:
+    try:
+        process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        message = f"the {process.args[2]} worker did not finish in time"
+        raise AssertionError(message) from None
+    assert process.returncode == 0, (
+        f"{process.args[2]} worker failed:\n{_stderr(process)}"
     )
-    assert done.returncode == 0, f"{mode} worker failed:\n{done.stderr[-3000:]}"
 
 
 def _load(path: Path) -> dict:
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """Runs the MirroredStrategy comparison; its single-device runs are the
-    reference of the other tests (`single.npz`)."""
-    out = tmp_path_factory.mktemp("mirrored")
-    _run("mirrored", out)
-    return out
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_mirrored_strategy_trains_as_one_device(case, reference):
-    with open(reference / "mirrored.json") as f:
-        differences = json.load(f)
-    assert differences[case] <= 1e-5, (case, differences[case])
 
 
 def _free_ports(count: int) -> list[int]:
@@ -80,41 +91,145 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def test_multi_worker_mirrored_strategy_trains_as_one_device(reference, tmp_path):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
-    workers = []
-    for index in range(2):
-        config = json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        )
-        workers.append(
-            subprocess.Popen(
-                [sys.executable, WORKER, "multiworker", str(tmp_path)],
-                env=_env(TF_CONFIG=config),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    errors = []
-    deadline = time.monotonic() + TIMEOUT
-    for worker in workers:
-        try:
-            _, stderr = worker.communicate(
-                timeout=max(1.0, deadline - time.monotonic())
-            )
-        except subprocess.TimeoutExpired:
-            for w in workers:
-                w.kill()
-            pytest.fail("the multi-worker run did not finish in time")
-        if worker.returncode != 0:
-            errors.append(stderr[-3000:])
-    assert not errors, "\n".join(errors)
+class _Runs:
+    """The worker runs, started together when the module's first test needs
+    one (the machine has 2 cores and each run is mostly single-threaded
+    tracing): the `mirrored` run in one process and, in a thread, the
+    chain `interrupted` -> SIGKILL -> `resume`, then the 2-process
+    `multiworker` run. Each run's outcome (None or the exception) is
+    reported to the tests that read it."""
 
+    def __init__(self, tmp_path_factory) -> None:
+        self.mirrored_dir = tmp_path_factory.mktemp("mirrored")
+        self.resume_dir = tmp_path_factory.mktemp("resume")
+        self.multiworker_dir = tmp_path_factory.mktemp("multiworker")
+        self.processes: list[subprocess.Popen] = []
+        self.errors: dict[str, BaseException | None] = {}
+        self.stopping = False
+        self.mirrored = self._track(_start("mirrored", self.mirrored_dir))
+        self.mirrored_deadline = time.monotonic() + TIMEOUT
+        self.chain = threading.Thread(target=self._chain, daemon=True)
+        self.chain.start()
+
+    def _track(self, process: subprocess.Popen) -> subprocess.Popen:
+        self.processes.append(process)
+        if self.stopping:
+            process.kill()
+        return process
+
+    def _chain(self) -> None:
+        for name, run in (
+            ("resume", self._interrupt_and_resume),
+            ("multiworker", self._multiworker),
+        ):
+            try:
+                run()
+                self.errors[name] = None
+            except BaseException as error:  # noqa: BLE001 (reported by a test)
+                self.errors[name] = error
+
+    def _interrupt_and_resume(self) -> None:
+        """A worker trains every case with BackupAndRestore and is SIGKILLed
+        in the middle of an epoch; a new process resumes every case to the
+        end."""
+        out = self.resume_dir
+        marker = out / "killed.marker"
+        process = self._track(_start("interrupted", out))
+        deadline = time.monotonic() + TIMEOUT
+        try:
+            while not marker.exists():
+                if process.poll() is not None:
+                    raise AssertionError(
+                        f"worker ended before the kill:\n{_stderr(process)}"
+                    )
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        "the worker did not reach the kill point in time"
+                    )
+                time.sleep(0.5)
+            assert int(marker.read_text()) == process.pid
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert process.returncode == -signal.SIGKILL
+        _wait(self._track(_start("resume", out)), time.monotonic() + TIMEOUT)
+
+    def _multiworker(self) -> None:
+        ports = _free_ports(2)
+        cluster = {"worker": [f"localhost:{p}" for p in ports]}
+        workers = [
+            self._track(
+                _start(
+                    "multiworker",
+                    self.multiworker_dir,
+                    TASK=str(index),
+                    TF_CONFIG=json.dumps(
+                        {"cluster": cluster, "task": {"type": "worker", "index": index}}
+                    ),
+                )
+            )
+            for index in range(2)
+        ]
+        deadline = time.monotonic() + TIMEOUT
+        try:
+            for worker in workers:
+                _wait(worker, deadline)
+        finally:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
+
+    def result(self, name: str) -> Path:
+        """The output directory of a run, once it has succeeded."""
+        if name == "mirrored":
+            _wait(self.mirrored, self.mirrored_deadline)
+            return self.mirrored_dir
+        self.chain.join(timeout=3 * TIMEOUT)  # each run has its own bound
+        if name not in self.errors:
+            pytest.fail(f"the {name} run did not finish in time")
+        if self.errors[name] is not None:
+            raise self.errors[name]
+        return self.resume_dir if name == "resume" else self.multiworker_dir
+
+    def stop(self) -> None:
+        self.stopping = True
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        self.chain.join(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    started = _Runs(tmp_path_factory)
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(runs) -> Path:
+    """Runs the MirroredStrategy comparison; its single-device runs are the
+    reference of the other tests (`single.npz`)."""
+    return runs.result("mirrored")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_mirrored_strategy_trains_as_one_device(case, reference):
+    with open(reference / "mirrored.json") as f:
+        differences = json.load(f)
+    assert differences[case] <= 1e-5, (case, differences[case])
+
+
+def test_multi_worker_mirrored_strategy_trains_as_one_device(reference, runs):
+    out = runs.result("multiworker")
     single = _load(reference / "single.npz")
     for task in range(2):
-        distributed = _load(tmp_path / f"multiworker{task}.npz")
+        distributed = _load(out / f"multiworker{task}.npz")
         assert distributed
         for key, value in distributed.items():
             np.testing.assert_allclose(
@@ -123,37 +238,10 @@ def test_multi_worker_mirrored_strategy_trains_as_one_device(reference, tmp_path
 
 
 @pytest.fixture(scope="module")
-def resumed(reference, tmp_path_factory) -> Path:
+def resumed(runs) -> Path:
     """A worker trains every case with BackupAndRestore and is SIGKILLed in
     the middle of an epoch; a new process resumes every case to the end."""
-    out = tmp_path_factory.mktemp("resume")
-    marker = out / "killed.marker"
-    process = subprocess.Popen(
-        [sys.executable, WORKER, "interrupted", str(out)],
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not marker.exists():
-            if process.poll() is not None:
-                pytest.fail(f"worker ended before the kill:\n{process.stderr.read()}")
-            if time.monotonic() > deadline:
-                pytest.fail("the worker did not reach the kill point in time")
-            time.sleep(0.5)
-        assert int(marker.read_text()) == process.pid
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stderr.close()
-    assert process.returncode == -signal.SIGKILL
-    _run("resume", out)
-    return out
+    return runs.result("resume")
 
 
 @pytest.mark.parametrize("case", CASES)
