@@ -96,7 +96,7 @@ def test_config_and_validation():
         ConFIG(rcond=0.0)
 
 
-@settings(deadline=None, max_examples=30)
+@settings(deadline=None, max_examples=20)
 @given(jacobians())
 def test_degenerate_jacobians_give_finite_directions(jacobian):
     d = to_numpy(ConFIG()(jacobian)).astype(np.float64)

@@ -135,7 +135,7 @@ def test_config_and_validation():
             GradVac(beta=bad)
 
 
-@settings(deadline=None, max_examples=30)
+@settings(deadline=None, max_examples=15)
 @given(jacobians())
 def test_degenerate_jacobians_give_finite_directions(jacobian):
     # One training call (targets become non-zero) and one evaluation call.

@@ -159,7 +159,7 @@ def test_inside_a_keras_model_input_shape():
     assert out.shape == (8,)
 
 
-@settings(deadline=None, max_examples=30)
+@settings(deadline=None, max_examples=20)
 @given(jacobians())
 def test_degenerate_jacobians_give_finite_directions(jacobian):
     assert_finite_direction(PCGrad(seed=0), jacobian)
