@@ -1,16 +1,21 @@
 """Where an aggregator step's time goes: `ideal`, `a:sum` and `a:upgrad`
-(the Gramian route), `a:upgrad` made to take the `[K, D]` Jacobian, with
-and without its effective-weight and min-cosine logs, timed side by side
-(paired rounds) on one backend.
+on the Gramian route, each with a part of it removed, and `a:upgrad` made
+to take the `[K, D]` Jacobian, timed side by side (paired rounds) on one
+backend.
 
     KERAS_BACKEND=jax python benchmarks/aggregator_ablation.py --width 1024
 
-A variant's step is traced (its first call) with `model.uses_gramian`
-replaced by `False` (the Jacobian) and, for "no logs", with
-`gradients.combination_weights_and_min_cosine` replaced by constants; the
-other variants are traced with the real ones. Prints one JSON line: ms per
-step and the paired ratio to `ideal` of each variant. Used for
-docs/performance.md (Profile).
+A variant's step is traced (its first call) with one function replaced;
+the other variants are traced with the real ones:
+- "no Gramian": `gradients.safe_gramian` returns the identity (no pass
+  over the gradients; Sum's direction is unchanged, its cosine log 0);
+- "no rescale branch": `safe_gramian` returns the raw Gramian, no `cond`;
+- "Jacobian": `model.uses_gramian` returns False (the Jacobian path, with
+  its least-squares and min-cosine logs);
+- "Jacobian, no logs": also `gradients.combination_weights_and_min_cosine`
+  returns constants.
+Prints one JSON line: ms per step and the paired ratio to `ideal` of each
+variant. Used for docs/performance.md (Profile).
 """
 
 from __future__ import annotations
@@ -35,34 +40,56 @@ from benchmarks import performance  # noqa: E402
 from keras_mtl import gradients  # noqa: E402
 from keras_mtl import model as model_lib  # noqa: E402
 
-# (name, variant, take the Jacobian, remove its logs)
-VARIANTS = [
-    ("ideal", "ideal", False, False),
-    ("a:sum", "a:sum", False, False),
-    ("a:upgrad", "a:upgrad", False, False),
-    ("a:upgrad, Jacobian", "a:upgrad", True, False),
-    ("a:upgrad, Jacobian, no logs", "a:upgrad", True, True),
-]
-
 
 def no_logs(jacobian: Any, direction: Any) -> tuple[Any, Any]:
     """Constant logs: the step's log computations become dead code."""
     return ops.ones((jacobian.shape[0],), "float32"), ops.zeros((), "float32")
 
 
+def no_gramian(blocks: Any) -> tuple[Any, Any]:
+    """The identity for a Gramian: no pass over the gradients."""
+    return ops.eye(len(blocks[0])), ops.ones((), "float32")
+
+
+def raw_gramian(blocks: Any) -> tuple[Any, Any]:
+    """The raw Gramian, without the rescaling branch."""
+    return gradients.blocks_gramian(blocks), ops.ones((), "float32")
+
+
+# (name, variant, replacements: (module, attribute, value))
+VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
+    ("ideal", "ideal", []),
+    ("a:sum", "a:sum", []),
+    ("a:sum, no Gramian", "a:sum", [(gradients, "safe_gramian", no_gramian)]),
+    ("a:upgrad", "a:upgrad", []),
+    (
+        "a:upgrad, no rescale branch",
+        "a:upgrad",
+        [(gradients, "safe_gramian", raw_gramian)],
+    ),
+    ("a:upgrad, Jacobian", "a:upgrad", [(model_lib, "uses_gramian", lambda a: False)]),
+    (
+        "a:upgrad, Jacobian, no logs",
+        "a:upgrad",
+        [
+            (model_lib, "uses_gramian", lambda a: False),
+            (gradients, "combination_weights_and_min_cosine", no_logs),
+        ],
+    ),
+]
+
+
 @contextlib.contextmanager
-def traced_with(jacobian: bool, remove_logs: bool) -> Iterator[None]:
-    """The model's route and logs replaced while a step is traced."""
-    route, logs = model_lib.uses_gramian, gradients.combination_weights_and_min_cosine
-    if jacobian:
-        model_lib.uses_gramian = lambda aggregator: False
-    if remove_logs:
-        gradients.combination_weights_and_min_cosine = no_logs
+def replaced(replacements: list[tuple[Any, str, Any]]) -> Iterator[None]:
+    """The given module attributes replaced while a step is traced."""
+    saved = [(module, name, getattr(module, name)) for module, name, _ in replacements]
+    for module, name, value in replacements:
+        setattr(module, name, value)
     try:
         yield
     finally:
-        model_lib.uses_gramian = route
-        gradients.combination_weights_and_min_cosine = logs
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def main() -> None:
@@ -74,8 +101,8 @@ def main() -> None:
     cfg = parser.parse_args()
     data = performance.dataset("mlp", cfg.tasks)
     runs, counts = {}, {}
-    for name, variant, jacobian, remove_logs in VARIANTS:
-        with traced_with(jacobian, remove_logs):
+    for name, variant, replacements in VARIANTS:
+        with replaced(replacements):
             runner = performance.Runner(
                 performance.build(variant, "mlp", cfg.width, cfg.tasks, True), data
             )
