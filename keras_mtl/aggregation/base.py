@@ -394,10 +394,10 @@ class GramianWeightedAggregator(Aggregator):
 def uses_gramian(aggregator: Any) -> bool:
     """Whether `MultiTaskModel` may compute `aggregator`'s direction by
     the Gramian route (`GramianWeightedAggregator`): it is one, needs no
-    losses, has a scale degree, and no class in its hierarchy changes `aggregate` or `call`
-    below the class that defines its `direction_weights` (a subclass that
-    changes how the direction is formed from the Jacobian, to record it
-    say, keeps the Jacobian)."""
+    losses, has a scale degree, and no class in its hierarchy changes
+    `aggregate` or `call` below the class that defines its
+    `direction_weights` (a subclass that changes how the direction is
+    formed from the Jacobian, to record it say, keeps the Jacobian)."""
     if not isinstance(aggregator, GramianWeightedAggregator):
         return False
     if aggregator.needs_losses or aggregator.scale_degree is None:
