@@ -157,38 +157,49 @@ def blocks_gramian(blocks: Sequence[Sequence[Any]]) -> Any:
     return total
 
 
-# The raw Gramian is used when its largest diagonal entry (a squared row
-# norm) lies in this range: the products of float32 gradients then neither
-# overflow nor lose the rows to underflow.
+# On JAX the raw Gramian is used when its largest diagonal entry (a
+# squared row norm) lies in this range: the products of float32 gradients
+# then neither overflow nor lose the rows to underflow.
 _GRAMIAN_RANGE = (1e-20, 1e30)
 
 
 def safe_gramian(blocks: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
     """The Gramian of the rows whose columns are the `blocks`, divided by
     a scale where needed: returns `(gramian, divisor)`, `gramian` the
-    Gramian of `rows / divisor`.
+    Gramian of `rows / divisor`, finite even for non-finite rows.
 
-    The raw Gramian (divisor 1) when it is finite and its largest diagonal
-    entry in `_GRAMIAN_RANGE`: the common case, one pass over the
-    gradients. Otherwise (a branch that runs only then) that of the rows
-    with non-finite entries replaced by 0, divided by their largest
-    absolute entry, as `Aggregator.call` does: no overflow, no underflow."""
+    On JAX the raw Gramian (divisor 1) when it is finite and its largest
+    diagonal entry in `_GRAMIAN_RANGE`, the common case; otherwise, in a
+    branch that runs only then, `rescaled_gramian`. On TensorFlow always
+    `rescaled_gramian`, without a branch. Measured on XLA's CPU backend
+    (docs/performance.md, Profile): JAX turns the raw products into fast
+    fused dots and every branch-free rescaling tried cost 0.2-0.35 of an
+    ideal step more than the branch; TensorFlow's Gramian costs the same
+    with or without the rescaling, and the branch doubles its compile
+    time."""
+    if keras.backend.backend() != "jax":
+        return rescaled_gramian(blocks)
     raw = blocks_gramian(blocks)
     largest = ops.max(ops.diagonal(raw))
     finite = ops.all(ops.isfinite(raw))
     low, high = _GRAMIAN_RANGE
     usable = ops.logical_and(finite, ops.logical_and(largest > low, largest < high))
+    return ops.cond(
+        usable,
+        lambda: (raw, ops.ones((), "float32")),
+        lambda: rescaled_gramian(blocks),
+    )
 
-    def as_is() -> tuple[Any, Any]:
-        return raw, ops.ones((), "float32")
 
-    def rescaled() -> tuple[Any, Any]:
-        clean = [[ops.where(ops.isfinite(r), r, 0.0) for r in b] for b in blocks]
-        scale = ops.max(ops.stack([ops.max(ops.abs(r)) for b in clean for r in b]))
-        scale = ops.where(scale > 0.0, scale, 1.0)
-        return blocks_gramian([[r / scale for r in b] for b in clean]), scale
-
-    return ops.cond(usable, as_is, rescaled)
+def rescaled_gramian(blocks: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
+    """`(gramian, divisor)`: the Gramian of the rows with non-finite entries
+    replaced by 0, divided by their largest absolute entry (`divisor`, 1
+    for all-zero rows), as `Aggregator.call` scales the Jacobian: entries
+    at most 1 in size, so the products neither overflow nor underflow."""
+    clean = [[ops.where(ops.isfinite(r), r, 0.0) for r in b] for b in blocks]
+    scale = ops.max(ops.stack([ops.max(ops.abs(r)) for b in clean for r in b]))
+    scale = ops.where(scale > 0.0, scale, 1.0)
+    return blocks_gramian([[r / scale for r in b] for b in clean]), scale
 
 
 def combine_blocks(
