@@ -206,19 +206,16 @@ def combine_blocks(
     weights: Any, blocks: Sequence[Sequence[Any]], like: Sequence[Any]
 ) -> list[Any]:
     """`weights @ J` split by target: per block, the combination of its K
-    rows, shaped like the matching entry of `like` and cast to its dtype.
-    On JAX as K weighted row additions (see `combine_rows`)."""
-    out = []
-    for block, target in zip(blocks, like):
-        if keras.backend.backend() == "jax":
-            weights = ops.cast(weights, "float32")
-            combined = weights[0] * block[0]
-            for i in range(1, len(block)):
-                combined = combined + weights[i] * block[i]
-        else:
-            combined = combine_rows(weights, ops.stack(block))
-        out.append(ops.cast(ops.reshape(combined, ops.shape(target)), target.dtype))
-    return out
+    rows (`combine_rows`), shaped like the matching entry of `like` and
+    cast to its dtype."""
+    weights = ops.cast(weights, "float32")
+    return [
+        ops.cast(
+            ops.reshape(combine_rows(weights, list(block)), ops.shape(target)),
+            target.dtype,
+        )
+        for block, target in zip(blocks, like)
+    ]
 
 
 def split_like(vector: Any, like: Sequence[Any]) -> list[Any]:
@@ -255,7 +252,7 @@ def combination_weights(jacobian: Any, direction: Any, ridge: float = 1e-6) -> A
 
 def min_cosine(jacobian: Any) -> Any:
     """The smallest pairwise cosine similarity between the task gradients."""
-    return _min_cosine(_scaled_gram(jacobian)[2])
+    return gramian_min_cosine(_scaled_gram(jacobian)[2])
 
 
 def combination_weights_and_min_cosine(
@@ -266,12 +263,7 @@ def combination_weights_and_min_cosine(
     scaled Jacobian and its Gramian computed once for both (each is a pass
     over the `[K, D]` Jacobian: this halves the logging's cost)."""
     scaled = _scaled_gram(jacobian)
-    return _combination(*scaled, direction, ridge), _min_cosine(scaled[2])
-
-
-def gramian_min_cosine(gramian: Any) -> Any:
-    """`min_cosine` of the Jacobian whose Gramian is `gramian` (any scale)."""
-    return _min_cosine(gramian)
+    return _combination(*scaled, direction, ridge), gramian_min_cosine(scaled[2])
 
 
 def _scaled_gram(jacobian: Any) -> tuple[Any, Any, Any]:
@@ -291,7 +283,8 @@ def _combination(j: Any, scale: Any, gram: Any, direction: Any, ridge: float) ->
     return ops.linalg.solve(system, rhs)[:, 0]
 
 
-def _min_cosine(gram: Any) -> Any:
+def gramian_min_cosine(gram: Any) -> Any:
+    """`min_cosine` of the Jacobian whose Gramian is `gram` (any scale)."""
     norms = ops.sqrt(ops.maximum(ops.diagonal(gram), 1e-30))
     cosine = gram / (norms[:, None] * norms[None, :])
     k = gram.shape[0]

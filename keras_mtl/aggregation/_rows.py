@@ -37,17 +37,19 @@ def mean_rows(matrix: Any) -> Any:
 
 def combine_rows(weights: Any, matrix: Any) -> Any:
     """`weights @ matrix`, the combination `sum_i w_i m_i` of the K rows
-    of a `[K, D]` matrix with a known K, for weights `[K]`.
+    of a `[K, D]` matrix with a known K (or of a list of K rows), for
+    weights `[K]`.
 
     On JAX as K weighted row additions: XLA on the CPU (jaxlib 0.10) runs
     the `[1, K] @ [K, D]` dot of a short, wide matrix about 10 times slower
     (`[8, 2.2M]`: 106 ms against 11 ms; docs/performance.md, Profile). On
-    TensorFlow, one `ops.matmul`.
+    TensorFlow, one `ops.matmul` (a list is stacked first).
     """
-    num = matrix.shape[0]
+    rows = isinstance(matrix, (list, tuple))
+    num = len(matrix) if rows else matrix.shape[0]
     if keras.backend.backend() != "jax" or num is None:
-        return ops.matmul(weights[None, :], matrix)[0]
-    weights = ops.cast(weights, matrix.dtype)
+        return ops.matmul(weights[None, :], ops.stack(matrix) if rows else matrix)[0]
+    weights = ops.cast(weights, matrix[0].dtype)
     total = weights[0] * matrix[0]
     for i in range(1, num):
         total = total + weights[i] * matrix[i]
