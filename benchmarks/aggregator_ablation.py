@@ -9,11 +9,19 @@ A variant's step is traced (its first call) with one function replaced;
 the other variants are traced with the real ones:
 - "no Gramian": `gradients.safe_gramian` returns the identity (no pass
   over the gradients; Sum's direction is unchanged, its cosine log 0);
-- "no rescale branch": `safe_gramian` returns the raw Gramian, no `cond`;
+- "no rescale branch": `safe_gramian` returns the raw Gramian, no `cond`
+  (on TensorFlow, where `safe_gramian` has no branch: the raw Gramian
+  instead of the rescaled one);
 - "Jacobian": `model.uses_gramian` returns False (the Jacobian path, with
   its least-squares and min-cosine logs);
 - "Jacobian, no logs": also `gradients.combination_weights_and_min_cosine`
   returns constants.
+With `--set gramian`, the ways of making the Gramian safe against
+overflow that docs/performance.md (Profile) compares instead: the raw
+Gramian with a `cond` whose branch does less (returns `raw / 2`, only
+reads the rows' largest entry, or that after `where(isfinite)`), and the
+rescaled Gramian always (branch-free).
+
 Prints one JSON line: ms per step and the paired ratio to `ideal` of each
 variant. Used for docs/performance.md (Profile).
 """
@@ -55,6 +63,79 @@ def raw_gramian(blocks: Any) -> tuple[Any, Any]:
     """The raw Gramian, without the rescaling branch."""
     return gradients.blocks_gramian(blocks), ops.ones((), "float32")
 
+
+def _raw_or(other: Any) -> Any:
+    """A `safe_gramian` that keeps the raw Gramian when it is usable (as on
+    JAX) and runs `other(blocks, raw)` in the branch otherwise."""
+
+    def gramian(blocks: Any) -> tuple[Any, Any]:
+        raw = gradients.blocks_gramian(blocks)
+        largest = ops.max(ops.diagonal(raw))
+        low, high = gradients._GRAMIAN_RANGE
+        usable = ops.logical_and(
+            ops.all(ops.isfinite(raw)),
+            ops.logical_and(largest > low, largest < high),
+        )
+        return ops.cond(
+            usable, lambda: (raw, ops.ones((), "float32")), lambda: other(blocks, raw)
+        )
+
+    return gramian
+
+
+def _largest(rows: Any) -> Any:
+    return ops.max(ops.stack([ops.max(ops.abs(r)) for b in rows for r in b]))
+
+
+def _halved(blocks: Any, raw: Any) -> tuple[Any, Any]:
+    return raw / 2.0, 2.0 * ops.ones((), "float32")
+
+
+def _largest_entry(blocks: Any, raw: Any) -> tuple[Any, Any]:
+    largest = _largest(blocks)
+    return raw / largest**2, largest
+
+
+def _largest_finite_entry(blocks: Any, raw: Any) -> tuple[Any, Any]:
+    largest = _largest(
+        [[ops.where(ops.isfinite(r), r, 0.0) for r in b] for b in blocks]
+    )
+    return raw / largest**2, largest
+
+
+def _rescaled(blocks: Any, raw: Any) -> tuple[Any, Any]:
+    return gradients.rescaled_gramian(blocks)
+
+
+GRAMIAN_VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
+    ("ideal", "ideal", []),
+    ("raw, no cond", "a:upgrad", [(gradients, "safe_gramian", raw_gramian)]),
+    (
+        "raw, cond rescaling (JAX as shipped)",
+        "a:upgrad",
+        [(gradients, "safe_gramian", _raw_or(_rescaled))],
+    ),
+    (
+        "raw, cond returning raw / 2",
+        "a:upgrad",
+        [(gradients, "safe_gramian", _raw_or(_halved))],
+    ),
+    (
+        "raw, cond reading the largest entry",
+        "a:upgrad",
+        [(gradients, "safe_gramian", _raw_or(_largest_entry))],
+    ),
+    (
+        "raw, cond reading the largest finite entry",
+        "a:upgrad",
+        [(gradients, "safe_gramian", _raw_or(_largest_finite_entry))],
+    ),
+    (
+        "always rescaled (TensorFlow as shipped)",
+        "a:upgrad",
+        [(gradients, "safe_gramian", gradients.rescaled_gramian)],
+    ),
+]
 
 # (name, variant, replacements: (module, attribute, value))
 VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
@@ -98,10 +179,12 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=2, help="steps per sample")
+    parser.add_argument("--set", choices=["route", "gramian"], default="route")
     cfg = parser.parse_args()
+    variants = GRAMIAN_VARIANTS if cfg.set == "gramian" else VARIANTS
     data = performance.dataset("mlp", cfg.tasks)
     runs, counts = {}, {}
-    for name, variant, replacements in VARIANTS:
+    for name, variant, replacements in variants:
         with replaced(replacements):
             runner = performance.Runner(
                 performance.build(variant, "mlp", cfg.width, cfg.tasks, True), data
