@@ -70,14 +70,10 @@ def _raw_or(other: Any) -> Any:
 
     def gramian(blocks: Any) -> tuple[Any, Any]:
         raw = gradients.blocks_gramian(blocks)
-        largest = ops.max(ops.diagonal(raw))
-        low, high = gradients._GRAMIAN_RANGE
-        usable = ops.logical_and(
-            ops.all(ops.isfinite(raw)),
-            ops.logical_and(largest > low, largest < high),
-        )
         return ops.cond(
-            usable, lambda: (raw, ops.ones((), "float32")), lambda: other(blocks, raw)
+            gradients.usable_gramian(raw),
+            lambda: (raw, ops.ones((), "float32")),
+            lambda: other(blocks, raw),
         )
 
     return gramian
@@ -107,33 +103,20 @@ def _rescaled(blocks: Any, raw: Any) -> tuple[Any, Any]:
     return gradients.rescaled_gramian(blocks)
 
 
+# `a:upgrad` with each of these as `gradients.safe_gramian`.
+_SAFE_GRAMIANS: list[tuple[str, Any]] = [
+    ("raw, no cond", raw_gramian),
+    ("raw, cond rescaling (JAX as shipped)", _raw_or(_rescaled)),
+    ("raw, cond returning raw / 2", _raw_or(_halved)),
+    ("raw, cond reading the largest entry", _raw_or(_largest_entry)),
+    ("raw, cond reading the largest finite entry", _raw_or(_largest_finite_entry)),
+    ("always rescaled (TensorFlow as shipped)", gradients.rescaled_gramian),
+]
 GRAMIAN_VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
     ("ideal", "ideal", []),
-    ("raw, no cond", "a:upgrad", [(gradients, "safe_gramian", raw_gramian)]),
-    (
-        "raw, cond rescaling (JAX as shipped)",
-        "a:upgrad",
-        [(gradients, "safe_gramian", _raw_or(_rescaled))],
-    ),
-    (
-        "raw, cond returning raw / 2",
-        "a:upgrad",
-        [(gradients, "safe_gramian", _raw_or(_halved))],
-    ),
-    (
-        "raw, cond reading the largest entry",
-        "a:upgrad",
-        [(gradients, "safe_gramian", _raw_or(_largest_entry))],
-    ),
-    (
-        "raw, cond reading the largest finite entry",
-        "a:upgrad",
-        [(gradients, "safe_gramian", _raw_or(_largest_finite_entry))],
-    ),
-    (
-        "always rescaled (TensorFlow as shipped)",
-        "a:upgrad",
-        [(gradients, "safe_gramian", gradients.rescaled_gramian)],
+    *(
+        (name, "a:upgrad", [(gradients, "safe_gramian", gramian)])
+        for name, gramian in _SAFE_GRAMIANS
     ),
 ]
 

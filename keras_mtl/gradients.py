@@ -180,15 +180,20 @@ def safe_gramian(blocks: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
     if keras.backend.backend() != "jax":
         return rescaled_gramian(blocks)
     raw = blocks_gramian(blocks)
-    largest = ops.max(ops.diagonal(raw))
-    finite = ops.all(ops.isfinite(raw))
-    low, high = _GRAMIAN_RANGE
-    usable = ops.logical_and(finite, ops.logical_and(largest > low, largest < high))
     return ops.cond(
-        usable,
+        usable_gramian(raw),
         lambda: (raw, ops.ones((), "float32")),
         lambda: rescaled_gramian(blocks),
     )
+
+
+def usable_gramian(raw: Any) -> Any:
+    """Whether a raw Gramian is finite with its largest diagonal entry in
+    `_GRAMIAN_RANGE` (a boolean scalar tensor)."""
+    largest = ops.max(ops.diagonal(raw))
+    low, high = _GRAMIAN_RANGE
+    in_range = ops.logical_and(largest > low, largest < high)
+    return ops.logical_and(ops.all(ops.isfinite(raw)), in_range)
 
 
 def rescaled_gramian(blocks: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
