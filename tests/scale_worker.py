@@ -120,14 +120,22 @@ def state(model) -> dict[str, np.ndarray]:
     return out
 
 
-def fit(model, callbacks=()):
+def fit(model, callbacks=(), distributed: bool = False):
+    """Every epoch sees the same STEPS batches in the same order (a resumed
+    epoch too). Under a strategy (`distributed`) the data is an endless
+    dataset with `steps_per_epoch`, which keeps one iterator for the whole
+    fit: each new one is a multi-device iterator, ~0.3 s to build (~40% of
+    a mirrored case's time). On one device numpy arrays are faster."""
     x, y = data()
+    if distributed:
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).repeat()
+        inputs = {"x": dataset, "steps_per_epoch": STEPS}
+    else:
+        inputs = {"x": x, "y": y, "batch_size": BATCH}
     return model.fit(
-        x,
-        y,
-        batch_size=BATCH,
+        **inputs,
         epochs=EPOCHS,
-        shuffle=False,  # a resumed epoch sees the same batches
+        shuffle=False,
         verbose=0,
         callbacks=list(callbacks),
     )
@@ -158,7 +166,7 @@ def mirrored(out_dir: str) -> None:
         fit(single)
         with strategy.scope():
             distributed = build(case)
-        fit(distributed)
+        fit(distributed, distributed=True)
         assert int(distributed.train_steps.numpy()) == EPOCHS * STEPS
         reference = state(single)
         result[case_name(case)] = largest_difference(reference, state(distributed))
@@ -184,7 +192,7 @@ def multiworker(out_dir: str) -> None:
     for case in multiworker_cases():
         with strategy.scope():
             model = build(case)
-        fit(model)
+        fit(model, distributed=True)
         arrays.update({f"{case_name(case)}/{k}": v for k, v in state(model).items()})
     task = strategy.cluster_resolver.task_id
     np.savez(os.path.join(out_dir, f"multiworker{task}.npz"), **arrays)
