@@ -319,8 +319,8 @@ class GramianWeightedAggregator(Aggregator):
     Subclasses implement `gramian_weights(gramian)`. `direction_weights`
     turns them into the weights `c` of the direction `d = c @ J` of the
     raw Jacobian (rescaled by `scale_degree`); a subclass whose direction
-    is another function of the Gramian (state, clipping) overrides
-    `direction_weights`, never `aggregate`.
+    is another function of the Gramian (state, clipping, random orders)
+    overrides `direction_weights`, never `aggregate`.
 
     **The Gramian route.** Since `d` needs only `G` and the rows,
     `MultiTaskModel` never forms `J` (`[K, D]`) for these aggregators: it
@@ -339,21 +339,32 @@ class GramianWeightedAggregator(Aggregator):
         # Eagerly through a cached `tf.function`, as `Aggregator.__call__`.
         if not self._use_eager_function(gramian, True):
             return self.gramian_weights(gramian)
+        # Weights that read the state (GradVac's targets) use zeros before
+        # the layer is built: a new function once it is.
         if keras.backend.backend() == "jax":
             import jax
 
             functions = _EAGER_FUNCTIONS.setdefault(self, {})
-            key = ("jax_gramian_weights", repr(self.get_config()))
+            key = ("jax_gramian_weights", self.built, repr(self.get_config()))
             if key not in functions:
                 layer = weakref.ref(self)
-                functions[key] = jax.jit(lambda g: layer().gramian_weights(g))
+
+                def run(state: Any, g: Any) -> Any:
+                    # The state as an argument: `jax.jit` would bake the
+                    # variables' current values into the function.
+                    mapping = list(zip(layer().non_trainable_variables, state))
+                    with keras.StatelessScope(state_mapping=mapping):
+                        return layer().gramian_weights(g)
+
+                functions[key] = jax.jit(run)
             gramian = ops.cast(ops.convert_to_tensor(gramian), "float32")
-            result = _run_cached(functions, key, [gramian])
+            state = [v.value for v in self.non_trainable_variables]
+            result = _run_cached(functions, key, [state, gramian])
             return self.gramian_weights(gramian) if result is _OP_BY_OP else result
         import tensorflow as tf
 
         functions = _EAGER_FUNCTIONS.setdefault(self, {})
-        key = ("gramian_weights", repr(self.get_config()))
+        key = ("gramian_weights", self.built, repr(self.get_config()))
         if key not in functions:
             layer = weakref.ref(self)
             functions[key] = tf.function(
