@@ -10,10 +10,9 @@ from keras import ops
 from keras_mtl.aggregation._helpers_b import (
     SeededAggregator,
     check_number,
-    row_norms,
     safe_divide,
 )
-from keras_mtl.aggregation._rows import sum_rows
+from keras_mtl.aggregation.base import GramianWeightedAggregator, normalized_gramian
 
 # The largest |target| used in the correction: a cosine of exactly 1 cannot
 # be reached by adding a finite multiple of g_j.
@@ -21,7 +20,7 @@ _TARGET_CAP = 0.9999
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class GradVac(SeededAggregator):
+class GradVac(SeededAggregator, GramianWeightedAggregator):
     """Gradient Vaccine (GradVac): pull each pair of task gradients up to a
     running target cosine similarity.
 
@@ -47,6 +46,16 @@ class GradVac(SeededAggregator):
     capped at $|\\hat\\phi| \\le 0.9999$ (a cosine of 1 would need an
     infinite multiple of $g_j$). Positively homogeneous
     (`scale_degree = 1`): cosines and norm ratios do not depend on scale.
+
+    As in PCGrad, every $g'_i = \\sum_k C_{ik} g_k$ and each step needs only
+    inner products: $g'_i \\cdot g_j = (CG)_{ij}$,
+    $\\lVert g'_i\\rVert^2 = c_i^\\top G c_i$ ($c_i$ the i-th row of $C$)
+    and $\\lVert g_j\\rVert^2 = G_{jj}$, so the corrections run on the
+    `[K, K]` matrix $C$ (from $I$) and the Gramian $G = JJ^\\top$, and
+    $d = (\\mathbf 1^\\top C) J$: a `GramianWeightedAggregator` (the
+    Gramian route: `MultiTaskModel` never forms $J$). `agg.weights(gramian)`
+    gives the evaluation-mode coefficients $\\mathbf 1^\\top C$ with the
+    current targets (zero before the layer is built) and changes nothing.
 
     The paper applies the procedure per layer or per parameter block
     ("granularity"); here it acts on the whole Jacobian (LibMTL's
@@ -88,23 +97,43 @@ class GradVac(SeededAggregator):
             name="targets",
         )
 
-    def aggregate(self, jacobian: Any, training: bool = True) -> Any:
-        num_tasks = jacobian.shape[0]
+    def gramian_weights(self, gramian: Any) -> Any:
+        """The evaluation-mode coefficients `c` (`[K]`, `d = c @ J`) of a
+        Gramian of any scale: fixed order 0..K-1 and the current targets
+        (zero before the layer is built); no draw, no state change."""
+        return self.direction_weights(gramian, training=False)
+
+    def direction_weights(self, gramian: Any, training: bool = True) -> Any:
+        """The coefficients `c` (`[K]`) of `d = c @ J`: the column sums of
+        `C`, the adjusted gradients' coefficients over the original ones;
+        updates the targets when `training`. Scale-free (cosines and norm
+        ratios), so computed on the normalised Gramian, where `C @ G`
+        cannot overflow."""
+        num_tasks = gramian.shape[0]
         if num_tasks == 1:
-            return jacobian[0]
+            return ops.ones((1,), dtype="float32")
         orders = self.task_orders(num_tasks, training)
-        targets = ops.convert_to_tensor(self.targets)
-        norms = row_norms(jacobian)
+        if self.built:
+            targets = ops.convert_to_tensor(self.targets)
+        else:  # `weights(gramian)` of a fresh layer: the initial targets
+            targets = ops.zeros((num_tasks, num_tasks), dtype="float32")
+        gramian, _ = normalized_gramian(gramian)
+        # Rounding can leave a tiny negative squared norm.
+        norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
         tasks = ops.arange(num_tasks, dtype="int32")
-        adjusted = jacobian
+        coefficients = ops.eye(num_tasks, dtype="float32")
         new_targets = targets
         for step in range(num_tasks):
             others = orders[:, step]
             valid = ops.not_equal(others, tasks)
-            other_grads = ops.take(jacobian, others, axis=0)
+            column = ops.one_hot(others, num_tasks, dtype="float32")
+            # Row i of C G: the inner products of g'_i with every g_k.
+            products = ops.matmul(coefficients, gramian)
+            own_norms = ops.sqrt(
+                ops.maximum(ops.sum(products * coefficients, axis=1), 0.0)
+            )
             other_norms = ops.take(norms, others, axis=0)
-            own_norms = row_norms(adjusted)
-            dots = ops.sum(adjusted * other_grads, axis=1)
+            dots = ops.take_along_axis(products, others[:, None], axis=1)[:, 0]
             cosine = ops.clip(safe_divide(dots, own_norms * other_norms), -1.0, 1.0)
             target = ops.take_along_axis(targets, others[:, None], axis=1)[:, 0]
             capped = ops.clip(target, -_TARGET_CAP, _TARGET_CAP)
@@ -116,13 +145,13 @@ class GradVac(SeededAggregator):
             )
             correct = ops.logical_and(valid, cosine < target)
             coefficient = ops.where(correct, ops.maximum(coefficient, 0.0), 0.0)
-            adjusted = adjusted + coefficient[:, None] * other_grads
-            visit = ops.one_hot(others, num_tasks) * ops.cast(valid, "float32")[:, None]
+            coefficients = coefficients + coefficient[:, None] * column
+            visit = column * ops.cast(valid, "float32")[:, None]
             ema = (1.0 - self.beta) * target + self.beta * cosine
             new_targets = new_targets + visit * (ema - target)[:, None]
         if training:
             self.targets.assign(new_targets)
-        return sum_rows(adjusted)
+        return ops.sum(coefficients, axis=0)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "beta": self.beta}

@@ -11,11 +11,11 @@ from keras_mtl.aggregation._helpers_b import (
     SeededAggregator,
     safe_divide,
 )
-from keras_mtl.aggregation._rows import sum_rows
+from keras_mtl.aggregation.base import GramianWeightedAggregator, normalized_gramian
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class PCGrad(SeededAggregator):
+class PCGrad(SeededAggregator, GramianWeightedAggregator):
     """Projecting Conflicting Gradients (PCGrad, "gradient surgery").
 
     For every task i, starting from $g_i^{PC} = g_i$, the other tasks j are
@@ -38,6 +38,15 @@ class PCGrad(SeededAggregator):
           - \\frac{g_1\\cdot g_2}{\\lVert g_1\\rVert^2} g_1
       \\quad\\text{if } g_1 \\cdot g_2 < 0, \\qquad d = g_1 + g_2
       \\text{ otherwise.}$$
+
+    Every $g_i^{PC}$ is a combination $\\sum_k C_{ik} g_k$ of the original
+    gradients, and each step needs only $g_i^{PC} \\cdot g_j = (CG)_{ij}$
+    and $\\lVert g_j\\rVert^2 = G_{jj}$: so the projections run on the
+    `[K, K]` matrix $C$ (from $I$) and the Gramian $G = JJ^\\top$, and
+    $d = (\\mathbf 1^\\top C) J$. PCGrad is a `GramianWeightedAggregator`:
+    `MultiTaskModel` never forms $J$ for it (the Gramian route), and
+    `agg.weights(gramian)` gives the evaluation-mode coefficients
+    $\\mathbf 1^\\top C$ (fixed order, no draw).
 
     Evaluation (`training=False`) uses the fixed order 0, 1, ..., K-1 and
     does not advance the generator. Positively homogeneous
@@ -65,23 +74,36 @@ class PCGrad(SeededAggregator):
 
     scale_degree = 1
 
-    def aggregate(self, jacobian: Any, training: bool = True) -> Any:
-        num_tasks = jacobian.shape[0]
+    def gramian_weights(self, gramian: Any) -> Any:
+        """The evaluation-mode coefficients `c` (`[K]`, `d = c @ J`) of a
+        Gramian of any scale: fixed order 0..K-1, no draw from the
+        generator."""
+        return self.direction_weights(gramian, training=False)
+
+    def direction_weights(self, gramian: Any, training: bool = True) -> Any:
+        """The coefficients `c` (`[K]`) of `d = c @ J`: the column sums of
+        `C`, the projected gradients' coefficients over the original
+        ones. Scale-free (ratios of inner products), so they are computed
+        on the normalised Gramian, where `C @ G` cannot overflow."""
+        num_tasks = gramian.shape[0]
         if num_tasks == 1:
-            return jacobian[0]
+            return ops.ones((1,), dtype="float32")
         orders = self.task_orders(num_tasks, training)
-        squared_norms = ops.sum(jacobian * jacobian, axis=1)
+        gramian, _ = normalized_gramian(gramian)
+        squared_norms = ops.diagonal(gramian)
         tasks = ops.arange(num_tasks, dtype="int32")
-        projected = jacobian
+        coefficients = ops.eye(num_tasks, dtype="float32")
         # All K rows are processed in parallel: row i only ever reads itself
         # and the original gradients. Step t visits task orders[i, t] for
         # row i (skipping i itself).
         for step in range(num_tasks):
             others = orders[:, step]
-            other_grads = ops.take(jacobian, others, axis=0)
+            # (C G)[i, others[i]] = g_i^PC . g_others[i]
+            products = ops.matmul(coefficients, gramian)
+            dots = ops.take_along_axis(products, others[:, None], axis=1)[:, 0]
             other_norms = ops.take(squared_norms, others, axis=0)
-            dots = ops.sum(projected * other_grads, axis=1)
             conflict = ops.logical_and(dots < 0.0, ops.not_equal(others, tasks))
             coefficient = ops.where(conflict, safe_divide(dots, other_norms), 0.0)
-            projected = projected - coefficient[:, None] * other_grads
-        return sum_rows(projected)
+            visit = ops.one_hot(others, num_tasks, dtype="float32")
+            coefficients = coefficients - coefficient[:, None] * visit
+        return ops.sum(coefficients, axis=0)

@@ -1,5 +1,6 @@
 """Tests of GradVac (Wang et al. 2021)."""
 
+import keras
 import numpy as np
 import pytest
 from _backend import to_numpy
@@ -15,6 +16,7 @@ from _jacobians import jacobians
 from hypothesis import given, settings
 
 from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation.base import uses_gramian
 from keras_mtl.aggregation.gradvac import GradVac
 
 pytestmark = pytest.mark.backend_neutral
@@ -68,6 +70,57 @@ def test_matches_numpy_over_several_calls():
         np.testing.assert_allclose(agg(j), expected, rtol=2e-4, atol=1e-4)
         np.testing.assert_allclose(to_numpy(agg.targets), targets, atol=1e-5)
     assert to_numpy(agg.targets)[0, 1] > 0.1
+
+
+@pytest.mark.parametrize("num_tasks", [2, 3, 4, 5, 6])
+def test_gramian_coefficients_match_the_jacobian_algorithm(num_tasks):
+    # The K-space coefficients c (from G alone) and target updates against
+    # the paper's loop on the rows themselves, with given orders and targets.
+    rng = np.random.default_rng(num_tasks)
+    beta = 0.3
+    agg = GradVac(beta=beta, seed=0)
+    agg.build((num_tasks, 9))
+    for _ in range(4):
+        j = rng.normal(size=(num_tasks, 9)) * rng.uniform(0.1, 10, (num_tasks, 1))
+        orders = np.stack([rng.permutation(num_tasks) for _ in range(num_tasks)])
+        targets = rng.uniform(-0.5, 0.8, (num_tasks, num_tasks))
+        agg.targets.assign(targets.astype(np.float32))
+        agg.task_orders = lambda n, training, o=orders: keras.ops.convert_to_tensor(
+            o, "int32"
+        )
+        c = to_numpy(agg.direction_weights((j @ j.T).astype(np.float32)))
+        expected, new_targets = numpy_gradvac(j, orders, targets, beta)
+        np.testing.assert_allclose(c @ j, expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(to_numpy(agg.targets), new_targets, atol=1e-5)
+
+
+def test_is_on_the_gramian_route():
+    agg = GradVac(beta=0.5, seed=1)
+    assert uses_gramian(agg)
+    j = RNG.normal(size=(4, 6)).astype(np.float32)
+    g = j @ j.T
+    # Before the layer is built: the coefficients of zero targets (PCGrad's).
+    first = to_numpy(agg.weights(g))
+    np.testing.assert_allclose(first @ j, agg(j, training=False), rtol=1e-5, atol=1e-5)
+    for _ in range(2):
+        agg(j)
+        # The evaluation-mode coefficients with the current targets,
+        # changing nothing (and not stale in the cached function).
+        before = values(agg)
+        w = to_numpy(agg.weights(g))
+        assert_same_values(before, values(agg))
+        np.testing.assert_allclose(w, agg.gramian_weights(g), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(w @ j, agg(j, training=False), rtol=1e-5, atol=1e-5)
+    assert np.abs(w - first).max() > 1e-3
+    # Of any (finite) scale; one task: the row itself.
+    for factor in (1e-30, 1e30):
+        scaled = to_numpy(agg.direction_weights(g * np.float32(factor), False))
+        np.testing.assert_allclose(scaled, w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(to_numpy(GradVac().weights(g[:1, :1])), [1.0])
+    # A zero row: finite coefficients and targets.
+    j[2] = 0.0
+    assert np.all(np.isfinite(to_numpy(agg.direction_weights(j @ j.T))))
+    assert np.all(np.isfinite(to_numpy(agg.targets)))
 
 
 def test_correction_reaches_the_target_cosine():

@@ -11,6 +11,7 @@ from conftest import TASK_LOSSES, build_net
 
 import keras_mtl
 from keras_mtl.aggregation import GramianWeightedAggregator
+from keras_mtl.aggregation._helpers_b import SeededAggregator
 from keras_mtl.aggregation.base import GramianWeights
 
 pytestmark = pytest.mark.backend_neutral
@@ -36,10 +37,12 @@ def test_the_gramian_weighted_aliases():
         "cagrad",
         "dualproj",
         "fairgrad",
+        "gradvac",
         "imtl_g",
         "mean",
         "mgda",
         "nash_mtl",
+        "pcgrad",
         "sum",
         "upgrad",
     ]
@@ -55,8 +58,13 @@ def test_weights_of_a_gramian_give_the_direction(name):
     # Eagerly `weights` runs a cached compiled function (`tf.function`,
     # `jax.jit`), `gramian_weights` op by op.
     np.testing.assert_allclose(w, agg.gramian_weights(g), rtol=1e-5, atol=1e-7)
-    d = np.asarray(agg(j), np.float64)
+    d = np.asarray(agg(j, training=False), np.float64)
     np.testing.assert_allclose(d, w @ j, rtol=1e-4, atol=1e-6)
+    if not isinstance(agg, SeededAggregator):
+        # A training call draws PCGrad's and GradVac's orders at random;
+        # `weights` are their evaluation-mode (fixed-order) ones.
+        d = np.asarray(agg(j), np.float64)
+        np.testing.assert_allclose(d, w @ j, rtol=1e-4, atol=1e-6)
 
 
 def test_hand_computed_weights():
@@ -108,6 +116,7 @@ def _fit(model, digits):
         ("upgrad", {}, True),
         ("mgda", {}, False),
         ("nash_mtl", {"update_every": 2}, True),
+        ("gradvac", {"seed": 3}, True),
     ],
 )
 def test_models_with_the_callable_weights(digits, tmp_path, name, kwargs, jit_compile):

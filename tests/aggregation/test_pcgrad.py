@@ -18,6 +18,7 @@ from _jacobians import jacobians
 from hypothesis import given, settings
 
 from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation.base import uses_gramian
 from keras_mtl.aggregation.pcgrad import PCGrad
 
 pytestmark = pytest.mark.backend_neutral
@@ -72,6 +73,53 @@ def test_matches_numpy_with_the_seeded_orders():
         np.testing.assert_allclose(
             agg(j), numpy_pcgrad(j, orders), rtol=1e-4, atol=1e-5
         )
+
+
+def _given_orders(agg, orders):
+    """`agg` drawing the given `[K, K]` orders instead of random ones."""
+    agg.task_orders = lambda num_tasks, training: keras.ops.convert_to_tensor(
+        orders, "int32"
+    )
+    return agg
+
+
+@pytest.mark.parametrize("num_tasks", [2, 3, 4, 5, 6])
+def test_gramian_coefficients_match_the_jacobian_algorithm(num_tasks):
+    # The K-space coefficients c (from G alone) against the paper's loop on
+    # the rows themselves: c @ J is the same direction.
+    rng = np.random.default_rng(num_tasks)
+    for _ in range(4):
+        j = rng.normal(size=(num_tasks, 11)) * rng.uniform(0.1, 10, (num_tasks, 1))
+        orders = np.stack([rng.permutation(num_tasks) for _ in range(num_tasks)])
+        agg = _given_orders(PCGrad(seed=0), orders)
+        c = to_numpy(agg.direction_weights((j @ j.T).astype(np.float32)))
+        expected = numpy_pcgrad(j, orders)
+        np.testing.assert_allclose(c @ j, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_is_on_the_gramian_route():
+    agg = PCGrad(seed=0)
+    assert uses_gramian(agg)
+    j = RNG.normal(size=(4, 6)).astype(np.float32)
+    g = j @ j.T
+    # The public weights: the evaluation-mode coefficients, drawing nothing.
+    before = values(agg)
+    w = to_numpy(agg.weights(g))
+    assert_same_values(before, values(agg))
+    np.testing.assert_allclose(w, agg.gramian_weights(g), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(w @ j, agg(j, training=False), rtol=1e-5, atol=1e-5)
+    # Of any (finite) scale; one task: the row itself.
+    for factor in (1e-30, 1e30):
+        scaled = to_numpy(agg.direction_weights(g * np.float32(factor), False))
+        np.testing.assert_allclose(scaled, w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(to_numpy(agg.weights(g[:1, :1])), [1.0])
+    # A zero row: finite coefficients, the others unchanged.
+    j[2] = 0.0
+    c = to_numpy(agg.direction_weights(j @ j.T, training=False))
+    assert np.all(np.isfinite(c))
+    np.testing.assert_allclose(
+        c @ j, numpy_pcgrad(j, [range(4)] * 4), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_evaluation_uses_fixed_order_and_keeps_generator():
