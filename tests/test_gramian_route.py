@@ -32,6 +32,7 @@ GRAMIAN_WEIGHTED = {
     "fairgrad": {"alpha": 0.5},
     "pcgrad": {"seed": 7},
     "gradvac": {"beta": 0.5, "seed": 7},
+    "config": {},
 }
 
 
@@ -52,9 +53,9 @@ def test_which_aggregators_take_the_gramian_route():
         aggregator = keras_mtl.aggregation.get(name, **kwargs)
         assert uses_gramian(aggregator), name
         assert not uses_gramian(_jacobian_kept(aggregator)), name
-    # Sign masks, loss-aware methods, moving averages of the gradients and
-    # (for now) ConFIG need the Jacobian itself.
-    for name in ("graddrop", "config", "gradnorm", "moco"):
+    # Sign masks, loss-aware methods and moving averages of the gradients
+    # need the Jacobian itself.
+    for name in ("graddrop", "gradnorm", "moco"):
         assert not uses_gramian(keras_mtl.aggregation.get(name)), name
 
 

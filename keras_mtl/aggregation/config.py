@@ -7,15 +7,14 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_mtl.aggregation._helpers_b import check_number, safe_divide, unit_rows
-from keras_mtl.aggregation._rows import combine_rows
-from keras_mtl.aggregation.base import Aggregator
+from keras_mtl.aggregation._helpers_b import check_number, safe_divide
+from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 _MIN_NORM = 1e-3
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class ConFIG(Aggregator):
+class ConFIG(GramianWeightedAggregator):
     """Conflict-Free Inverse Gradients (ConFIG): the direction that makes the
     same angle with every task gradient, with a length set by the conflict.
 
@@ -44,6 +43,16 @@ class ConFIG(Aggregator):
     ignored (their unit vector is 0). Positively homogeneous
     (`scale_degree = 1`).
 
+    Everything is an inner product of the task gradients: with
+    $n_i = \\sqrt{G_{ii}}$ and $N = \\mathrm{diag}(n)$,
+    $UU^\\top = N^{+} G N^{+}$, $U^{+}\\mathbf 1 = J^\\top N^{+} x$ for
+    $x = (UU^\\top)^{+}\\mathbf 1$, $\\lVert U^{+}\\mathbf 1\\rVert^2 =
+    x^\\top UU^\\top x$ and $\\sum_i g_i^\\top U^{+}\\mathbf 1 =
+    n^\\top UU^\\top x$. So $d = c^\\top J$ with
+    $c = \\frac{n^\\top UU^\\top x}{x^\\top UU^\\top x} N^{+} x$, computed
+    from the Gramian $G = JJ^\\top$ alone: a `GramianWeightedAggregator`
+    (`MultiTaskModel` never forms $J$ for it; `agg.weights(gramian)` is $c$).
+
     Reference: Q. Liu, M. Chu and N. Thuerey, "ConFIG: Towards Conflict-free
     Training of Physics Informed Neural Networks", ICLR 2025
     (arXiv 2408.11104). TorchJD and the authors' package compute the same
@@ -71,27 +80,33 @@ class ConFIG(Aggregator):
         super().__init__(**kwargs)
         self.rcond = check_number(rcond, "rcond", "ConFIG", 0.0, 1.0, low_open=True)
 
-    def aggregate(self, jacobian: Any, training: bool = True) -> Any:
-        units = unit_rows(jacobian)
-        gram = ops.matmul(units, ops.transpose(units))
+    def gramian_weights(self, gramian: Any) -> Any:
+        """The coefficients `c` (`[K]`) of `d = c @ J` for a Gramian `G`
+        (`[K, K]`) of any scale (they are scale-free)."""
+        gramian = ops.cast(gramian, "float32")
+        norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
+        # Zero rows have a zero unit vector: their row and column of UU^T are 0.
+        inverse_norms = safe_divide(1.0, norms)
+        gram = gramian * inverse_norms[:, None] * inverse_norms[None, :]
         gram = 0.5 * (gram + ops.transpose(gram))
-        # pinv(U) 1 = U^T pinv(U U^T) 1, with the pseudo-inverse of the
-        # Gramian from its eigendecomposition: eigenvalues below
+        # pinv(U U^T) 1 from the eigendecomposition: eigenvalues below
         # rcond * largest are rounding noise of dependent rows and dropped.
         eigenvalues, eigenvectors = ops.eigh(gram)
         keep = eigenvalues > self.rcond * ops.max(eigenvalues)
         inverse = ops.where(keep, 1.0 / ops.where(keep, eigenvalues, 1.0), 0.0)
         projections = ops.sum(eigenvectors, axis=0)  # V^T 1
-        coefficients = ops.matmul(eigenvectors, (inverse * projections)[:, None])
-        best = combine_rows(coefficients[:, 0], units)
+        solution = ops.matmul(eigenvectors, (inverse * projections)[:, None])[:, 0]
+        # U U^T x gives both |pinv(U) 1|^2 = x^T U U^T x and the sum of the
+        # projections sum_i g_i^T pinv(U) 1 = n^T U U^T x.
+        gram_solution = ops.matmul(gram, solution[:, None])[:, 0]
+        squared_norm = ops.maximum(ops.sum(solution * gram_solution), 0.0)
+        length = ops.sum(norms * gram_solution)
         # |pinv(U) 1| >= 1 when U x = 1 is solvable; a (least-squares) solution
         # of norm < min_norm means the tasks cancel out (e.g. exactly opposite
         # gradients, where it is exactly 0): its direction would be rounding
         # noise, so the result is 0.
-        norm = ops.sqrt(ops.sum(best * best))
-        unit = ops.where(norm > _MIN_NORM, safe_divide(best, norm), 0.0)
-        length = ops.sum(ops.matmul(jacobian, unit[:, None]))
-        return length * unit
+        weights = safe_divide(length, squared_norm) * solution * inverse_norms
+        return ops.where(ops.sqrt(squared_norm) > _MIN_NORM, weights, 0.0)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "rcond": self.rcond}

@@ -8,6 +8,7 @@ from _jacobians import jacobians
 from hypothesis import given, settings
 
 from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation.base import uses_gramian
 from keras_mtl.aggregation.config import ConFIG
 
 pytestmark = pytest.mark.backend_neutral
@@ -37,6 +38,26 @@ def test_equal_cosines_and_matches_pinv(num_tasks):
     np.testing.assert_allclose(c, np.full(num_tasks, c[0]), atol=1e-4)
     assert c[0] > 0
     np.testing.assert_allclose(d, numpy_config(j), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("num_tasks", [2, 3, 4, 5, 6])
+def test_gramian_coefficients_match_the_jacobian_algorithm(num_tasks):
+    # The coefficients c (from G alone) against the pinv of the unit rows:
+    # c @ J is the same direction, whatever the Gramian's scale.
+    rng = np.random.default_rng(num_tasks)
+    agg = ConFIG()
+    assert uses_gramian(agg)
+    for draw in range(4):
+        j = rng.normal(size=(num_tasks, 9)) * rng.uniform(0.1, 10, (num_tasks, 1))
+        if draw == 3:  # dependent rows: the pseudo-inverse's cutoff
+            j[0] = 2.0 * j[1] if num_tasks == 2 else j[1] - 0.5 * j[-1]
+        g = (j @ j.T).astype(np.float32)
+        expected = numpy_config(j)
+        c = to_numpy(agg.weights(g))
+        np.testing.assert_allclose(c @ j, expected, rtol=1e-3, atol=1e-4)
+        for factor in (1e-30, 1e30):
+            scaled = to_numpy(agg.direction_weights(g * np.float32(factor)))
+            np.testing.assert_allclose(scaled, c, rtol=1e-4, atol=1e-6)
 
 
 def test_docstring_example_and_single_task():

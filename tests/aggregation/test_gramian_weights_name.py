@@ -35,6 +35,7 @@ def test_the_gramian_weighted_aliases():
     assert GRAMIAN_WEIGHTED == [
         "aligned_mtl",
         "cagrad",
+        "config",
         "dualproj",
         "fairgrad",
         "gradvac",
