@@ -4,6 +4,7 @@ Two tasks on the 8x8 digit images: "digit" (10 classes, sparse categorical
 cross-entropy) and "parity" (the digit is odd, binary cross-entropy).
 """
 
+import itertools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -133,6 +134,48 @@ def one_alias_per_class(registry) -> list[str]:
     `keras_mtl.aggregation`), one per class (GradNorm has two aliases):
     every-method tests run each method once."""
     return sorted({registry.ALIASES[n]: n for n in registry.names()}.values())
+
+
+# The methods without variables that stand for all of them in
+# `environment_cases` (the two the project was founded on, and UPGrad).
+STATELESS_STAND_INS = ("adaptive", "bmtl", "upgrad")
+
+
+def _has_variables(method, shape) -> bool:
+    method.build(shape)
+    return bool(method.variables)
+
+
+def environment_cases() -> list[tuple[str, str | None]]:
+    """The (weighting, aggregator) cases of the suites that train methods in
+    an environment: `tf.distribute`, kill-and-resume, mixed precision.
+
+    Every method that owns variables (histories, counters, learned
+    parameters, random-generator states): weightings alone, aggregators with
+    a weighting (cycling through all of them). Of the methods without
+    variables only `STATELESS_STAND_INS`: such a method is a pure function
+    of the task losses or gradients, which the model computes (all-reduced
+    across replicas, cast to float32) in one place for every method, so one
+    of them stands for all. Each method's maths has its own tests, and
+    tests/test_backend_parity.py trains every method on both backends.
+    """
+    weightings = one_alias_per_class(keras_mtl.weighting)
+    aggregators = one_alias_per_class(keras_mtl.aggregation)
+    assert set(STATELESS_STAND_INS) <= set(weightings) | set(aggregators)
+
+    def kept(alias: str, method, shape) -> bool:
+        return alias in STATELESS_STAND_INS or _has_variables(method, shape)
+
+    cases: list[tuple[str, str | None]] = [
+        (w, None) for w in weightings if kept(w, weighting_for(w), (2,))
+    ]
+    cycle = itertools.cycle(weightings)
+    cases += [
+        (next(cycle), a)
+        for a in aggregators
+        if kept(a, keras_mtl.aggregation.get(a), (2, 8))
+    ]
+    return cases
 
 
 def weighting_for(alias: str):

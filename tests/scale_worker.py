@@ -3,9 +3,11 @@ MODE OUT_DIR`; the tests start them with a timeout).
 
 Logical devices and `TF_CONFIG` must be set before TensorFlow initialises,
 and a killed process must be a real one, so these runs cannot share the
-pytest process. Every mode trains every method of the registries (each
-weighting alone, and each aggregator with a weighting), so methods added
-to a registry are covered without a change here.
+pytest process. Every mode trains the cases of
+`conftest.environment_cases`: every method of the registries that has
+state (each weighting alone, each aggregator with a weighting) and
+stand-ins for the stateless ones, so methods added to a registry are
+covered without a change here.
 
 Modes:
     mirrored: 2 logical CPU devices; for each case, the variables after a
@@ -28,7 +30,6 @@ Deterministic ops are enabled in every mode.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
@@ -47,17 +48,12 @@ STEPS = 2  # per epoch
 
 
 def cases() -> list[tuple[str, str | None]]:
-    """(weighting, aggregator): every weighting alone, every aggregator with
-    a weighting (cycling through them)."""
-    from conftest import one_alias_per_class
+    """(weighting, aggregator): every method with state and stand-ins for
+    those without (`conftest.environment_cases`)."""
+    from conftest import environment_cases
 
-    import keras_mtl
-
-    weightings = one_alias_per_class(keras_mtl.weighting)
-    out: list[tuple[str, str | None]] = [(w, None) for w in weightings]
-    cycle = itertools.cycle(weightings)
-    out += [(next(cycle), a) for a in one_alias_per_class(keras_mtl.aggregation)]
-    # For a quick local run: SCALE_TEST_CASES="dwa,famo+grad_norm".
+    out = environment_cases()
+    # For a quick local run: SCALE_TEST_CASES="dwa,famo+gradnorm".
     only = os.environ.get("SCALE_TEST_CASES")
     if only:
         out = [c for c in out if case_name(c) in only.split(",")]

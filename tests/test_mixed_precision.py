@@ -1,26 +1,21 @@
 """Mixed precision (`mixed_float16` with loss scaling, `mixed_bfloat16`) for
-every weighting and every aggregator of the registries."""
-
-import itertools
+the methods of the registries (`conftest.environment_cases`: every one with
+state, stand-ins for the stateless ones)."""
 
 import keras
 import numpy as np
 import pytest
-from conftest import TASK_LOSSES, build_net, one_alias_per_class, weighting_for
+from conftest import TASK_LOSSES, build_net, environment_cases, weighting_for
 
 import keras_mtl
 
 POLICIES = ["mixed_float16", "mixed_bfloat16"]
-WEIGHTINGS = one_alias_per_class(keras_mtl.weighting)
-_cycle = itertools.cycle(WEIGHTINGS)
-# Every weighting alone, every aggregator with a weighting (cycling).
-CASES = [(w, None) for w in WEIGHTINGS] + [
-    (next(_cycle), a) for a in one_alias_per_class(keras_mtl.aggregation)
-]
+# Every method with state, stand-ins for the stateless ones.
+CASES = environment_cases()
 # `mixed_float16` (with loss scaling) runs every case. `mixed_bfloat16` has no
 # loss scaling: for the method it is the float32 path with low-precision
-# activations, so it runs every weighting alone and one aggregator of each
-# kind (Gramian route, Jacobian, one that needs the losses), not all of them.
+# activations, so it runs the weightings alone and one aggregator of each
+# kind (Gramian route, Jacobian, one that needs the losses).
 BFLOAT16_AGGREGATORS = ("upgrad", "graddrop", "gradnorm")
 assert set(BFLOAT16_AGGREGATORS) <= {a for _, a in CASES}  # no silent drop
 POLICY_CASES = [("mixed_float16", w, a) for w, a in CASES] + [

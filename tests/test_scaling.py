@@ -1,4 +1,6 @@
-"""tf.distribute and fault tolerance for every method of the registries.
+"""tf.distribute and fault tolerance for the methods of the registries:
+every method with state and stand-ins for the stateless ones
+(`conftest.environment_cases`).
 
 `MirroredStrategy` on 2 logical CPU devices and a 2-process
 `MultiWorkerMirroredStrategy` on localhost must train exactly as one device
