@@ -7,7 +7,11 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_mtl.aggregation._helpers_b import SeededAggregator, check_number
+from keras_mtl.aggregation._helpers_b import (
+    SeededAggregator,
+    check_number,
+    uniform_noise,
+)
 from keras_mtl.aggregation._rows import sum_rows
 
 
@@ -82,9 +86,7 @@ class GradDrop(SeededAggregator):
         if training:
             # `ops.shape`: D may be known only at run time (representation
             # mode: batch size x representation size).
-            uniform = keras.random.uniform(
-                ops.shape(purity), dtype="float32", seed=self.seed_generator
-            )
+            uniform = uniform_noise(ops.shape(purity), self.seed_generator)
             keep_positive = ops.cast(purity > uniform, "float32")
             keep_negative = ops.cast(purity < uniform, "float32")
         else:
