@@ -20,7 +20,11 @@ With `--set gramian`, the ways of making the Gramian safe against
 overflow that docs/performance.md (Profile) compares instead: the raw
 Gramian with a `cond` whose branch does less (returns `raw / 2`, only
 reads the rows' largest entry, or that after `where(isfinite)`), and the
-rescaled Gramian always (branch-free).
+rescaled Gramian always (branch-free). With `--set graddrop`, GradDrop
+(which keeps the Jacobian) with its one random draw per column per step
+replaced by a constant (0.5: the mask is then a fixed function of the
+signs), and without its logs. With `--set projections`, PCGrad, GradVac
+and ConFIG on the Gramian route, and PCGrad on the Jacobian.
 
 Prints one JSON line: ms per step and the paired ratio to `ideal` of each
 variant. Used for docs/performance.md (Profile).
@@ -42,6 +46,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
 from benchmarks import performance  # noqa: E402
@@ -120,6 +125,39 @@ GRAMIAN_VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
     ),
 ]
 
+
+def constant_uniform(shape: Any, dtype: str = "float32", **kwargs: Any) -> Any:
+    """`keras.random.uniform` without the draw: 0.5 everywhere."""
+    return ops.full(shape, 0.5, dtype=dtype)
+
+
+GRADDROP_VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
+    ("ideal", "ideal", []),
+    ("a:graddrop", "a:graddrop", []),
+    (
+        "a:graddrop, no draw",
+        "a:graddrop",
+        [(keras.random, "uniform", constant_uniform)],
+    ),
+    (
+        "a:graddrop, no logs",
+        "a:graddrop",
+        [(gradients, "combination_weights_and_min_cosine", no_logs)],
+    ),
+]
+
+JACOBIAN = [(model_lib, "uses_gramian", lambda a: False)]
+# The projection methods on the Gramian route, and PCGrad made to take the
+# Jacobian (as before the route served it).
+PROJECTION_VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
+    ("ideal", "ideal", []),
+    ("a:upgrad", "a:upgrad", []),
+    ("a:pcgrad", "a:pcgrad", []),
+    ("a:gradvac", "a:gradvac", []),
+    ("a:config", "a:config", []),
+    ("a:pcgrad, Jacobian", "a:pcgrad", JACOBIAN),
+]
+
 # (name, variant, replacements: (module, attribute, value))
 VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
     ("ideal", "ideal", []),
@@ -131,14 +169,11 @@ VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
         "a:upgrad",
         [(gradients, "safe_gramian", raw_gramian)],
     ),
-    ("a:upgrad, Jacobian", "a:upgrad", [(model_lib, "uses_gramian", lambda a: False)]),
+    ("a:upgrad, Jacobian", "a:upgrad", JACOBIAN),
     (
         "a:upgrad, Jacobian, no logs",
         "a:upgrad",
-        [
-            (model_lib, "uses_gramian", lambda a: False),
-            (gradients, "combination_weights_and_min_cosine", no_logs),
-        ],
+        [*JACOBIAN, (gradients, "combination_weights_and_min_cosine", no_logs)],
     ),
 ]
 
@@ -162,9 +197,24 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=2, help="steps per sample")
-    parser.add_argument("--set", choices=["route", "gramian"], default="route")
+    parser.add_argument(
+        "--set",
+        choices=["route", "gramian", "graddrop", "projections"],
+        default="route",
+    )
+    parser.add_argument(
+        "--only", help="comma-separated variant names to run (default: the whole set)"
+    )
     cfg = parser.parse_args()
-    variants = GRAMIAN_VARIANTS if cfg.set == "gramian" else VARIANTS
+    variants = {
+        "route": VARIANTS,
+        "gramian": GRAMIAN_VARIANTS,
+        "graddrop": GRADDROP_VARIANTS,
+        "projections": PROJECTION_VARIANTS,
+    }[cfg.set]
+    if cfg.only:
+        keep = {"ideal", *cfg.only.split(",")}
+        variants = [v for v in variants if v[0] in keep]
     data = performance.dataset("mlp", cfg.tasks)
     runs, counts = {}, {}
     for name, variant, replacements in variants:
