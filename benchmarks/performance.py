@@ -4,6 +4,8 @@
     python benchmarks/performance.py --quick         # a smoke run (tiny, few repeats)
     python benchmarks/performance.py --sections 1,3  # some sections only
     python benchmarks/performance.py --backends jax  # one backend only
+    python benchmarks/performance.py --sections 3,4 --keep docs/performance.json
+        # sections 3 and 4 measured again, the others kept from that record
 
 The Keras backend is fixed per process, so the suite runs each backend's
 measurements in a process of its own (`KERAS_BACKEND=...`, one per section
@@ -872,10 +874,24 @@ def write_report(
         "step).",
         "",
     ]
+    kept = getattr(cfg, "kept", None)
+    if kept:
+        header += [
+            f"Sections {', '.join(kept['sections'])} are kept from an earlier run "
+            f"(`{kept['record']}`; machine: "
+            + ", ".join(f"{k} {v}" for k, v in kept["machine"].items())
+            + f"); sections {cfg.sections} were measured by this command.",
+            "",
+        ]
     out.write_text("\n".join(header + body + profile))
+    config = vars(cfg).copy()
+    if kept:  # every section the report holds, for a later --keep
+        config["sections"] = ",".join(
+            sorted({*kept["sections"], *cfg.sections.split(",")})
+        )
     record = {
         "machine": info,
-        "config": vars(cfg).copy(),
+        "config": config,
         "minutes": minutes,
         "results": records,
     }
@@ -905,6 +921,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="a tiny smoke run (to runs/perf-quick/)"
     )
+    parser.add_argument(
+        "--keep",
+        help="the record (.json) of an earlier run: its other sections are "
+        "kept in the report (and named there), the --sections measured again",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -932,15 +953,38 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(cfg.out or REPO / "docs" / "performance.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     profile = kept_profile(out)
-    for section in cfg.sections.split(","):
-        section = section.strip()
+    measured = [section.strip() for section in cfg.sections.split(",")]
+    kept_sections: list[str] = []
+    if cfg.keep:
+        kept = json.loads(Path(cfg.keep).read_text())
+        # The sections it measured to the end (a run cut short has fewer).
+        kept_sections = sorted(
+            {key.split("/")[0] for key in kept["minutes"]} - set(measured)
+        )
+        # The kept sections' tables; those measured now are replaced.
+        for name in names:
+            records[name].update(kept["results"].get(name, {}))
+        minutes.update(
+            {
+                k: v
+                for k, v in kept["minutes"].items()
+                if k.split("/")[0] in kept_sections
+            }
+        )
+        cfg.kept = {
+            "record": cfg.keep,
+            "sections": kept_sections,
+            "machine": kept["machine"],
+        }
+    for i, section in enumerate(measured):
         for name in names:
             print(f"[{section}] {name}", flush=True)
             begun = time.time()
             records[name].update(measure_in_subprocess(section, name, cfg)["results"])
             minutes[f"{section}/{name}"] = round((time.time() - begun) / 60, 1)
             print(f"[{section}] {name}: {minutes[f'{section}/{name}']} min", flush=True)
-        body += FORMATS[section](cfg, records)
+        done = [s for s in sorted({*kept_sections, *measured[: i + 1]}) if s in FORMATS]
+        body = [line for s in done for line in FORMATS[s](cfg, records)]
         # Written after every section: a run cut short keeps what it measured.
         write_report(out, cfg, argv, info, started, body, profile, records, minutes)
     print(f"wrote {out}")
