@@ -139,6 +139,10 @@ def one_alias_per_class(registry) -> list[str]:
 # The methods without variables that stand for all of them in
 # `environment_cases` (the two the project was founded on, and UPGrad).
 STATELESS_STAND_INS = ("adaptive", "bmtl", "upgrad")
+# The weightings that `environment_cases` also trains alone (the loss-level
+# step, no aggregator): the stand-ins, and Uncertainty, whose learned
+# parameters get their gradient from the loss-level objective itself.
+LOSS_LEVEL_CASES = ("adaptive", "bmtl", "uncertainty")
 
 
 def _has_variables(method, shape) -> bool:
@@ -151,31 +155,41 @@ def environment_cases() -> list[tuple[str, str | None]]:
     an environment: `tf.distribute`, kill-and-resume, mixed precision.
 
     Every method that owns variables (histories, counters, learned
-    parameters, random-generator states): weightings alone, aggregators with
-    a weighting (cycling through all of them). Of the methods without
-    variables only `STATELESS_STAND_INS`: such a method is a pure function
-    of the task losses or gradients, which the model computes (all-reduced
-    across replicas, cast to float32) in one place for every method, so one
-    of them stands for all. Each method's maths has its own tests, and
-    tests/test_backend_parity.py trains every method on both backends.
+    parameters, random-generator states) trains in a case: each aggregator
+    with a weighting (cycling through all of them, so each weighting with
+    variables is in a pair), and `LOSS_LEVEL_CASES` alone, for the
+    loss-level step (a weighting with variables left out of the pairs
+    would train alone too). Of the methods without variables only
+    `STATELESS_STAND_INS`: such a method is a pure function of the task
+    losses or gradients, which the model computes (all-reduced across
+    replicas, cast to float32) in one place for every method, so one of
+    them stands for all. A weighting's state is updated by the same code
+    with or without an aggregator, so its pair covers it. Each method's
+    maths has its own tests, and tests/test_backend_parity.py trains every
+    method on both backends.
     """
     weightings = one_alias_per_class(keras_mtl.weighting)
     aggregators = one_alias_per_class(keras_mtl.aggregation)
     assert set(STATELESS_STAND_INS) <= set(weightings) | set(aggregators)
+    assert set(LOSS_LEVEL_CASES) <= set(weightings)
 
     def kept(alias: str, method, shape) -> bool:
         return alias in STATELESS_STAND_INS or _has_variables(method, shape)
 
-    cases: list[tuple[str, str | None]] = [
-        (w, None) for w in weightings if kept(w, weighting_for(w), (2,))
-    ]
     cycle = itertools.cycle(weightings)
-    cases += [
+    pairs = [
         (next(cycle), a)
         for a in aggregators
         if kept(a, keras_mtl.aggregation.get(a), (2, 8))
     ]
-    return cases
+    paired = {w for w, _ in pairs}
+    alone = [
+        (w, None)
+        for w in weightings
+        if w in LOSS_LEVEL_CASES
+        or (w not in paired and kept(w, weighting_for(w), (2,)))
+    ]
+    return alone + pairs
 
 
 def weighting_for(alias: str):

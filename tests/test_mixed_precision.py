@@ -10,17 +10,9 @@ from conftest import TASK_LOSSES, build_net, environment_cases, weighting_for
 import keras_mtl
 
 POLICIES = ["mixed_float16", "mixed_bfloat16"]
-# Every method with state, stand-ins for the stateless ones.
+# Every method with state, stand-ins for the stateless ones, under each policy.
 CASES = environment_cases()
-# `mixed_float16` (with loss scaling) runs every case. `mixed_bfloat16` has no
-# loss scaling: for the method it is the float32 path with low-precision
-# activations, so it runs the weightings alone and one aggregator of each
-# kind (Gramian route, Jacobian, one that needs the losses).
-BFLOAT16_AGGREGATORS = ("upgrad", "graddrop", "gradnorm")
-assert set(BFLOAT16_AGGREGATORS) <= {a for _, a in CASES}  # no silent drop
-POLICY_CASES = [("mixed_float16", w, a) for w, a in CASES] + [
-    ("mixed_bfloat16", w, a) for w, a in CASES if a is None or a in BFLOAT16_AGGREGATORS
-]
+POLICY_CASES = [(p, w, a) for p in POLICIES for w, a in CASES]
 
 
 @pytest.fixture
