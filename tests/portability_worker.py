@@ -3,6 +3,10 @@ cross-backend `.keras` test (tests/test_backends.py).
 
     KERAS_BACKEND=jax python tests/portability_worker.py save DIR
     KERAS_BACKEND=tensorflow python tests/portability_worker.py load DIR
+    KERAS_BACKEND=jax python tests/portability_worker.py load DIR1 save DIR2
+
+(modes and directories in pairs, run in order; the test calls the
+functions of its own backend in its own process).
 
 `save` trains a model whose weighting and aggregator both keep state
 (DWA's loss history, MoCo's tracked gradients) and writes `DIR/m.keras`
@@ -80,5 +84,6 @@ def load(directory: str) -> None:
 
 
 if __name__ == "__main__":
-    mode, directory = sys.argv[1:]
-    {"save": save, "load": load}[mode](directory)
+    pairs = sys.argv[1:]
+    for mode, directory in zip(pairs[::2], pairs[1::2], strict=True):
+        {"save": save, "load": load}[mode](directory)

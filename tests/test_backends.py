@@ -129,7 +129,7 @@ def test_shared_parameters_of_a_subclassed_net_are_found_by_structure(digits):
     assert shared == {v.path for v in model.net.hidden.weights}
 
 
-def _run_worker(mode: str, directory: Path, backend: str) -> None:
+def _run_worker(arguments: list[str], backend: str) -> None:
     env = dict(
         os.environ,
         KERAS_BACKEND=backend,
@@ -137,7 +137,7 @@ def _run_worker(mode: str, directory: Path, backend: str) -> None:
         PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
     )
     done = subprocess.run(
-        [sys.executable, str(HERE / "portability_worker.py"), mode, str(directory)],
+        [sys.executable, str(HERE / "portability_worker.py"), *arguments],
         env=env,
         capture_output=True,
         text=True,
@@ -156,25 +156,36 @@ def _check_loaded(directory: Path, backend: str) -> None:
     assert result["trains"]
 
 
-# Each starts both backends itself: run once, from the TensorFlow pass.
+# Starts the other backend itself: runs once, from the TensorFlow pass.
 _tensorflow_pass_only = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
-    reason="starts both backends itself; runs once, in the TensorFlow pass",
+    reason="starts the other backend itself; runs once, in the TensorFlow pass",
 )
 
 
-@_tensorflow_pass_only
-def test_a_keras_file_saved_on_the_other_backend_loads_here(tmp_path):
-    _run_worker("save", tmp_path, OTHER)
-    _run_worker("load", tmp_path, keras.backend.backend())
-    _check_loaded(tmp_path, keras.backend.backend())
+@pytest.fixture(scope="module")
+def exchanged(tmp_path_factory) -> dict[str, Path]:
+    """`.keras` files both ways: saved here (in this process) and loaded by
+    one process of the other backend, which then saves its own, loaded
+    here. The directory each backend loaded, by backend."""
+    import portability_worker
+
+    saved_here = tmp_path_factory.mktemp("saved_here")
+    saved_there = tmp_path_factory.mktemp("saved_there")
+    portability_worker.save(str(saved_here))
+    _run_worker(["load", str(saved_here), "save", str(saved_there)], OTHER)
+    portability_worker.load(str(saved_there))
+    return {OTHER: saved_here, keras.backend.backend(): saved_there}
 
 
 @_tensorflow_pass_only
-def test_a_keras_file_saved_here_loads_on_the_other_backend(tmp_path):
-    _run_worker("save", tmp_path, keras.backend.backend())
-    _run_worker("load", tmp_path, OTHER)
-    _check_loaded(tmp_path, OTHER)
+def test_a_keras_file_saved_on_the_other_backend_loads_here(exchanged):
+    _check_loaded(exchanged[keras.backend.backend()], keras.backend.backend())
+
+
+@_tensorflow_pass_only
+def test_a_keras_file_saved_here_loads_on_the_other_backend(exchanged):
+    _check_loaded(exchanged[OTHER], OTHER)
 
 
 def test_export_serves_like_predict(digits, tmp_path):
