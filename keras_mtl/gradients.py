@@ -134,8 +134,11 @@ def task_blocks(rows: Sequence[Sequence[Any]], like: Sequence[Any]) -> list[list
 _PAIRWISE_FROM = 65536
 
 
-def _block_gramian(block: Sequence[Any]) -> Any:
-    """`B @ B.T` of one block, given as its K rows."""
+def _block_gramian(block: Any) -> Any:
+    """`B @ B.T` of one block, given as its K rows (or, on TensorFlow, as
+    the stacked `[K, n]` tensor)."""
+    if not isinstance(block, (list, tuple)):
+        return ops.matmul(block, ops.transpose(block))
     num = len(block)
     if keras.backend.backend() == "jax" and block[0].shape[0] >= _PAIRWISE_FROM:
         entries = [[None] * num for _ in range(num)]
@@ -147,9 +150,9 @@ def _block_gramian(block: Sequence[Any]) -> Any:
     return ops.matmul(stacked, ops.transpose(stacked))
 
 
-def blocks_gramian(blocks: Sequence[Sequence[Any]]) -> Any:
+def blocks_gramian(blocks: Sequence[Any]) -> Any:
     """`J @ J.T` of the Jacobian whose columns are the blocks', the sum of
-    the blocks' Gramians."""
+    the blocks' Gramians (each block as in `_block_gramian`)."""
     total = None
     for block in blocks:
         part = _block_gramian(block)
@@ -214,12 +217,7 @@ def rescaled_gramian(blocks: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
         clean_blocks = [ops.where(ops.isfinite(b), b, 0.0) for b in stacked]
         scale = ops.max(ops.stack([ops.max(ops.abs(b)) for b in clean_blocks]))
         scale = ops.where(scale > 0.0, scale, 1.0)
-        gramian = None
-        for block in clean_blocks:
-            block = block / scale
-            part = ops.matmul(block, ops.transpose(block))
-            gramian = part if gramian is None else gramian + part
-        return gramian, scale
+        return blocks_gramian([b / scale for b in clean_blocks]), scale
     clean = [[ops.where(ops.isfinite(r), r, 0.0) for r in b] for b in blocks]
     scale = ops.max(ops.stack([ops.max(ops.abs(r)) for b in clean for r in b]))
     scale = ops.where(scale > 0.0, scale, 1.0)
