@@ -3,7 +3,7 @@
 # cost as ratios measured side by side, on the TensorFlow and JAX backends
 # (each in processes of its own); writes docs/performance.md (and .json),
 # keeping its hand-written Profile section. Sets up ./.venv first if needed.
-# Takes about 70 minutes (68 measured) on 2 quiet CPU cores (most of it compiling ~280
+# Takes 45-70 minutes on 2 quiet CPU cores (46 and 68 measured; most of it compiling ~280
 # model variants); extra arguments go to the suite, e.g. --quick (a smoke
 # run, to runs/perf-quick/), --sections 1,3 or --backends tensorflow.
 set -euo pipefail
