@@ -176,13 +176,19 @@ def test_safe_gramian_is_the_gramian_of_the_rows_over_its_divisor(scale):
         np.testing.assert_allclose(divisor, np.abs(jacobian).max() * scale, rtol=1e-6)
 
 
-def test_safe_gramian_of_non_finite_rows_is_finite():
-    block = np.ones((2, 5), "float32")
+# A small block and a large one (whose products are taken pair by pair).
+@pytest.mark.parametrize("columns", [5, 70_000])
+def test_safe_gramian_of_non_finite_rows_is_finite(columns):
+    block = np.ones((2, columns), "float32")
     block[1, 3] = np.inf
+    block[0, 1] = np.nan
     gramian, _ = gradients.safe_gramian([list(keras.ops.convert_to_tensor(block))])
-    # The non-finite entry counts as 0, as `Aggregator.call` does.
+    # The non-finite entries count as 0, as `Aggregator.call` does.
+    n = columns
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(gramian), [[5.0, 4.0], [4.0, 4.0]], rtol=1e-6
+        keras.ops.convert_to_numpy(gramian),
+        [[n - 1, n - 2], [n - 2, n - 1]],
+        rtol=1e-6,
     )
 
 
