@@ -126,21 +126,12 @@ def task_blocks(rows: Sequence[Sequence[Any]], like: Sequence[Any]) -> list[list
     return blocks
 
 
-# A block of at least this many columns gets its Gramian as K(K+1)/2
-# fused multiply-and-sum loops over its rows instead of one `[K, n] @
-# [n, K]` dot of the stacked rows. Measured on XLA's CPU backend: on JAX
-# (jaxlib 0.10) the dot is 6x slower at K = 3, n = 1M, 3x at K = 8 and
-# 2x at K = 40, n = 262k (memory-bound), but 4x faster at K = 40,
-# n = 16k (in cache); on TensorFlow the rescaled Gramian of the width-1024
-# MLP (blocks of 1M columns) costs 0.7 of an ideal step pair by pair
-# against 1.0 stacked (docs/performance.md, Profile).
+# On JAX a block of at least this many columns gets its Gramian as
+# K(K+1)/2 fused multiply-and-sum loops instead of one `[K, n] @ [n, K]`
+# dot of the stacked rows: measured on XLA's CPU backend (jaxlib 0.10),
+# the dot is 6x slower at K = 3, n = 1M, 3x at K = 8 and 2x at K = 40,
+# n = 262k (memory-bound), but 4x faster at K = 40, n = 16k (in cache).
 _PAIRWISE_FROM = 65536
-
-
-def _pairwise(block: Sequence[Any]) -> bool:
-    """Whether a block, given as its rows, is large enough to get its
-    Gramian pair by pair (`_PAIRWISE_FROM`)."""
-    return block[0].shape[0] >= _PAIRWISE_FROM
 
 
 def _block_gramian(block: Any) -> Any:
@@ -149,7 +140,7 @@ def _block_gramian(block: Any) -> Any:
     if not isinstance(block, (list, tuple)):
         return ops.matmul(block, ops.transpose(block))
     num = len(block)
-    if _pairwise(block):
+    if keras.backend.backend() == "jax" and block[0].shape[0] >= _PAIRWISE_FROM:
         entries = [[None] * num for _ in range(num)]
         for i in range(num):
             for j in range(i, num):
@@ -186,9 +177,9 @@ def safe_gramian(blocks: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
     `rescaled_gramian`, without a branch. Measured on XLA's CPU backend
     (docs/performance.md, Profile): JAX turns the raw products into fast
     fused dots and every branch-free rescaling tried cost 0.2-0.35 of an
-    ideal step more than the branch; on TensorFlow the rescaled Gramian
-    costs no more than the raw one (its large blocks pair by pair), and
-    the branch doubles its compile time."""
+    ideal step more than the branch; TensorFlow's Gramian costs the same
+    with or without the rescaling, and the branch doubles its compile
+    time."""
     if keras.backend.backend() != "jax":
         return rescaled_gramian(blocks)
     raw = blocks_gramian(blocks)
@@ -214,31 +205,19 @@ def rescaled_gramian(blocks: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
     for all-zero rows), as `Aggregator.call` scales the Jacobian: entries
     at most 1 in size, so the products neither overflow nor underflow.
 
-    On TensorFlow a block under `_PAIRWISE_FROM` columns is stacked first
-    and cleaned, measured and divided as one `[K, n]` tensor: row by row,
-    TensorFlow's XLA fused the K rows' cleaning, reductions and divisions
-    into kernels whose LLVM compile grew exponentially with K (the `a:sum`
-    training step of the width-128 MLP: 10 s at K = 3, over 3 minutes at
-    K = 4; stacked, 5 s at K = 4 and 9 s at K = 8). A larger block keeps
-    its rows, whose products are taken pair by pair (`_block_gramian`):
-    each product fuses only two rows, and stacking copies the block. JAX
-    keeps the rows of every block."""
+    On TensorFlow each block is stacked first and cleaned, measured and
+    divided as one `[K, n]` tensor: row by row, TensorFlow's XLA fused the
+    K rows' cleaning, reductions and divisions into kernels whose LLVM
+    compile grew exponentially with K (the `a:sum` training step of the
+    width-128 MLP: 10 s at K = 3, over 3 minutes at K = 4; stacked, 5 s
+    at K = 4 and 9 s at K = 8). JAX keeps the rows, for the pairwise
+    products of large blocks (`_block_gramian`)."""
     if keras.backend.backend() != "jax":
-        small = [
-            ops.where(ops.isfinite(s), s, 0.0)
-            for s in (ops.stack(list(b)) for b in blocks if not _pairwise(b))
-        ]
-        large = [
-            [ops.where(ops.isfinite(r), r, 0.0) for r in b]
-            for b in blocks
-            if _pairwise(b)
-        ]
-        largest = [ops.max(ops.abs(s)) for s in small]
-        largest += [ops.max(ops.abs(r)) for b in large for r in b]
-        scale = ops.max(ops.stack(largest))
+        stacked = [ops.stack(list(b)) for b in blocks]
+        clean_blocks = [ops.where(ops.isfinite(b), b, 0.0) for b in stacked]
+        scale = ops.max(ops.stack([ops.max(ops.abs(b)) for b in clean_blocks]))
         scale = ops.where(scale > 0.0, scale, 1.0)
-        scaled = [s / scale for s in small] + [[r / scale for r in b] for b in large]
-        return blocks_gramian(scaled), scale
+        return blocks_gramian([b / scale for b in clean_blocks]), scale
     clean = [[ops.where(ops.isfinite(r), r, 0.0) for r in b] for b in blocks]
     scale = ops.max(ops.stack([ops.max(ops.abs(r)) for b in clean for r in b]))
     scale = ops.where(scale > 0.0, scale, 1.0)
