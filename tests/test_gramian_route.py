@@ -121,7 +121,7 @@ def test_route_rescales_overflowing_and_underflowing_gramians(digits, name, loss
     _assert_same_training(route, _train(kept, digits, loss_scale, steps=2))
 
 
-def _train_representation(aggregator, digits, steps=3):
+def _representation_model(aggregator, jit_compile="auto"):
     trunk = keras.Sequential(
         [keras.Input((64,)), keras.layers.Dense(16, activation="relu")], name="trunk"
     )
@@ -135,7 +135,14 @@ def _train_representation(aggregator, digits, steps=3):
         name="heads",
     )
     model = keras_mtl.MultiTaskModel(trunk=trunk, heads=heads, aggregator=aggregator)
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=TASK_LOSSES)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1), loss=TASK_LOSSES, jit_compile=jit_compile
+    )
+    return model
+
+
+def _train_representation(aggregator, digits, steps=3):
+    model = _representation_model(aggregator)
     logs = [
         model.train_on_batch(*digits.batch(64 * i), return_dict=True)
         for i in range(steps)
@@ -151,6 +158,27 @@ def test_route_in_representation_mode_trains_as_the_jacobian(digits):
     keras.utils.set_random_seed(5)
     kept = _train_representation(_jacobian_kept(aggregator), digits)
     _assert_same_training(route, kept)
+
+
+def test_route_in_representation_mode_with_a_run_time_batch_size(digits):
+    # `fit` on a tf.data pipeline with a remainder batch: the step is traced
+    # with the batch size unknown, so the representation's rows `[B * R]`
+    # have no static size, and the route must not need one.
+    import tensorflow as tf
+
+    x, y = digits.batch(0, 200)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+    assert data.element_spec[0].shape[0] is None
+    aggregator = keras_mtl.aggregation.get("upgrad")
+    trained = []
+    for agg in (aggregator, _jacobian_kept(aggregator)):
+        keras.utils.set_random_seed(5)
+        model = _representation_model(agg, jit_compile=True)
+        history = model.fit(data, epochs=2, verbose=0).history
+        assert np.all(np.isfinite(history["loss"])), history
+        trained.append([np.array(v) for v in model.trainable_variables])
+    for a, b in zip(*trained):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-6)
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e25, 1e-25])
