@@ -204,7 +204,7 @@ def test_safe_gramian_is_the_gramian_of_the_rows_over_its_divisor(scale):
         np.testing.assert_allclose(divisor, np.abs(jacobian).max() * scale, rtol=1e-6)
 
 
-# A small block and a large one (whose products are taken pair by pair).
+# A small block and a large one (on JAX its products are taken pair by pair).
 @pytest.mark.parametrize("columns", [5, 70_000])
 def test_safe_gramian_of_non_finite_rows_is_finite(columns):
     block = np.ones((2, columns), "float32")
