@@ -213,15 +213,14 @@ def rescaled_gramian(blocks: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
     at K = 4 and 9 s at K = 8). JAX keeps the rows, for the pairwise
     products of large blocks (`_block_gramian`)."""
     if keras.backend.backend() != "jax":
-        stacked = [ops.stack(list(b)) for b in blocks]
-        clean_blocks = [ops.where(ops.isfinite(b), b, 0.0) for b in stacked]
-        scale = ops.max(ops.stack([ops.max(ops.abs(b)) for b in clean_blocks]))
-        scale = ops.where(scale > 0.0, scale, 1.0)
-        return blocks_gramian([b / scale for b in clean_blocks]), scale
-    clean = [[ops.where(ops.isfinite(r), r, 0.0) for r in b] for b in blocks]
-    scale = ops.max(ops.stack([ops.max(ops.abs(r)) for b in clean for r in b]))
+        blocks = [ops.stack(list(b)) for b in blocks]
+    # Each leaf (a stacked block, or a row on JAX) cleaned and measured.
+    clean = keras.tree.map_structure(
+        lambda t: ops.where(ops.isfinite(t), t, 0.0), blocks
+    )
+    scale = ops.max(ops.stack([ops.max(ops.abs(t)) for t in keras.tree.flatten(clean)]))
     scale = ops.where(scale > 0.0, scale, 1.0)
-    return blocks_gramian([[r / scale for r in b] for b in clean]), scale
+    return blocks_gramian(keras.tree.map_structure(lambda t: t / scale, clean)), scale
 
 
 def combine_blocks(
