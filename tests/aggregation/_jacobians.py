@@ -10,6 +10,8 @@ more tasks than dimensions, and magnitudes near 1e-30 and 1e30 (whole
 matrix, or mixed per row).
 """
 
+import itertools
+
 import keras
 import numpy as np
 from _backend import compiled, tensor
@@ -88,6 +90,33 @@ def random_jacobian(num_tasks, dim, seed, spread=1.0):
     return j.astype(np.float32)
 
 
+def brute_force_min_norm(jacobian):
+    """Exact min-norm point (float64): the best KKT solution over every
+    support (equality-constrained least squares on each subset)."""
+    j = jacobian.astype(np.float64)
+    g = j @ j.T
+    k = len(g)
+    best, best_w = np.inf, None
+    for r in range(1, k + 1):
+        for support in itertools.combinations(range(k), r):
+            s = list(support)
+            a = np.zeros((r + 1, r + 1))
+            a[:r, :r] = g[np.ix_(s, s)]
+            a[:r, r] = 1.0
+            a[r, :r] = 1.0
+            rhs = np.zeros(r + 1)
+            rhs[r] = 1.0
+            x = np.linalg.lstsq(a, rhs, rcond=None)[0][:r]
+            if np.any(x < -1e-12):
+                continue
+            w = np.zeros(k)
+            w[s] = np.maximum(x, 0.0) / np.maximum(x, 0.0).sum()
+            value = w @ g @ w
+            if value < best - 1e-15:
+                best, best_w = value, w
+    return best_w @ j
+
+
 class Graph:
     """Runs an aggregator compiled by the backend, with one function per
     number of tasks K and a fresh instance per K: on TensorFlow a
@@ -145,17 +174,27 @@ def assert_finite_direction(run, jacobian):
     assert np.all(np.isfinite(out)), (jacobian, out)
 
 
-def assert_eager_xla_and_graph_agree(aggregator, run, jacobian, rtol=1e-5):
+def assert_every_run_reaches(aggregator, run, jacobian, expected, rtol):
     """An eager call on a numpy array (float64: cast inside), an
-    XLA-compiled call and the graph-mode `run` agree, relative to the
-    output's norm."""
+    XLA-compiled call and the graph-mode `run` each land within `rtol` of
+    the exact direction `expected` (float64, computed independently),
+    relative to its norm.
+
+    `rtol` is the method's stated accuracy, not a few ulps: the runs are
+    never compared with one another. XLA and the op-by-op kernels round
+    differently on different CPUs (AVX-512/AMX against AVX2), and an
+    iterative solver's fixed iteration count amplifies that rounding in ways
+    no one tolerance between two runs covers on every machine; each run's
+    distance to the optimum is what the method promises."""
+    expected = np.asarray(expected, np.float64)
     eager = direction(aggregator, jacobian.astype(np.float64))
     assert eager.shape == (jacobian.shape[1],)
     compiled = np.asarray(jitted(aggregator)(tensor(jacobian)), np.float64)
     graph = run(jacobian)
-    scale = max(np.linalg.norm(eager), 1e-30)
-    assert np.linalg.norm(eager - compiled) <= rtol * scale, (eager, compiled)
-    assert np.linalg.norm(eager - graph) <= rtol * scale, (eager, graph)
+    bound = rtol * max(np.linalg.norm(expected), 1e-30)
+    for label, got in (("eager", eager), ("XLA", compiled), ("graph", graph)):
+        error = np.linalg.norm(got - expected)
+        assert error <= bound, (label, error, bound, got, expected)
 
 
 def assert_config_round_trip(aggregator):

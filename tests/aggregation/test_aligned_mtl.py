@@ -5,7 +5,7 @@ import pytest
 from _jacobians import (
     Graph,
     assert_config_round_trip,
-    assert_eager_xla_and_graph_agree,
+    assert_every_run_reaches,
     assert_finite_direction,
     assert_homogeneous,
     assert_permutation_invariant,
@@ -72,7 +72,9 @@ def test_generic_properties():
     j = random_jacobian(4, 9, seed=7, spread=0.5)
     assert_homogeneous(RUN, j)
     assert_permutation_invariant(RUN, j)
-    assert_eager_xla_and_graph_agree(AlignedMTL(), RUN, j)
+    # The documented accuracy of the float32 eigendecomposition (~1e-6),
+    # amplified by cond(G) (moderate here).
+    assert_every_run_reaches(AlignedMTL(), RUN, j, svd_reference(j), 1e-4)
     assert_config_round_trip(AlignedMTL(rcond=1e-4, name="aligned"))
 
 

@@ -5,7 +5,7 @@ import pytest
 from _jacobians import (
     Graph,
     assert_config_round_trip,
-    assert_eager_xla_and_graph_agree,
+    assert_every_run_reaches,
     assert_finite_direction,
     assert_homogeneous,
     assert_permutation_invariant,
@@ -100,9 +100,13 @@ def test_generic_properties():
     j[2] = -j[0] + 0.3 * j[2]
     assert_homogeneous(RUN, j)
     assert_permutation_invariant(RUN, j)
-    # Fewer iterations: the same code path, and eager loops are slow.
-    fast = lambda: CAGrad(c=0.5, rescale=0, iterations=50)  # noqa: E731
-    assert_eager_xla_and_graph_agree(fast(), Graph(fast), j)
+    # The default solve, each run against SciPy's solution of the dual at
+    # the accuracy of test_matches_scipy_reference. (A 50-iteration solve,
+    # compared run against run, differed by 1e-4 of the norm between XLA and
+    # graph mode on an AVX-512/AMX CPU and by 1e-6 on an AMD EPYC.)
+    assert_every_run_reaches(
+        CAGrad(c=0.5, rescale=0), RUN, j, scipy_reference(j, 0.5), 1e-4
+    )
     assert_config_round_trip(CAGrad(c=0.3, rescale=2, iterations=40, name="ca"))
 
 

@@ -5,7 +5,7 @@ import pytest
 from _jacobians import (
     Graph,
     assert_config_round_trip,
-    assert_eager_xla_and_graph_agree,
+    assert_every_run_reaches,
     assert_finite_direction,
     assert_homogeneous,
     assert_non_conflicting,
@@ -77,9 +77,9 @@ def test_generic_properties():
     j[2] = -2.0 * j[0] + 0.3 * j[2]
     assert_homogeneous(RUN, j)
     assert_permutation_invariant(RUN, j)
-    # Fewer iterations: the same code path, and eager loops are slow.
-    fast = lambda: DualProj(iterations=50)  # noqa: E731
-    assert_eager_xla_and_graph_agree(fast(), Graph(fast), j)
+    # The default solve, each run against SciPy's NNLS projection at the
+    # solver's accuracy on this conditioning.
+    assert_every_run_reaches(DualProj(), RUN, j, reference(j), 1e-4)
     assert_config_round_trip(DualProj(iterations=30, name="dp"))
 
 

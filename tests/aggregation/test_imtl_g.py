@@ -5,7 +5,7 @@ import pytest
 from _jacobians import (
     Graph,
     assert_config_round_trip,
-    assert_eager_xla_and_graph_agree,
+    assert_every_run_reaches,
     assert_finite_direction,
     assert_homogeneous,
     assert_permutation_invariant,
@@ -90,7 +90,8 @@ def test_generic_properties():
     j = random_jacobian(4, 9, seed=7, spread=0.5)
     assert_homogeneous(RUN, j)
     assert_permutation_invariant(RUN, j)
-    assert_eager_xla_and_graph_agree(IMTLG(), RUN, j)
+    # A closed form: float32 rounding amplified by cond(G) (moderate here).
+    assert_every_run_reaches(IMTLG(), RUN, j, paper_closed_form(j), 1e-4)
     assert_config_round_trip(IMTLG(rcond=1e-4, name="imtl"))
 
 

@@ -5,7 +5,7 @@ import pytest
 from _jacobians import (
     Graph,
     assert_config_round_trip,
-    assert_eager_xla_and_graph_agree,
+    assert_every_run_reaches,
     assert_finite_direction,
     assert_homogeneous,
     assert_permutation_invariant,
@@ -47,7 +47,7 @@ def test_generic_properties():
     run = Graph(Sum)
     assert_homogeneous(run, j)
     assert_permutation_invariant(run, j)
-    assert_eager_xla_and_graph_agree(Sum(), run, j)
+    assert_every_run_reaches(Sum(), run, j, j.astype(np.float64).sum(axis=0), 1e-6)
     assert_config_round_trip(Sum(name="s"))
 
 
