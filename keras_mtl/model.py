@@ -994,10 +994,22 @@ class MultiTaskModel(keras.Model):
 
     def train_on_batch(self, *args: Any, **kwargs: Any) -> Any:
         before = int(ops.convert_to_numpy(self.skipped_steps)) if self.task_names else 0
+        self._reset_metrics_for_one_batch()
         logs = super().train_on_batch(*args, **kwargs)
         if self.on_nonfinite == "raise":
             self.check_nonfinite(before)
-        return logs
+        return _python_numbers(logs)
+
+    def test_on_batch(self, *args: Any, **kwargs: Any) -> Any:
+        self._reset_metrics_for_one_batch()
+        return _python_numbers(super().test_on_batch(*args, **kwargs))
+
+    def _reset_metrics_for_one_batch(self) -> None:
+        # `train_on_batch`/`test_on_batch` log this batch alone: Keras 3.15
+        # resets the metrics first, Keras before 3.15 logged running means
+        # over every earlier call (and the last fit/evaluate epoch).
+        if getattr(self, "compiled", False):
+            self.reset_metrics()
 
     def check_nonfinite(self, skipped_before: int, where: str = "") -> int:
         """Raises `FloatingPointError` if steps were skipped since the count
@@ -1156,6 +1168,20 @@ class _TaskMean(keras.metrics.Metric):
 
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "index": self._index}
+
+
+def _python_numbers(logs: Any) -> Any:
+    """`train_on_batch`/`test_on_batch` results with Python floats, as Keras
+    3.14+ returns them (before 3.14: 0-d numpy arrays)."""
+
+    def number(value: Any) -> Any:
+        return float(value) if getattr(value, "shape", None) == () else value
+
+    if isinstance(logs, dict):
+        return {key: number(value) for key, value in logs.items()}
+    if isinstance(logs, list):
+        return [number(value) for value in logs]
+    return number(logs)
 
 
 def _counter_dtype() -> str:

@@ -160,6 +160,8 @@ def test_equal_weighting_matches_stock_keras(digits, make_net, task_losses):
     for start in (0, 64):
         x, y = digits.batch(start)
         ours = model.train_on_batch(x, y, return_dict=True)
+        # Stock Keras before 3.15 logs running means over these calls.
+        reference.reset_metrics()
         theirs = reference.train_on_batch(x, y, return_dict=True)
         assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
     for mine, stock, first in zip(net.get_weights(), reference.get_weights(), initial):
@@ -226,6 +228,33 @@ def test_per_task_sample_weights(digits, make_model):
     assert logs["parity_loss"] == 0.0
     np.testing.assert_array_equal(parity_head.kernel.numpy(), parity_before)
     assert np.max(np.abs(digit_head.kernel.numpy() - digit_before)) > 1e-4
+
+
+@pytest.mark.backend_neutral
+def test_on_batch_calls_log_their_own_batch(digits, make_model, task_metrics):
+    # Keras before 3.15 kept the metrics' state across these calls (running
+    # means over the last epoch and every earlier call); the model resets it.
+    model = make_model("equal", metrics=task_metrics, jit_compile="auto")
+    model.fit(digits.x, digits.y, epochs=3, batch_size=64, verbose=0)
+    # A zero learning rate keeps the weights: each call sees the same model.
+    model.optimizer.learning_rate = 0.0
+    x, y = digits.batch(0)
+    flipped = {"digit": y["digit"], "parity": 1.0 - y["parity"]}
+    batches = [(x, y), (x, flipped)]  # far apart parity losses
+    expected = [
+        model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+        for x, y in batches
+    ]
+    assert expected[1]["parity_loss"] > 2.0 * expected[0]["parity_loss"]
+    model.fit(digits.x, digits.y, epochs=1, batch_size=64, verbose=0)
+    for call in (model.test_on_batch, model.train_on_batch, model.test_on_batch):
+        for (x, y), want in zip(batches, expected):
+            logs = call(x, y, return_dict=True)
+            for key in ("loss", "digit_loss", "parity_loss", "parity_accuracy"):
+                assert logs[key] == pytest.approx(want[key], rel=1e-5), key
+            # Python floats, as Keras 3.14+ returns (before: 0-d arrays).
+            assert all(type(v) is float for v in logs.values()), logs
+    assert all(type(v) is float for v in model.test_on_batch(*batches[0]))
 
 
 @pytest.mark.parametrize(

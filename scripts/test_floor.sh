@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs a fast subset of the tests against the oldest Keras we support (the
+# floor), on the TensorFlow backend: the tests of what changed between Keras
+# releases under keras_mtl (per-task sample weights, train_on_batch and
+# test_on_batch logs, saving and loading, aggregators). The floor Keras goes
+# into ./.venv-floor-keras with --no-deps (a few seconds, skipped when it is
+# already there) and is put in front of ./.venv's Keras with PYTHONPATH;
+# ./.venv itself is not changed. Needs ./.venv (bash scripts/setup.sh).
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# The oldest Keras that TensorFlow 2.21 accepts (its metadata: keras>=3.12.0).
+floor=${KERAS_FLOOR_VERSION:-3.12.0}
+target=.venv-floor-keras
+if [ ! -x .venv/bin/python ]; then
+  bash scripts/setup.sh
+fi
+if [ ! -d "$target/keras-$floor.dist-info" ]; then
+  echo "Installing keras==$floor into $target/ (no dependencies)..." >&2
+  # Into a fresh folder, moved into place when complete: an interrupted
+  # install is never taken for a finished one.
+  rm -rf "$target" "$target.partial"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+    --target "$target.partial" "keras==$floor" 2>&1 | grep -v "is ignored" >&2 || true
+  [ -d "$target.partial/keras-$floor.dist-info" ] || {
+    echo "test_floor.sh: installing keras==$floor failed" >&2
+    exit 1
+  }
+  mv "$target.partial" "$target"
+fi
+export PYTHONPATH="$PWD/$target${PYTHONPATH:+:$PYTHONPATH}"
+export KERAS_BACKEND=tensorflow
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3}
+# As scripts/test.sh: XLA compiles without LLVM's expensive passes.
+export XLA_FLAGS=${XLA_FLAGS:---xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true}
+# Which Keras the tests import, without importing it (that loads TensorFlow).
+.venv/bin/python - "$floor" "$PWD/$target" <<'EOF'
+import importlib.metadata
+import importlib.util
+import sys
+
+floor, target = sys.argv[1:]
+origin = importlib.util.find_spec("keras").origin
+version = importlib.metadata.version("keras")
+print(f"== floor tests with keras {version} ({origin})", file=sys.stderr)
+if version != floor or not origin.startswith(target + "/"):
+    sys.exit(f"test_floor.sh: expected keras {floor} from {target}")
+EOF
+# The per-weighting and per-aggregator sweeps under XLA test the maths, not
+# Keras: two of each stay (one stateful weighting, one stateful aggregator).
+.venv/bin/python -m pytest -n 2 --dist loadfile \
+  tests/test_model_training.py tests/test_model_saving.py \
+  tests/test_model_aggregation.py \
+  -k "not under_xla or uncertainty or moco" "$@"
