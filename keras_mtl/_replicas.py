@@ -18,9 +18,57 @@ Without a strategy (R = 1) every helper is the identity.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import tensorflow as tf
+
+# Every `MirroredStrategy` numbers its collectives from the same keys (group
+# 1, instances from 100), and TensorFlow's collective runtime keeps what the
+# first op at a key declared (its shape) for the rest of the process. A
+# second strategy in the process whose all-reduce at a reused key has
+# another shape aborts every collective ("Shape mismatch in the collective
+# instance 100", tensorflow/tensorflow#62790), stock Keras models included.
+# So the strategy of a MultiTaskModel gets instance keys from its own block,
+# unused in this process. Instance keys are int32: 2047 blocks of 2**20.
+_KEY_BLOCK = 1 << 20
+_KEY_BLOCKS = ((1 << 31) - 1) // _KEY_BLOCK
+_key_blocks_used = [0]
+_key_lock = threading.Lock()
+
+
+def isolate_collective_keys(strategy: Any) -> None:
+    """Moves the collective instance keys of a local `MirroredStrategy` to
+    a block of keys no other strategy of this process uses (once per
+    strategy; later calls do nothing). Other strategies are left alone: a
+    `MultiWorkerMirroredStrategy`'s keys must agree between processes."""
+    if not isinstance(strategy, tf.distribute.MirroredStrategy):
+        return
+    extended = strategy.extended
+    key_sets = {}
+    for keys in (
+        getattr(extended, "_collective_keys", None),
+        getattr(getattr(extended, "_cross_device_ops", None), "_collective_keys", None),
+    ):
+        # Private TensorFlow state: a version without it is left as it is.
+        if isinstance(getattr(keys, "_instance_key_table", None), dict):
+            key_sets[id(keys)] = keys
+    with _key_lock:
+        for keys in key_sets.values():
+            if getattr(keys, "_keras_mtl_isolated", False):
+                continue
+            if _key_blocks_used[0] >= _KEY_BLOCKS - 1:
+                return
+            _key_blocks_used[0] += 1
+            start = _key_blocks_used[0] * _KEY_BLOCK
+            with keys._lock:
+                for group in keys._instance_key_table.values():
+                    # The same next key on every device (replicas trace their
+                    # collectives in the same order), never an earlier one.
+                    following = max([start, *group.values()])
+                    for device in group:
+                        group[device] = following
+            keys._keras_mtl_isolated = True
 
 
 def num_replicas() -> int:
@@ -111,3 +159,45 @@ def apply_if(condition: Any, apply: Any, *args: Any) -> None:
         tf.cond(first, run, tf.no_op)
 
     context.merge_call(merged, args=(condition, *args))
+
+
+def xla_unsupported(strategy: Any) -> bool:
+    """Whether `jit_compile=True` is known to fail under `strategy`: one
+    process driving more than one CPU replica. Measured with TensorFlow
+    2.21 for stock Keras models too ("Trying to access resource ...
+    located in device CPU:1 from device CPU:0"); GPU replicas and one
+    replica per process (multi-worker) were not measured, so they keep the
+    user's choice."""
+    if strategy is None or int(strategy.num_replicas_in_sync) <= 1:
+        return False
+    devices = list(getattr(strategy.extended, "worker_devices", ()))
+    return len(devices) > 1 and any(
+        tf.DeviceSpec.from_string(d).device_type == "CPU" for d in devices
+    )
+
+
+def representation_unsupported(replicas: int, loss_scaled: bool) -> str | None:
+    """The error message for representation mode under `replicas` replicas
+    or a `LossScaleOptimizer` (`loss_scaled`), or None if it is supported."""
+    reasons = []
+    if replicas > 1:
+        reasons.append(
+            f"tf.distribute with more than one replica (here {replicas}): its "
+            "Jacobian has one column per example, so each replica holds the "
+            "columns of its own examples only, and the global Jacobian would "
+            "have to be gathered across replicas, not summed"
+        )
+    if loss_scaled:
+        reasons.append(
+            "loss scaling (a LossScaleOptimizer, as `mixed_float16` sets up): "
+            "the step does not unscale the representation's Jacobian"
+        )
+    if not reasons:
+        return None
+    return (
+        "Representation mode (`representation=` or `trunk=`/`heads=` with an "
+        f"aggregator) does not support {'; nor '.join(reasons)}. Use parameter "
+        "mode instead: leave out `representation`/`trunk`/`heads` and the "
+        "aggregator balances the gradients of the shared parameters, which "
+        "works under tf.distribute and mixed precision."
+    )

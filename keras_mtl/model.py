@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -463,6 +464,7 @@ class MultiTaskModel(keras.Model):
             jit_compile=jit_compile,
             auto_scale_loss=auto_scale_loss,
         )
+        self._check_strategy_support(getattr(self, "_distribute_strategy", None))
         self._compile_config.config["loss"] = loss
         self._compile_config.config["loss_weights"] = loss_weights
         self.loss = loss
@@ -723,13 +725,10 @@ class MultiTaskModel(keras.Model):
         lso = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         replicas = _replicas.num_replicas()
         if representation is not None and (lso or replicas > 1):
-            # Its Jacobian's columns are this replica's examples (a global
-            # one would be gathered, not summed), and its trunk gradient
-            # adds the regularisation unscaled.
+            # Raised at compile or fit already (`_check_strategy_support`);
+            # kept for a strategy entered only around a custom loop.
             raise NotImplementedError(
-                "Representation mode does not support tf.distribute (more than "
-                "one replica) or mixed_float16 loss scaling yet; aggregate over "
-                "the shared parameters (no `representation`/`trunk`) instead."
+                _replicas.representation_unsupported(replicas, lso)
             )
         if representation is None:
             targets = shared = self._find_shared_variables()
@@ -956,6 +955,64 @@ class MultiTaskModel(keras.Model):
     def predict(self, *args: Any, **kwargs: Any) -> Any:
         with self._jax_state_kept():
             return super().predict(*args, **kwargs)
+
+    # fit, evaluate, predict and the *_on_batch methods make their step
+    # functions here, before any step is traced.
+    def make_train_function(self, force: bool = False) -> Any:
+        self._prepare_strategy(fitting=True)
+        return super().make_train_function(force=force)
+
+    def make_test_function(self, force: bool = False) -> Any:
+        self._prepare_strategy()
+        return super().make_test_function(force=force)
+
+    def make_predict_function(self, force: bool = False) -> Any:
+        self._prepare_strategy()
+        return super().make_predict_function(force=force)
+
+    def _prepare_strategy(self, fitting: bool = False) -> None:
+        """Before a step function is made on TensorFlow: the strategy's
+        collectives get keys of their own (`_replicas.isolate_collective_keys`)
+        and, for training, the checks of `_check_strategy_support` (a model
+        built outside the strategy's scope meets it only here)."""
+        if keras.backend.backend() != "tensorflow":
+            return
+        strategy = self.distribute_strategy
+        _replicas.isolate_collective_keys(strategy)
+        if fitting and getattr(self, "optimizer", None) is not None:
+            self._check_strategy_support(strategy)
+
+    def _check_strategy_support(self, strategy: Any) -> None:
+        """At compile and at the start of fit: representation mode's limits
+        raise here, before a step is traced, and `jit_compile=True` is
+        turned off where XLA is known to fail (`_replicas.xla_unsupported`)."""
+        replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
+        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        if self.representation_mode:
+            message = _replicas.representation_unsupported(replicas, loss_scaled)
+            if message is not None:
+                raise NotImplementedError(message)
+        if keras.backend.backend() != "tensorflow":
+            return
+        if getattr(self, "_jit_compile", None) is True and _replicas.xla_unsupported(
+            strategy
+        ):
+            warnings.warn(
+                "jit_compile=True is turned off: under a tf.distribute strategy "
+                f"with {replicas} replicas on CPU devices of one process, XLA "
+                "fails for any Keras model (measured with TensorFlow 2.21: "
+                "'Trying to access resource ... located in device CPU:1 from "
+                f"device CPU:0'; this is TensorFlow {tf.__version__}). The "
+                'model trains without XLA; pass jit_compile=False (or "auto") '
+                "to silence this warning.",
+                UserWarning,
+                stacklevel=3,
+            )
+            self._jit_compile = False
+            # Step functions made with XLA are made again without it.
+            self.train_function = None
+            self.test_function = None
+            self.predict_function = None
 
     @contextlib.contextmanager
     def _jax_state_kept(self) -> Iterator[None]:
