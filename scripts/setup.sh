@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Creates ./.venv and installs keras_mtl (editable) with the versions pinned in
-# constraints.txt. Re-running is cheap: it reinstalls only when pyproject.toml
-# or constraints.txt changed. Set PYTHON to choose the interpreter (3.10+).
+# Creates ./.venv and installs keras_mtl (editable, with the test, bench and
+# docs extras) with the versions pinned in constraints.txt. Re-running is
+# cheap: it reinstalls only when pyproject.toml or constraints.txt changed.
+# Prints two lines when it installs, nothing otherwise. Set PYTHON to choose
+# the interpreter (3.10+).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python_bin=${PYTHON:-python3}
@@ -11,10 +13,33 @@ fi
 stamp=.venv/.keras_mtl-installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "Setting up .venv (TensorFlow, Keras, test tools): about a minute..." >&2
-  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" >&2 || true
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test,bench]" 2>&1 \
-    | grep -v "is ignored" >&2 || true
-  .venv/bin/python -c "import keras_mtl, sklearn, pytest, keras_nlp, matplotlib, tensorflow_datasets" # fail loudly if the install did not work
+  echo "Setting up .venv (TensorFlow, Keras, JAX, test and docs tools): about a minute..." >&2
+  start=$SECONDS
+  log=$(mktemp)
+  trap 'rm -f "$log"' EXIT
+  # pip's own output goes to a log, shown in full if the install fails and
+  # otherwise only what is left after two known, harmless messages: this
+  # machine's pip configuration names index folders that may not exist ("is
+  # ignored"), and setuptools' editable install always warns that a folder
+  # named like the package takes precedence (it is this checkout, on purpose).
+  if ! {
+    .venv/bin/python -m pip install -q --upgrade pip &&
+      PYTHONWARNINGS="ignore:Editable installation" \
+        .venv/bin/python -m pip install -q -c constraints.txt -e ".[test,bench,docs]"
+  } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "scripts/setup.sh: pip install failed (its output is above)." >&2
+    exit 1
+  fi
+  grep -v "is ignored" "$log" >&2 || true
+  # Fail loudly if the install did not work; TensorFlow's start-up lines
+  # (printed even with TF_CPP_MIN_LOG_LEVEL=3) are shown only then.
+  if ! out=$(TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python -c \
+    "import keras_mtl, sklearn, pytest, keras_nlp, matplotlib, tensorflow_datasets, mkdocs, build" 2>&1); then
+    echo "$out" >&2
+    echo "scripts/setup.sh: the installed packages do not import (above)." >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
+  echo ".venv ready ($((SECONDS - start)) s)." >&2
 fi
