@@ -27,6 +27,29 @@ ALL_METHODS = "equal,uncertainty,dwa,adaptive,adaptive:mode=epoch,bmtl,rlw,gls,f
 DEFAULT_EPOCHS = {"multi_digits": 5, "goemotions": 2, "toy": 0}
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse turns the error into a
+    usage message naming the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from keras_mtl.datasets import names as dataset_names
 
@@ -50,15 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
         "method, 'gradient' for every aggregator, 'everything' for both "
         f"(default: {DEFAULT_METHODS})",
     )
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per run")
     parser.add_argument(
-        "--seeds", type=int, default=2, help="seeds per method (default 2)"
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="epochs per run (for --dataset toy: optimisation steps per start)",
     )
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--seeds", type=positive_int, default=2, help="seeds per method (default 2)"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--learning-rate", type=positive_float, default=1e-3)
     parser.add_argument(
         "--max-examples",
-        type=int,
+        type=positive_int,
         default=None,
         help="cap the examples per split (quick runs; datasets that support it)",
     )
@@ -132,8 +160,6 @@ def bench(argv: Sequence[str]) -> int:
             parse_method(method)
     except ValueError as error:
         parser.error(str(error))
-    if args.seeds < 1:
-        parser.error("--seeds must be >= 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     epochs = (

@@ -83,6 +83,30 @@ def test_unknown_dataset_and_method_list_valid_names(capsys):
     assert main(["frobnicate"]) == 2
 
 
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--epochs", "-1"),
+        ("--epochs", "0"),
+        ("--seeds", "0"),
+        ("--batch-size", "-8"),
+        ("--max-examples", "0"),
+        ("--learning-rate", "0"),
+        ("--learning-rate", "nan"),
+        ("--epochs", "two"),
+    ],
+)
+def test_non_positive_numbers_are_a_usage_error(option, value, capsys, tmp_path):
+    # Before: `--dataset toy --epochs -1` ended in a traceback ("need at
+    # least one array to concatenate").
+    with pytest.raises(SystemExit) as exit_info:
+        bench(["--dataset", "toy", "--out", str(tmp_path), option, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and option in err and value in err
+    assert not any(tmp_path.iterdir())  # nothing was run or written
+
+
 def test_bench_runs_and_writes_results(tmp_path):
     out = tmp_path / "run"
     code = bench(
