@@ -61,13 +61,16 @@ WEIGHTINGS = [
     "famo",
     "fixed:weights=[1.0,2.0,0.5]",
     "gls",
+    "imtl_l",
     "rlw",
+    "stch",
     "uncertainty",
 ]
 AGGREGATORS = [
     "aligned_mtl",
     "cagrad",
     "config",
+    "cr_mogm",
     "db_mtl",
     "dualproj",
     "excess_mtl",
@@ -76,12 +79,16 @@ AGGREGATORS = [
     "gradnorm",
     "gradvac",
     "imtl_g",
+    "krum",
     "mean",
     "mgda",
     "moco",
+    "modo",
     "nash_mtl",
     "pcgrad",
+    "sdmgrad",
     "sum",
+    "trimmed_mean",
     "upgrad",
 ]
 METHODS = WEIGHTINGS + AGGREGATORS + ["upgrad@trunk"]

@@ -22,6 +22,7 @@ from keras_mtl.aggregation.aligned_mtl import AlignedMTL
 from keras_mtl.aggregation.base import Aggregator, GramianWeightedAggregator, gramian
 from keras_mtl.aggregation.cagrad import CAGrad
 from keras_mtl.aggregation.config import ConFIG
+from keras_mtl.aggregation.cr_mogm import CRMOGM
 from keras_mtl.aggregation.db_mtl import DBMTL
 from keras_mtl.aggregation.dualproj import DualProj
 from keras_mtl.aggregation.excess_mtl import ExcessMTL
@@ -30,12 +31,16 @@ from keras_mtl.aggregation.grad_norm import GradNorm
 from keras_mtl.aggregation.graddrop import GradDrop
 from keras_mtl.aggregation.gradvac import GradVac
 from keras_mtl.aggregation.imtl_g import IMTLG
+from keras_mtl.aggregation.krum import Krum
 from keras_mtl.aggregation.mean import Mean
 from keras_mtl.aggregation.mgda import MGDA
 from keras_mtl.aggregation.moco import MoCo
+from keras_mtl.aggregation.modo import MoDo
 from keras_mtl.aggregation.nash_mtl import NashMTL
 from keras_mtl.aggregation.pcgrad import PCGrad
+from keras_mtl.aggregation.sdmgrad import SDMGrad
 from keras_mtl.aggregation.sum import Sum
+from keras_mtl.aggregation.trimmed_mean import TrimmedMean
 from keras_mtl.aggregation.upgrad import UPGrad
 
 ALIASES: dict[str, type[Aggregator]] = {**ALIASES_A, **ALIASES_B, **ALIASES_C}
@@ -63,6 +68,7 @@ __all__ = [
     "Sum",
     "UPGrad",
     "ConFIG",
+    "CRMOGM",
     "DBMTL",
     "ExcessMTL",
     "FairGrad",
@@ -70,9 +76,13 @@ __all__ = [
     "GradNorm",
     "GradVac",
     "GramianWeightedAggregator",
+    "Krum",
     "MoCo",
+    "MoDo",
     "NashMTL",
     "PCGrad",
+    "SDMGrad",
+    "TrimmedMean",
     "get",
     "gramian",
     "names",

@@ -23,7 +23,9 @@ from typing import Any
 
 DEFAULT_METHODS = "equal,uncertainty,dwa,adaptive,bmtl"
 # Every loss-level method that needs no user input ("fixed" needs weights).
-ALL_METHODS = "equal,uncertainty,dwa,adaptive,adaptive:mode=epoch,bmtl,rlw,gls,famo"
+ALL_METHODS = (
+    "equal,uncertainty,dwa,adaptive,adaptive:mode=epoch,bmtl,rlw,gls,famo,stch,imtl_l"
+)
 DEFAULT_EPOCHS = {"multi_digits": 5, "goemotions": 2, "toy": 0}
 
 

@@ -21,7 +21,9 @@ from keras_mtl.weighting.equal import EqualWeighting
 from keras_mtl.weighting.famo import FAMO
 from keras_mtl.weighting.fixed import FixedWeighting
 from keras_mtl.weighting.geometric_loss_strategy import GeometricLossStrategy
+from keras_mtl.weighting.imtl_l import IMTLL
 from keras_mtl.weighting.random_loss_weighting import RandomLossWeighting
+from keras_mtl.weighting.stch import STCH
 from keras_mtl.weighting.uncertainty import UncertaintyWeighting
 
 # String alias -> class. Aliases are the short names used across the
@@ -36,6 +38,8 @@ ALIASES: dict[str, type[Weighting]] = {
     "rlw": RandomLossWeighting,
     "gls": GeometricLossStrategy,
     "famo": FAMO,
+    "stch": STCH,
+    "imtl_l": IMTLL,
 }
 
 
@@ -49,7 +53,8 @@ def get(identifier: Any, **kwargs: Any) -> Weighting:
 
     Args:
         identifier: a string alias (`"equal"`, `"fixed"`, `"uncertainty"`,
-            `"dwa"`, `"adaptive"`, `"bmtl"`, `"rlw"`, `"gls"`, `"famo"`), a
+            `"dwa"`, `"adaptive"`, `"bmtl"`, `"rlw"`, `"gls"`, `"famo"`,
+            `"stch"`, `"imtl_l"`), a
             `Weighting` subclass, a serialized config (as from `serialize`),
             or a `Weighting` instance (returned as is).
         **kwargs: constructor arguments, with an alias or a class.
@@ -83,7 +88,9 @@ __all__ = [
     "FAMO",
     "FixedWeighting",
     "GeometricLossStrategy",
+    "IMTLL",
     "RandomLossWeighting",
+    "STCH",
     "UncertaintyWeighting",
     "Weighting",
     "deserialize",

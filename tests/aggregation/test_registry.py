@@ -9,12 +9,15 @@ pytestmark = pytest.mark.backend_neutral
 
 
 def test_every_alias_gives_an_aggregator_that_returns_a_direction():
-    jacobian = np.array([[1.0, 0.0, 2.0], [-0.5, 1.0, 0.0]], dtype="float32")
+    # Three tasks: Krum and TrimmedMean (defaults) need at least three.
+    jacobian = np.array(
+        [[1.0, 0.0, 2.0], [-0.5, 1.0, 0.0], [0.3, 0.2, -1.0]], dtype="float32"
+    )
     for name in keras_mtl.aggregation.names():
         aggregator = keras_mtl.aggregation.get(name)
         assert isinstance(aggregator, keras_mtl.aggregation.Aggregator)
         # Aggregators that need the task losses get them; the others ignore them.
-        losses = np.array([0.5, 2.0], dtype="float32")
+        losses = np.array([0.5, 2.0, 1.0], dtype="float32")
         direction = np.asarray(aggregator(jacobian, losses=losses))
         assert direction.shape == (3,) and np.all(np.isfinite(direction)), name
         clone = keras_mtl.aggregation.get(
