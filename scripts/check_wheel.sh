@@ -44,6 +44,7 @@ import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 assert "keras_mtl/py.typed" in names, "py.typed missing"
 assert "keras_mtl/bench/cli.py" in names, "keras_mtl.bench missing"
+assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "LICENSE missing"
 stray = [n for n in names if not n.startswith(("keras_mtl/", "keras_mtl-"))]
 assert not stray, f"files outside the package: {stray}"
 PY
