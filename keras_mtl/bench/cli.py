@@ -6,6 +6,13 @@
 Writes `results.json`, `results.csv`, `results.md` and PNG plots into
 `--out`, prints the results table (markdown) at the end. Also runnable as
 `python -m keras_mtl.bench ...`.
+
+On MMoE's synthetic data the benchmark compares multi-task architectures
+across task correlations instead (one network per architecture, correlation,
+method and seed; `correlation_sweep.png` plots test MSE against correlation):
+
+    keras-mtl bench --dataset mmoe_synthetic \\
+        --architectures shared_bottom,mmoe,cgc,ple --correlations 0.5,0.9,1.0 --seeds 3
 """
 
 from __future__ import annotations
@@ -26,7 +33,11 @@ DEFAULT_METHODS = "equal,uncertainty,dwa,adaptive,bmtl"
 ALL_METHODS = (
     "equal,uncertainty,dwa,adaptive,adaptive:mode=epoch,bmtl,rlw,gls,famo,stch,imtl_l"
 )
-DEFAULT_EPOCHS = {"multi_digits": 5, "goemotions": 2, "toy": 0}
+DEFAULT_EPOCHS = {"multi_digits": 5, "goemotions": 2, "toy": 0, "mmoe_synthetic": 12}
+# Datasets of vector inputs: the ones whose network takes any --architectures
+# and that sweep --correlations.
+SWEEP_DATASETS = ("mmoe_synthetic",)
+DEFAULT_CORRELATIONS = "0.5,0.9,1.0"  # the correlations of MMoE's Figure 4
 
 
 def positive_int(text: str) -> int:
@@ -52,6 +63,44 @@ def positive_float(text: str) -> float:
     return value
 
 
+def correlation_list(text: str) -> list[float]:
+    """An argparse type: comma-separated distinct numbers in [-1, 1]."""
+    values = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated numbers, got {part.strip()!r} in {text!r}"
+            ) from None
+        if not -1.0 <= value <= 1.0:  # also rejects nan
+            raise argparse.ArgumentTypeError(
+                f"a correlation must be in [-1, 1], got {part.strip()}"
+            )
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"a correlation is listed twice in {text!r}")
+    return values
+
+
+def architecture_list(text: str) -> list[str]:
+    """An argparse type: comma-separated distinct names of
+    `keras_mtl.bench.models.ARCHITECTURES`."""
+    from keras_mtl.bench.models import ARCHITECTURES
+
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("no architecture given")
+    for name in names:
+        if name not in ARCHITECTURES:
+            raise argparse.ArgumentTypeError(
+                f"unknown architecture {name!r}; valid: {', '.join(ARCHITECTURES)}"
+            )
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"an architecture is listed twice in {text!r}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     from keras_mtl.datasets import names as dataset_names
 
@@ -66,14 +115,30 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"one of: {', '.join(dataset_names())} (default: multi_digits, offline)",
     )
     parser.add_argument(
+        "--architectures",
+        "--architecture",
+        type=architecture_list,
+        default=None,
+        help="comma-separated multi-task architectures of the network's bottom: "
+        "shared_bottom (the default), mmoe, cgc, ple, dselect_k, cross_stitch; "
+        f"datasets {', '.join(SWEEP_DATASETS)} only",
+    )
+    parser.add_argument(
+        "--correlations",
+        type=correlation_list,
+        default=None,
+        help="comma-separated task correlations in [-1, 1] to sweep "
+        f"(default {DEFAULT_CORRELATIONS}); datasets {', '.join(SWEEP_DATASETS)} only",
+    )
+    parser.add_argument(
         "--methods",
-        default=DEFAULT_METHODS,
+        default=None,
         help="comma-separated methods: a weighting alias (e.g. adaptive), an "
         "aggregator alias (e.g. pcgrad, with equal weighting) or both joined by "
         "'+' (e.g. adaptive+upgrad), each with optional arguments as "
         "name:key=value (e.g. adaptive:mode=epoch); 'all' for every loss-level "
         "method, 'gradient' for every aggregator, 'everything' for both "
-        f"(default: {DEFAULT_METHODS})",
+        f"(default: {DEFAULT_METHODS}; equal for {', '.join(SWEEP_DATASETS)})",
     )
     parser.add_argument(
         "--epochs",
@@ -156,6 +221,21 @@ def bench(argv: Sequence[str]) -> int:
         parser.error(
             f"unknown dataset {args.dataset!r}; valid datasets: {', '.join(dataset_names())}"
         )
+    sweep = args.dataset in SWEEP_DATASETS
+    if not sweep:
+        if args.correlations is not None:
+            parser.error(
+                f"--correlations applies to --dataset {' or '.join(SWEEP_DATASETS)}, "
+                f"not {args.dataset!r}"
+            )
+        if args.architectures not in (None, ["shared_bottom"]):
+            parser.error(
+                f"--architectures {','.join(args.architectures)}: dataset "
+                f"{args.dataset!r} has one fixed network (shared_bottom); the "
+                f"architectures apply to --dataset {' or '.join(SWEEP_DATASETS)}"
+            )
+    if args.methods is None:
+        args.methods = "equal" if sweep else DEFAULT_METHODS
     try:
         methods = split_methods(args.methods)
         for method in methods:
@@ -173,6 +253,12 @@ def bench(argv: Sequence[str]) -> int:
 
         return run_toy(
             methods, out, steps=epochs or None, plots=not args.no_plots, command=command
+        )
+    if sweep:
+        correlations = args.correlations or correlation_list(DEFAULT_CORRELATIONS)
+        architectures = args.architectures or ["shared_bottom"]
+        return run_sweep(
+            args, methods, architectures, correlations, epochs, out, command
         )
     return run_bench(args, methods, epochs, out, command)
 
@@ -249,6 +335,99 @@ def run_bench(
         from keras_mtl.bench import plots
 
         for path in plots.training_curves(runs, prepared.tasks, out):
+            print(f"wrote {path}")
+    print(f"\n{table}\nResults in {out}/ (results.json, results.csv, results.md)")
+    return 0
+
+
+def run_sweep(
+    args: argparse.Namespace,
+    methods: list[str],
+    architectures: list[str],
+    correlations: list[float],
+    epochs: int,
+    out: Path,
+    command: str,
+) -> int:
+    """Trains one network per correlation, architecture, method and seed on a
+    dataset of `SWEEP_DATASETS` and writes the sweep's results and plot."""
+    from keras_mtl.bench import report
+    from keras_mtl.bench.runner import prepare, run
+    from keras_mtl.datasets import load
+
+    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+    started = time.time()
+    runs = []
+    label_correlations: dict[float, list[float]] = {}
+    tasks: dict[str, Any] = {}
+    for correlation in correlations:
+        load_kwargs = {**_load_kwargs(args), "correlation": correlation}
+        # The realised label correlation of each seed's training data.
+        label_correlations[correlation] = [
+            load(args.dataset, seed=seed, **load_kwargs).info["label_correlation"]
+            for seed in range(args.seeds)
+        ]
+        for architecture in architectures:
+            prepared = prepare(args.dataset, load_kwargs, architecture=architecture)
+            tasks = prepared.tasks
+            for method in methods:
+                for seed in range(args.seeds):
+                    print(
+                        f"\n=== {args.dataset} | correlation {correlation:g} | "
+                        f"{architecture} | method {method} | seed {seed} ===",
+                        flush=True,
+                    )
+                    runs.append(
+                        run(
+                            prepared,
+                            method,
+                            seed,
+                            epochs,
+                            learning_rate=args.learning_rate,
+                            jit_compile=jit,
+                            verbose=args.verbose,
+                        )
+                    )
+    summary = report.sweep_summary(runs, tasks, label_correlations)
+    table = report.sweep_markdown(summary, tasks)
+    meta = {
+        "command": command,
+        "dataset": args.dataset,
+        "architectures": architectures,
+        "correlations": correlations,
+        "methods": methods,
+        "epochs": epochs,
+        "seeds": args.seeds,
+        "learning_rate": args.learning_rate,
+        "load_kwargs": _load_kwargs(args),
+        "wall_seconds": round(time.time() - started, 1),
+        "machine": machine_info(),
+        "tasks": {t: vars(spec) for t, spec in tasks.items()},
+    }
+    (out / "results.json").write_text(
+        json.dumps(
+            {"meta": meta, "summary": summary, "runs": [vars(r) for r in runs]},
+            indent=2,
+            default=str,
+        )
+    )
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["architecture", "correlation", "method", "seed", "task", "metric", "value"]
+        )
+        for r in runs:
+            for task, scores in r.test.items():
+                for metric, value in scores.items():
+                    writer.writerow(
+                        [r.architecture, r.correlation, r.method, r.seed, task]
+                        + [metric, value]
+                    )
+    (out / "results.md").write_text(f"`{command}`\n\n{table}\n")
+    if not args.no_plots:
+        from keras_mtl.bench import plots
+
+        for path in plots.correlation_sweep(summary, tasks, out):
             print(f"wrote {path}")
     print(f"\n{table}\nResults in {out}/ (results.json, results.csv, results.md)")
     return 0

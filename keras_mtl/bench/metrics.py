@@ -58,6 +58,13 @@ def task_scores(
     """All metrics of one task; the first key is the task's main metric."""
     y_true = np.asarray(y_true)
     y_prob = np.asarray(y_prob, dtype="float64")
+    if spec.kind == "regression":  # y_prob holds the predicted values
+        y_true = y_true.reshape(len(y_true), -1).astype("float64")
+        y_prob = y_prob.reshape(len(y_prob), -1)
+        mse = float(np.mean((y_prob - y_true) ** 2))
+        variance = float(np.mean((y_true - y_true.mean(axis=0)) ** 2))
+        r2 = 1.0 - mse / variance if variance > 0 else float("nan")
+        return {"r2": r2, "mse": mse}
     if spec.kind == "multiclass":
         return {"accuracy": float(np.mean(np.argmax(y_prob, -1) == y_true.ravel()))}
     if spec.kind == "binary":
@@ -82,8 +89,11 @@ def main_metric(spec: TaskSpec) -> str:
     Accuracy for single-label tasks; macro-averaged ROC AUC for multi-label
     ones (macro-F1 at a fixed 0.5 threshold is near 0 for rare labels after
     a short training, which makes its relative changes, and so Δm,
-    meaningless; it is still reported in results.json)."""
-    return {"multiclass": "accuracy", "binary": "accuracy"}.get(spec.kind, "auc")
+    meaningless; it is still reported in results.json); the coefficient of
+    determination R² for regression (its MSE is in results.json too)."""
+    return {"multiclass": "accuracy", "binary": "accuracy", "regression": "r2"}.get(
+        spec.kind, "auc"
+    )
 
 
 def delta_m(method: Sequence[float], baseline: Sequence[float]) -> float:

@@ -1,5 +1,7 @@
-"""The benchmark's networks: a small CNN for digit images and a small
-Transformer text encoder, each with one head per task."""
+"""The benchmark's networks: a small CNN for digit images, a small
+Transformer text encoder and, for vector inputs (MMoE's synthetic data), an
+MLP whose bottom is one of the multi-task architectures of
+`keras_mtl.layers`; each with one head per task."""
 
 from __future__ import annotations
 
@@ -10,9 +12,15 @@ import keras
 
 from keras_mtl.datasets import TaskSpec
 
+# The bottoms `vector_mlp` builds (`--architectures` of the benchmark).
+ARCHITECTURES = ("shared_bottom", "mmoe", "cgc", "ple", "dselect_k", "cross_stitch")
+
 
 def task_head(spec: TaskSpec, name: str, features: Any) -> Any:
-    """The output layer of one task: softmax for multiclass, sigmoid otherwise."""
+    """The output layer of one task: softmax for multiclass, linear for
+    regression, sigmoid otherwise."""
+    if spec.kind == "regression":
+        return keras.layers.Dense(spec.num_classes, name=name)(features)
     if spec.kind == "multiclass":
         return keras.layers.Dense(spec.num_classes, activation="softmax", name=name)(
             features
@@ -24,6 +32,8 @@ def task_head(spec: TaskSpec, name: str, features: Any) -> Any:
 
 def task_loss(spec: TaskSpec) -> str:
     """The loss of one task, by its kind."""
+    if spec.kind == "regression":
+        return "mean_squared_error"
     if spec.kind == "multiclass":
         return "sparse_categorical_crossentropy"
     return "binary_crossentropy"
@@ -92,3 +102,91 @@ def text_transformer(
     h = keras.layers.Dense(embedding_dim, activation="relu", name="shared")(h)
     outputs = {name: task_head(spec, name, h) for name, spec in tasks.items()}
     return keras.Model(tokens, outputs, name="text_transformer")
+
+
+def architecture_bottom(
+    architecture: str,
+    features: Any,
+    num_tasks: int,
+    hidden_units: int = 128,
+    num_experts: int = 8,
+) -> list[Any]:
+    """One feature tensor per task from `features` (`(batch, d)`), by the
+    multi-task `architecture` (one of `ARCHITECTURES`).
+
+    The sizes follow MMoE's synthetic experiments in spirit: every bottom
+    has `hidden_units` ReLU units in all (the mixtures split them into
+    `num_experts` experts of `hidden_units // num_experts` units), so the
+    architectures differ in how units are shared, not in how many there are:
+
+    - `shared_bottom`: one Dense layer of `hidden_units` for all tasks;
+    - `mmoe`: `MMoE` with `num_experts` experts and one gate per task;
+    - `cgc`: `CGC` with half the experts shared and the rest split evenly
+      among the tasks;
+    - `ple`: `PLE` with two such levels (twice CGC's units);
+    - `dselect_k`: `DSelectK` with `num_experts` experts, 2 selected per gate;
+    - `cross_stitch`: one Dense column of `hidden_units // num_tasks` per
+      task, mixed by a `CrossStitch` unit.
+    """
+    from keras_mtl import layers
+
+    if architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"Unknown architecture {architecture!r}; valid: {', '.join(ARCHITECTURES)}."
+        )
+    expert_units = (max(1, hidden_units // num_experts),)
+    if architecture == "shared_bottom":
+        shared = keras.layers.Dense(hidden_units, activation="relu", name="shared")
+        return [shared(features)] * num_tasks
+    if architecture == "mmoe":
+        return layers.MMoE(
+            num_tasks, num_experts=num_experts, expert_units=expert_units, name="mmoe"
+        )(features)
+    if architecture == "dselect_k":
+        return layers.DSelectK(
+            num_tasks,
+            num_experts=num_experts,
+            num_selected=2,
+            expert_units=expert_units,
+            name="dselect_k",
+        )(features)
+    if architecture in ("cgc", "ple"):
+        num_shared = max(1, num_experts // 2)
+        per_task = max(1, (num_experts - num_shared) // num_tasks)
+        kwargs = {
+            "num_task_experts": per_task,
+            "num_shared_experts": num_shared,
+            "expert_units": expert_units,
+        }
+        if architecture == "cgc":
+            return layers.CGC(num_tasks, name="cgc", **kwargs)(features)
+        return layers.PLE(num_tasks, num_levels=2, name="ple", **kwargs)(features)
+    columns = [
+        keras.layers.Dense(
+            max(1, hidden_units // num_tasks), activation="relu", name=f"column_{k}"
+        )(features)
+        for k in range(num_tasks)
+    ]
+    return layers.CrossStitch(num_tasks, name="cross_stitch")(columns)
+
+
+def vector_mlp(
+    input_dim: int,
+    tasks: Mapping[str, TaskSpec],
+    architecture: str = "shared_bottom",
+    hidden_units: int = 128,
+    num_experts: int = 8,
+    tower_units: int = 8,
+) -> keras.Model:
+    """A multi-task MLP on vectors: the `architecture`'s bottom (see
+    `architecture_bottom`), then per task a tower of `tower_units` ReLU
+    units and the task's head."""
+    inputs = keras.Input((input_dim,), name="features")
+    bottoms = architecture_bottom(
+        architecture, inputs, len(tasks), hidden_units, num_experts
+    )
+    outputs = {}
+    for (name, spec), bottom in zip(tasks.items(), bottoms):
+        tower = keras.layers.Dense(tower_units, activation="relu", name=f"{name}_tower")
+        outputs[name] = task_head(spec, name, tower(bottom))
+    return keras.Model(inputs, outputs, name=f"{architecture}_mlp")

@@ -79,3 +79,50 @@ def training_curves(
     plt.close(fig)
     written.append(path)
     return written
+
+
+def correlation_sweep(
+    summary: Mapping[str, Any], tasks: Mapping[str, Any], out: Path
+) -> list[Path]:
+    """`correlation_sweep.png`: test MSE against the task correlation, one
+    panel per task and one for their average, one line per architecture (and
+    method), error bars the std over seeds. Returns the written path."""
+    plt = _pyplot()
+    rows = summary["rows"]
+    several_methods = len({row["method"] for row in rows}) > 1
+    lines: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        name = row["architecture"]
+        if several_methods:
+            name = f"{name} + {row['method']}"
+        lines.setdefault(name, []).append(row)
+    panels = [(f"{t}: test MSE", t) for t in tasks] + [("mean over tasks", None)]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False
+    )
+    for ax, (title, task) in zip(axes[0], panels):
+        for name, group in lines.items():
+            group = sorted(group, key=lambda r: r["correlation"])
+            stats = [
+                r["mean_mse"] if task is None else r["tasks"][task]["mse"]
+                for r in group
+            ]
+            ax.errorbar(
+                [r["correlation"] for r in group],
+                [s["mean"] for s in stats],
+                yerr=[s["std"] for s in stats],
+                marker="o",
+                ms=4,
+                capsize=3,
+                label=name,
+            )
+        ax.set_title(title)
+        ax.set_xlabel("task correlation p")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test MSE (lower is better)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "correlation_sweep.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

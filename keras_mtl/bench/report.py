@@ -94,3 +94,110 @@ def markdown_table(summary: Mapping[str, Any], tasks: Mapping[str, TaskSpec]) ->
         "mean rank: over tasks, 1 = best."
     )
     return "\n".join(lines)
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype="float64")
+    return {"mean": float(np.mean(array)), "std": float(np.std(array))}
+
+
+def sweep_summary(
+    runs: Sequence[Any],
+    tasks: Mapping[str, TaskSpec],
+    label_correlations: Mapping[float, Sequence[float]] | None = None,
+) -> dict[str, Any]:
+    """The correlation sweep per (architecture, method, correlation): each
+    task's test MSE and R², the MSE averaged over tasks (each as mean and
+    std over seeds), seconds per run; `label_correlations` (correlation ->
+    one realised Pearson correlation of the training labels per seed) is
+    summarised alongside."""
+    keys = list(dict.fromkeys((r.architecture, r.method, r.correlation) for r in runs))
+    rows = []
+    for architecture, method, correlation in keys:
+        rs = [
+            r
+            for r in runs
+            if (r.architecture, r.method, r.correlation)
+            == (architecture, method, correlation)
+        ]
+        per_task = {
+            t: {
+                metric: _mean_std([r.test[t][metric] for r in rs])
+                for metric in ("mse", "r2")
+            }
+            for t in tasks
+        }
+        rows.append(
+            {
+                "architecture": architecture,
+                "method": method,
+                "correlation": correlation,
+                "seeds": len(rs),
+                "tasks": per_task,
+                "mean_mse": _mean_std(
+                    [np.mean([r.test[t]["mse"] for t in tasks]) for r in rs]
+                ),
+                "seconds_per_run": float(np.mean([r.seconds for r in rs])),
+            }
+        )
+    labels = {
+        str(c): _mean_std(values) for c, values in (label_correlations or {}).items()
+    }
+    return {"metric": "mse", "rows": rows, "label_correlation": labels}
+
+
+def sweep_markdown(summary: Mapping[str, Any], tasks: Mapping[str, TaskSpec]) -> str:
+    """Two tables: test MSE averaged over tasks, one row per architecture
+    (and method) and one column per correlation; then every task's MSE."""
+    rows = summary["rows"]
+    correlations = list(dict.fromkeys(row["correlation"] for row in rows))
+    several_methods = len({row["method"] for row in rows}) > 1
+
+    def label(row: Mapping[str, Any]) -> str:
+        name = f"`{row['architecture']}`"
+        return f"{name} + `{row['method']}`" if several_methods else name
+
+    header = ["architecture"] + [f"p = {c:g}" for c in correlations]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    labels = summary.get("label_correlation", {})
+    if labels:
+        cells = ["label correlation (train)"]
+        for c in correlations:
+            value = labels.get(str(c))
+            cells.append(
+                "" if value is None else f"{value['mean']:.3f} ± {value['std']:.3f}"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    by_label: dict[str, dict[Any, Mapping[str, Any]]] = {}
+    for row in rows:
+        by_label.setdefault(label(row), {})[row["correlation"]] = row
+    for name, cells_by_c in by_label.items():
+        cells = [name]
+        for c in correlations:
+            row = cells_by_c.get(c)
+            cells.append(
+                ""
+                if row is None
+                else f"{row['mean_mse']['mean']:.4f} ± {row['mean_mse']['std']:.4f}"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = sorted({row["seeds"] for row in rows})
+    lines.append("")
+    lines.append(
+        "Test MSE averaged over the tasks, mean ± std over "
+        f"{', '.join(map(str, seeds))} seed(s) (lower is better); p is the cosine "
+        "similarity of the tasks' weight vectors, the first row the Pearson "
+        "correlation of the training labels it gave."
+    )
+    header = ["p", "architecture"] + [f"{t} MSE" for t in tasks]
+    header += [f"{t} R²" for t in tasks] + ["s/run"]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in sorted(rows, key=lambda r: -r["correlation"]):
+        cells = [f"{row['correlation']:g}", label(row)]
+        for metric in ("mse", "r2"):
+            for t in tasks:
+                v = row["tasks"][t][metric]
+                cells.append(f"{v['mean']:.4f} ± {v['std']:.4f}")
+        cells.append(f"{row['seconds_per_run']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -109,6 +109,7 @@ class Prepared:
     build: Any  # () -> keras.Model
     transform: Any = None  # tf.data map function (x, y) -> (x, y), or None
     extra: dict[str, Any] = field(default_factory=dict)
+    architecture: str = "shared_bottom"
 
     def load_for(self, seed: int) -> tuple[Any, Any, Any]:
         from keras_mtl.datasets import load
@@ -132,14 +133,41 @@ def prepare(
     dataset: str,
     load_kwargs: dict[str, Any] | None = None,
     vocabulary_texts: int = 20000,
+    architecture: str = "shared_bottom",
 ) -> Prepared:
     """Loads `dataset` once to learn its tasks and build what runs share (the
-    WordPiece vocabulary is computed from the training text of seed 0)."""
+    WordPiece vocabulary is computed from the training text of seed 0).
+
+    `architecture` (one of `models.ARCHITECTURES`) is the multi-task bottom
+    of the network; datasets of vector inputs (`info["input"] == "vector"`)
+    take any, image and text datasets only `"shared_bottom"` (their CNN and
+    Transformer): another raises `ValueError`.
+    """
     from keras_mtl.datasets import load
 
+    if architecture not in models.ARCHITECTURES:
+        raise ValueError(
+            f"Unknown architecture {architecture!r}; valid: "
+            f"{', '.join(models.ARCHITECTURES)}."
+        )
     load_kwargs = dict(load_kwargs or {})
     data: MultiTaskData = load(dataset, seed=0, **load_kwargs)
     tasks = dict(data.tasks)
+    if data.info.get("input") == "vector":
+        (input_dim,) = tuple(data.info["input_shape"])
+        return Prepared(
+            dataset,
+            load_kwargs,
+            tasks,
+            lambda: models.vector_mlp(input_dim, tasks, architecture),
+            architecture=architecture,
+        )
+    if architecture != "shared_bottom":
+        raise ValueError(
+            f"Architecture {architecture!r} is available for datasets of vector "
+            f"inputs (mmoe_synthetic); {dataset!r} has the benchmark's fixed "
+            "shared-bottom network (architecture 'shared_bottom')."
+        )
     if data.info.get("input") == "text":
         sequence_length = int(data.info.get("sequence_length", 64))
         texts = [
@@ -170,6 +198,8 @@ class RunResult:
     history: dict[str, list[float]]
     test: dict[str, dict[str, float]]
     seconds: float
+    architecture: str = "shared_bottom"
+    correlation: float | None = None  # the dataset's task correlation, if any
 
 
 def run(
@@ -217,4 +247,6 @@ def run(
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},
         test=scores,
         seconds=seconds,
+        architecture=prepared.architecture,
+        correlation=prepared.load_kwargs.get("correlation"),
     )

@@ -15,6 +15,8 @@ Datasets (one module each, `load_<name>(...)`):
 - `celeb_a`: CelebA's 40 binary attributes (tfds);
 - `goemotions`: three multi-label emotion taxonomies on Reddit comments
   (local files, else tfds);
+- `mmoe_synthetic`: two regression tasks of controlled correlation, MMoE's
+  synthetic data (Ma et al., KDD 2018; generated offline);
 - `toy`: the 2-D two-objective problem of CAGrad / Nash-MTL / FAMO; returns a
   `ToyProblem`, not `tf.data`.
 
@@ -36,6 +38,7 @@ from keras_mtl.datasets.goemotions import (
 )
 from keras_mtl.datasets.multi_digits import load_multi_digits
 from keras_mtl.datasets.multi_mnist import load_multi_mnist
+from keras_mtl.datasets.synthetic_correlation import load_mmoe_synthetic
 from keras_mtl.datasets.toy import ToyProblem, load_toy, toy_losses
 
 DEFAULT = "multi_digits"
@@ -45,6 +48,7 @@ _LOADERS = {
     "multi_mnist": load_multi_mnist,
     "celeb_a": load_celeb_a,
     "goemotions": load_goemotions,
+    "mmoe_synthetic": load_mmoe_synthetic,
     "toy": load_toy,
 }
 
@@ -90,6 +94,7 @@ __all__ = [
     "load_celeb_a",
     "load_goemotions",
     "load_goemotions_texts",
+    "load_mmoe_synthetic",
     "load_multi_digits",
     "load_multi_mnist",
     "load_toy",

@@ -12,7 +12,7 @@ from typing import Any
 
 import tensorflow as tf
 
-KINDS = ("multiclass", "binary", "multilabel")
+KINDS = ("multiclass", "binary", "multilabel", "regression")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +23,9 @@ class TaskSpec:
 
     - `"multiclass"`: int32 class index, shape `()` per example;
     - `"binary"`: float32 0/1, shape `(1,)` (`num_classes == 1`);
-    - `"multilabel"`: float32 multi-hot, shape `(num_classes,)`.
+    - `"multilabel"`: float32 multi-hot, shape `(num_classes,)`;
+    - `"regression"`: float32 real values, shape `(num_classes,)`
+      (`num_classes` is then the number of outputs).
 
     `label_names`: one name per class (multiclass, multilabel), or for binary
     tasks `None` or two names `(negative, positive)`.
@@ -51,9 +53,9 @@ class TaskSpec:
             raise ValueError(
                 f"A multiclass task needs num_classes >= 2; got {self.num_classes}."
             )
-        if self.kind == "multilabel" and self.num_classes < 1:
+        if self.kind in ("multilabel", "regression") and self.num_classes < 1:
             raise ValueError(
-                f"A multilabel task needs num_classes >= 1; got {self.num_classes}."
+                f"A {self.kind} task needs num_classes >= 1; got {self.num_classes}."
             )
         if self.label_names is not None:
             names = tuple(str(name) for name in self.label_names)
@@ -80,14 +82,20 @@ class TaskSpec:
 
     @property
     def activation(self) -> str:
-        """The output activation that fits the targets: softmax or sigmoid."""
+        """The output activation that fits the targets: softmax, sigmoid or
+        linear (regression)."""
+        if self.kind == "regression":
+            return "linear"
         return "softmax" if self.kind == "multiclass" else "sigmoid"
 
     @property
     def loss(self) -> str:
-        """The Keras loss name that fits the targets (on probabilities)."""
+        """The Keras loss name that fits the targets (on probabilities; mean
+        squared error for regression)."""
         if self.kind == "multiclass":
             return "sparse_categorical_crossentropy"
+        if self.kind == "regression":
+            return "mean_squared_error"
         return "binary_crossentropy"
 
 

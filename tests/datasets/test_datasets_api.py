@@ -9,7 +9,14 @@ from keras_mtl.datasets import MultiTaskData, TaskSpec, load, names
 
 
 def test_names():
-    assert names() == ["multi_digits", "multi_mnist", "celeb_a", "goemotions", "toy"]
+    assert names() == [
+        "multi_digits",
+        "multi_mnist",
+        "celeb_a",
+        "goemotions",
+        "mmoe_synthetic",
+        "toy",
+    ]
     assert datasets.DEFAULT == names()[0]
 
 
@@ -50,7 +57,7 @@ def test_task_spec():
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.num_classes = 4
     with pytest.raises(ValueError, match="kind"):
-        TaskSpec("regression", 1)
+        TaskSpec("ordinal", 1)
     with pytest.raises(ValueError, match="num_classes=1"):
         TaskSpec("binary", 2)
     with pytest.raises(ValueError, match="num_classes >= 2"):
