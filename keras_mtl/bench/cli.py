@@ -214,7 +214,7 @@ def bench(argv: Sequence[str]) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
     args = parser.parse_args(argv)
-    from keras_mtl.bench.runner import parse_method
+    from keras_mtl.bench.runner import check_task_count, parse_method
     from keras_mtl.datasets import names as dataset_names
 
     if args.dataset not in dataset_names():
@@ -248,6 +248,12 @@ def bench(argv: Sequence[str]) -> int:
         args.epochs if args.epochs is not None else DEFAULT_EPOCHS.get(args.dataset, 5)
     )
     command = "keras-mtl bench " + " ".join(argv)
+    if args.dataset == "toy" or sweep:  # two tasks; other datasets once loaded
+        try:
+            for method in methods:
+                check_task_count(method, 2)
+        except ValueError as error:
+            parser.error(str(error))
     if args.dataset == "toy":
         from keras_mtl.bench.toy import run_toy
 
@@ -276,13 +282,19 @@ def run_bench(
     args: argparse.Namespace, methods: list[str], epochs: int, out: Path, command: str
 ) -> int:
     from keras_mtl.bench import report
-    from keras_mtl.bench.runner import prepare, run
+    from keras_mtl.bench.runner import check_task_count, prepare, run
 
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     started = time.time()
     try:
         prepared = prepare(args.dataset, _load_kwargs(args))
     except TypeError as error:  # an option this dataset's loader does not take
+        print(f"keras-mtl bench: {error}", file=sys.stderr)
+        return 2
+    try:
+        for method in methods:
+            check_task_count(method, len(prepared.tasks))
+    except ValueError as error:
         print(f"keras-mtl bench: {error}", file=sys.stderr)
         return 2
     runs = []

@@ -94,6 +94,26 @@ def parse_method(spec: str) -> Method:
     return method
 
 
+def check_task_count(spec: str, num_tasks: int) -> None:
+    """Raises `ValueError` if the method `spec` cannot run with `num_tasks`
+    tasks (e.g. Krum's and TrimmedMean's minimum number of rows), before any
+    training: its aggregator is called once on a random `[num_tasks, 3]`
+    Jacobian, a fresh instance that is then discarded."""
+    method = parse_method(spec)
+    if method.aggregator is None:
+        return
+    aggregator = method.build()["aggregator"]
+    rng = np.random.default_rng(0)
+    jacobian = rng.normal(size=(num_tasks, 3)).astype("float32")
+    kwargs = {}
+    if aggregator.needs_losses:
+        kwargs["losses"] = np.ones(num_tasks, "float32")
+    try:
+        aggregator(jacobian, **kwargs)
+    except ValueError as error:
+        raise ValueError(f"Method {spec!r} on {num_tasks} tasks: {error}") from None
+
+
 @dataclass
 class Prepared:
     """What every run on one dataset shares: the loader arguments, the task

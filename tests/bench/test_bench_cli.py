@@ -196,3 +196,14 @@ def test_toy_path_with_aggregators():
     mgda = optimise_path(toy, "mgda", start, steps=150)
     assert np.all(np.isfinite(mgda["params"]))
     assert np.all(mgda["weights"] >= -1e-4)
+
+
+def test_a_method_that_needs_more_tasks_is_a_usage_error(capsys, tmp_path):
+    # Krum (n_byzantine=0) needs three rows; the toy problem has two tasks.
+    # Before: `--dataset toy --methods gradient` stopped mid-run in a trace.
+    with pytest.raises(SystemExit) as exit_info:
+        bench(["--dataset", "toy", "--methods", "equal,krum", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'krum' on 2 tasks" in err and "got 2" in err
+    assert not any(tmp_path.iterdir())
