@@ -219,7 +219,7 @@ def test_grad_norm_first_step_is_plain_training_and_records_losses(digits):
     assert np.all(w > 0) and w.sum() == pytest.approx(2.0) and abs(w[0] - 1) > 1e-6
 
 
-@pytest.mark.parametrize("name", ["grad_norm", "db_mtl"])
+@pytest.mark.parametrize("name", ["grad_norm", "db_mtl", "modo", "cr_mogm", "sdmgrad"])
 def test_save_and_load_keeps_the_aggregator_state(digits, tmp_path, name):
     model = _model(name)
     model.fit(

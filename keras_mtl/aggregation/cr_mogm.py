@@ -120,8 +120,8 @@ class CRMOGM(GramianWeightedAggregator):
         return lambdas
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "inner": keras.saving.serialize_keras_object(self.inner),
-            "alpha": self.alpha,
-        }
+        inner = keras.saving.serialize_keras_object(self.inner)
+        # The inner aggregator's configuration only: whether it has been built
+        # (and for which shape) is not an argument of this one.
+        inner.pop("build_config", None)
+        return {**super().get_config(), "inner": inner, "alpha": self.alpha}
