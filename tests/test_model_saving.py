@@ -9,7 +9,16 @@ import keras_mtl
 from keras_mtl.weighting import AdaptiveWeighting
 
 CASES = [*keras_mtl.weighting.names(), "adaptive_epoch"]
-STATEFUL = {"fixed", "uncertainty", "dwa", "rlw", "adaptive_epoch", "famo"}
+STATEFUL = {
+    "fixed",
+    "uncertainty",
+    "dwa",
+    "rlw",
+    "adaptive_epoch",
+    "famo",
+    "imtl_l",
+    "stch",
+}
 # Variables the model owns for training only (never part of an export).
 TRAINING_ONLY = (
     "log_variances",
