@@ -98,8 +98,10 @@ class MultiTaskModel(keras.Model):
             instead of found automatically (the trainable variables that two
             or more task losses depend on): a list of layer names and/or
             variable paths of `net` (`"trunk"` selects every variable under
-            that layer, `"trunk/dense/kernel"` one variable). The other
-            parameters get the gradient of the objective.
+            that layer or nested model, found at any depth, e.g. a keras-hub
+            `"bert_backbone"`, or `"bert_backbone/transformer_layer_0"` by
+            its path of names; `"trunk/dense/kernel"` one variable). The
+            other parameters get the gradient of the objective.
         trunk, heads: instead of `net`, for any (e.g. subclassed) model:
             the net is `heads(trunk(x))` and, with an aggregator, the
             trunk's output is the representation of representation mode.
@@ -329,9 +331,26 @@ class MultiTaskModel(keras.Model):
             variables = list(self.net.trainable_variables)
 
             def find() -> list[int]:
-                return gradients_lib.shared_variable_indices(
-                    self.net, variables, self.task_names, feed=_zero_batch(self.net)
-                )
+                feed = _zero_batch(self.net)
+                try:
+                    # Warnings about the synthetic batch (a softmax over a
+                    # sequence of length 1) are not the user's to act on.
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", UserWarning)
+                        return gradients_lib.shared_variable_indices(
+                            self.net, variables, self.task_names, feed=feed
+                        )
+                except Exception as error:
+                    # The net's own error, with what was fed and the way out.
+                    shapes = keras.tree.map_structure(lambda t: tuple(t.shape), feed)
+                    raise ValueError(
+                        "The shared parameters are found from a forward pass of "
+                        f"a zero batch shaped {shapes} (unknown dimensions set "
+                        f"to 1) through the net {self.net.name!r}, which failed: "
+                        f"{type(error).__name__}: {error}. Name them with "
+                        "`shared=` (layer or nested model names, or variable "
+                        "paths) instead."
+                    ) from error
 
             if tf.executing_eagerly():
                 indices = find()
@@ -344,7 +363,7 @@ class MultiTaskModel(keras.Model):
                     found.append(find())
                     return 0
 
-                tf.function(probe).get_concrete_function()
+                tf.function(probe, autograph=False).get_concrete_function()
                 indices = found[0]
             if not indices:
                 raise ValueError(
@@ -1278,22 +1297,35 @@ def _check_shared(shared: Any, aggregator: Any, representation: Any) -> Any:
 
 
 def _select_shared(net: keras.Model, shared: list[str]) -> list[Any]:
-    """The trainable variables of `net` under each layer name or equal to each
-    variable path in `shared` (in the net's order)."""
+    """The trainable variables of `net` selected by `shared` (in the net's
+    order): for each item, every variable under the layer or nested model
+    of that name (a bare name anywhere in the net, or a path of names such
+    as `"backbone/encoder"`), else the variable of that path or every
+    variable whose path starts with it."""
     variables = list(net.trainable_variables)
+    layers = _named_layers(net)
     selected: set[int] = set()
     for item in shared:
-        matches = [
-            i
-            for i, v in enumerate(variables)
-            if v.path == item or v.path.startswith(item.rstrip("/") + "/")
-        ]
+        matches = _layer_matches(net, shared, item, layers, variables)
         if not matches:
-            paths = ", ".join(v.path for v in variables)
+            matches = [
+                i
+                for i, v in enumerate(variables)
+                if v.path == item or v.path.startswith(item.rstrip("/") + "/")
+            ]
+        if not matches:
+            candidates = ", ".join(
+                repr(path)
+                for path, layer in layers
+                if layer.trainable_variables
+                and ("/" not in path or isinstance(layer, keras.Model))
+            )
+            example = variables[0].path if variables else "layer/kernel"
             raise ValueError(
                 f"shared={shared}: {item!r} is neither a layer of the net with "
-                f"trainable variables nor a variable path. The net's trainable "
-                f"variables: {paths}."
+                "trainable variables nor a variable path. Layers and nested "
+                f"models of the net {net.name!r} with trainable variables: "
+                f"{candidates}; a variable path looks like {example!r}."
             )
         selected.update(matches)
     if len(selected) == len(variables):
@@ -1302,6 +1334,61 @@ def _select_shared(net: keras.Model, shared: list[str]) -> list[Any]:
             "task heads must not be shared."
         )
     return [variables[i] for i in sorted(selected)]
+
+
+def _named_layers(net: keras.layers.Layer) -> list[tuple[str, Any]]:
+    """Every layer under `net`, each once, with its path of names from the
+    net (`"backbone/encoder"`), outer layers first. Variable paths do not
+    give this nesting: a layer of a functional model is built outside the
+    model's name scope, so its variables' paths leave the model's name out
+    (`"pooled_dense/kernel"` inside `"bert_backbone"`)."""
+    found: list[tuple[str, Any]] = []
+    seen = {id(net)}
+
+    def walk(layer: Any, prefix: str) -> None:
+        # `_flatten_layers` is Keras' own walk of the tracked sublayers
+        # (nested models and the layers a layer holds as attributes).
+        children = layer._flatten_layers(include_self=False, recursive=False)
+        for child in children:
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            path = prefix + child.name
+            found.append((path, child))
+            walk(child, path + "/")
+
+    walk(net, "")
+    return found
+
+
+def _layer_matches(
+    net: keras.layers.Layer,
+    shared: list[str],
+    item: str,
+    layers: list[tuple[str, Any]],
+    variables: list[Any],
+) -> list[int]:
+    """Indices in `variables` of the trainable variables under the layer
+    that `item` names (its path, or its name anywhere in the net); empty if
+    no layer with trainable variables has that name."""
+    named = [
+        (path, layer)
+        for path, layer in layers
+        if (path == item or layer.name == item) and layer.trainable_variables
+    ]
+    if not named:
+        return []
+    distinct = {
+        frozenset(id(v) for v in layer.trainable_variables) for _, layer in named
+    }
+    if len(distinct) > 1:
+        paths = ", ".join(repr(path) for path, _ in named)
+        raise ValueError(
+            f"shared={shared}: {item!r} names {len(named)} different layers of the "
+            f"net {net.name!r}: {paths}. Give the path of the one meant."
+        )
+    ids = set(next(iter(distinct)))
+    return [i for i, v in enumerate(variables) if id(v) in ids]
 
 
 def _tensor_task_name(tensor: Any, index: int) -> str:
@@ -1479,30 +1566,75 @@ def _split_functional(net: keras.layers.Layer, name: str) -> _Split:
     return _Split(trunk, heads)
 
 
-def _zero_batch(net: keras.layers.Layer) -> Any:
-    """A batch of one zero example for the net: `None` for a functional net
-    (its inputs are known), else from the input shape of its first call."""
+def _input_structure(net: keras.layers.Layer) -> Any:
+    """The symbolic inputs of a functional net (or a Sequential) in the
+    structure it was built with, or None if unknown (a subclassed net).
+
+    `net.input` of a functional model is the structure passed to its
+    constructor (a dict keeps its keys, nested lists their nesting), while
+    `net.inputs` is the flat list in Keras' order (a dict's keys sorted): a
+    list in that order is not accepted where a dict, or a dict whose keys
+    were not written sorted, is expected."""
     try:
-        if net.inputs:
-            return None
-    except AttributeError:
-        pass
+        flat = list(net.inputs)
+    except (AttributeError, ValueError):
+        return None
+    if not flat:
+        return None
+    if isinstance(net, keras.Sequential):
+        # One input; a Sequential has no `input` until it is called.
+        return flat[0]
+    try:
+        structure = net.input
+    except (AttributeError, ValueError):
+        structure = None
+    if structure is not None and sorted(
+        id(t) for t in keras.tree.flatten(structure)
+    ) == sorted(id(t) for t in flat):
+        return structure
+    # Not the constructor's structure (a layer's first call): the flat list,
+    # which a functional model takes when its inputs were a list.
+    return flat[0] if len(flat) == 1 else flat
+
+
+def _zeros(net: keras.layers.Layer, shape: Any, dtype: Any) -> Any:
+    """One zero example of `shape` (its batch dimension is replaced by 1, as
+    is any other unknown dimension, e.g. a sequence length)."""
+    shape = (1, *(1 if d is None else int(d) for d in tuple(shape)[1:]))
+    dtype = keras.backend.standardize_dtype(dtype or "float32")
+    if dtype == "string":
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                f"The net {net.name!r} takes string inputs, which only the "
+                "TensorFlow backend has: pass `shared=` to name the shared "
+                "parameters instead of finding them from a zero batch."
+            )
+        return tf.fill(shape, "")
+    return ops.zeros(shape, dtype=dtype)
+
+
+def _zero_batch(net: keras.layers.Layer) -> Any:
+    """A batch of one zero example for the net, in its input structure.
+
+    A functional net (or Sequential) is fed through the structure it was
+    built with (`_input_structure`), its inputs' dtypes and shapes. A
+    subclassed net has no declared inputs: its shape structure is the one
+    recorded at its first call (on the first real batch, in `fit`), with
+    the net's `input_dtype`."""
+    structure = _input_structure(net)
+    if structure is not None:
+        return keras.tree.map_structure(
+            lambda t: _zeros(net, t.shape, t.dtype), structure
+        )
     shapes = list((getattr(net, "_build_shapes_dict", None) or {}).values())
     if len(shapes) != 1:
         raise ValueError(
             f"The input shape of the net {net.name!r} is unknown (it takes "
             f"{len(shapes)} recorded inputs): the shared parameters cannot be "
-            "found. Call it once on data, or pass a functional model."
+            "found. Call it once on data, pass a functional model, or name the "
+            "shared parameters with `shared=`."
         )
-
-    def zeros(shape: Any) -> Any:
-        shape = tuple(shape)
-        if any(d is None for d in shape[1:]):
-            raise ValueError(
-                f"The net {net.name!r} was built for inputs of shape {shape}; the "
-                "shared parameters are found from a zero batch and need every "
-                "dimension but the batch size."
-            )
-        return ops.zeros((1, *shape[1:]), dtype=getattr(net, "input_dtype", None))
-
-    return keras.tree.map_shape_structure(zeros, shapes[0])
+    dtype = getattr(net, "input_dtype", None)
+    return keras.tree.map_shape_structure(
+        lambda shape: _zeros(net, shape, dtype), shapes[0]
+    )
