@@ -1420,6 +1420,7 @@ REPRESENTATION_AGGREGATORS = (
     "aligned_mtl",
     "cagrad",
     "config",
+    "cr_mogm",
     "dualproj",
     "fairgrad",
     "grad_norm",
@@ -1427,11 +1428,15 @@ REPRESENTATION_AGGREGATORS = (
     "gradnorm",
     "gradvac",
     "imtl_g",
+    "krum",
     "mean",
     "mgda",
+    "modo",
     "nash_mtl",
     "pcgrad",
+    "sdmgrad",
     "sum",
+    "trimmed_mean",
     "upgrad",
 )
 
