@@ -152,7 +152,8 @@ def _train_body(model: Any, data: Any) -> dict[str, Any]:
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     optimizer = model.optimizer
     aggregator = model.aggregator
-    state = list(model.weighting.non_trainable_variables)
+    # Trainable too: an absent task's part is kept (`_finish_step`).
+    state = list(model.weighting.variables)
     if aggregator is not None:
         state += list(aggregator.non_trainable_variables)
     state_before = [ops.copy(v.value) for v in state]

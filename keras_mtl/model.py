@@ -12,13 +12,14 @@ from typing import Any
 import keras
 import tensorflow as tf
 from keras import ops
+from keras.src.trainers.compile_utils import MetricsList
 
 from keras_mtl import _replicas
 from keras_mtl import aggregation as aggregation_lib
 from keras_mtl import gradients as gradients_lib
 from keras_mtl import weighting as weighting_lib
 from keras_mtl.aggregation.base import rescaled, uses_gramian
-from keras_mtl.tasks import TaskLosses, loss_weight_vector
+from keras_mtl.tasks import TaskLosses, loss_weight_vector, missing_label_values
 
 NONFINITE_MODES = ("raise", "skip")
 # Constructor arguments of MultiTaskModel itself (serialised by get_config).
@@ -34,6 +35,7 @@ _MODEL_ARGS = (
     "shared",
     "trunk",
     "heads",
+    "missing_label",
 )
 
 
@@ -110,6 +112,15 @@ class MultiTaskModel(keras.Model):
             before it is called (else they are taken from the `compile`
             loss dict).
         on_nonfinite: `"raise"` or `"skip"`.
+        missing_label: the label value that marks a missing label of an
+            (integer) task, e.g. `-1`: one number for every task or a dict
+            `{task: value}`. A zero sample weight and a NaN float label
+            always mark a missing label. Each task's loss is the mean over
+            its labelled examples; a task without one in a batch adds
+            nothing, logs NaN and its weighting state is kept. Limitation:
+            with an aggregator, such a step uses the plain sum of the
+            present tasks' gradients, not the aggregator (which needs all K
+            rows). See `docs/missing_labels.md`.
         inputs, outputs: functional-style construction, as `keras.Model`.
         **kwargs: `name`, `trainable`, `dtype` as for `keras.Model`.
 
@@ -150,6 +161,7 @@ class MultiTaskModel(keras.Model):
         shared = kwargs.pop("shared", None)
         trunk = kwargs.pop("trunk", None)
         heads = kwargs.pop("heads", None)
+        missing_label = kwargs.pop("missing_label", None)
         net = kwargs.pop("net", None)
         inputs = kwargs.pop("inputs", None)
         outputs = kwargs.pop("outputs", None)
@@ -188,6 +200,8 @@ class MultiTaskModel(keras.Model):
             )
         self.net = net
         self.on_nonfinite = on_nonfinite
+        # Checked against the task names once they are known (`_set_tasks`).
+        self.missing_label = missing_label
         self.weighting = weighting_lib.get(weighting)
         self.aggregator = (
             None if aggregator is None else aggregation_lib.get(aggregator)
@@ -234,6 +248,7 @@ class MultiTaskModel(keras.Model):
             )
         self.task_names = list(tasks)
         num_tasks = len(tasks)
+        missing_label_values(self.missing_label, self.task_names)
         self.weighting.set_task_names(self.task_names)
         if not self.weighting.built:
             self.weighting.build((num_tasks,))
@@ -461,7 +476,7 @@ class MultiTaskModel(keras.Model):
                 )
             self._set_tasks([str(t) for t in loss])
         tasks = self.task_names
-        self._task_losses = TaskLosses(tasks, loss)
+        self._task_losses = TaskLosses(tasks, loss, self.missing_label)
         self.task_loss_weights.assign(loss_weight_vector(loss_weights, tasks))
         for what, value in (
             ("metrics", metrics),
@@ -483,6 +498,11 @@ class MultiTaskModel(keras.Model):
             jit_compile=jit_compile,
             auto_scale_loss=auto_scale_loss,
         )
+        # An epoch (or evaluation) whose every step was skipped logs NaN.
+        # Untracked, as Keras' own (tracked, it would be listed twice).
+        object.__setattr__(
+            self, "_loss_tracker", _EpochMean("loss", self._task_loss_trackers[0])
+        )
         self._check_strategy_support(getattr(self, "_distribute_strategy", None))
         self._compile_config.config["loss"] = loss
         self._compile_config.config["loss_weights"] = loss_weights
@@ -501,12 +521,44 @@ class MultiTaskModel(keras.Model):
         """Unweighted task losses, the total objective and effective weights."""
         if self._task_losses is None:
             raise RuntimeError("Call compile() before training or evaluating.")
-        # Under tf.distribute: the global-batch losses (see _replicas).
-        losses = _replicas.global_losses(self._task_losses(y, y_pred, sample_weight))
+        raw, counts, sizes = self._task_losses.masked(y, y_pred, sample_weight)
+        # Each task's mean over its labelled examples of the global batch
+        # (under tf.distribute the counts are summed over the replicas; the
+        # Keras loss divided by the replica's batch size and by R). The
+        # scale is exactly 1 when every example is labelled.
+        replicas = _replicas.num_replicas()
+        total_counts = _replicas.all_reduce_sum(counts)
+        present = total_counts > 0.0
+        scale = (sizes * float(replicas)) / ops.maximum(total_counts, 1.0)
+        losses = _replicas.global_losses(raw * scale)
+        # An absent task (no labelled example) gives the weighting a
+        # constant: it adds nothing to the gradient, and the state it would
+        # change is kept (`_finish_step`). The constant is the task's mean so
+        # far this epoch (1 before any), which leaves epoch means unchanged.
+        seen = ops.where(present, losses, ops.stop_gradient(self._loss_fill()))
         static = ops.convert_to_tensor(self.task_loss_weights)
-        objective, weights = self.weighting(losses * static, training=training)
+        objective, weights = self.weighting(seen * static, training=training)
         total = ops.cast(objective, "float32") + self._regularization()
-        return losses, total, weights * static
+        # Read by the rest of the step (same trace).
+        object.__setattr__(self, "_step_present", present)
+        weights = ops.where(present, weights * static, 0.0)
+        return losses, total, weights
+
+    def _loss_fill(self) -> Any:
+        """Each task's epoch-mean loss so far (1 where there is none)."""
+        owner = self._task_loss_trackers[0]._owner()
+        num_tasks = len(self.task_names)
+        count = owner.count[:num_tasks]
+        mean = owner.total[:num_tasks] / ops.maximum(count, 1.0)
+        return ops.where(count > 0.0, mean, 1.0)
+
+    def _present(self) -> Any:
+        """The current step's per-task presence (a labelled example in the
+        global batch), `[K]` bool."""
+        present = getattr(self, "_step_present", None)
+        if present is None:
+            return ops.ones((len(self.task_names),), "bool")
+        return present
 
     def _aggregation_objectives(
         self, losses: Any, weights: Any, target: Any
@@ -533,22 +585,35 @@ class MultiTaskModel(keras.Model):
         return total
 
     def _update_trackers(
-        self, losses: Any, total: Any, weights: Any, finite: Any, batch_size: Any
+        self,
+        losses: Any,
+        total: Any,
+        weights: Any,
+        finite: Any,
+        batch_size: Any,
+        training: bool = True,
     ) -> None:
-        # A skipped (non-finite) step must not turn the epoch means into NaN.
+        # A skipped (non-finite) step enters no epoch mean, nor does an
+        # absent task (no labelled example): its mean is over the steps
+        # that observed it (NaN if none did).
         keep = ops.cast(finite, "float32")
+        observed = ops.logical_and(finite, self._present())
         zero = ops.zeros_like(losses)
-        losses = ops.where(finite, losses, zero)
-        weights = ops.where(finite, weights, zero)
+        losses = ops.where(observed, losses, zero)
+        weights = ops.where(observed, weights, zero)
         self._loss_tracker.update_state(
             ops.where(finite, total, 0.0),
             sample_weight=keep * ops.cast(batch_size, "float32"),
         )
+        counts = ops.cast(observed, "float32")
+        # Evaluation logs losses and metrics only: its weights stay empty.
+        weight_counts = counts if training else ops.zeros_like(counts)
+        counts = ops.concatenate([counts, weight_counts])
         self._task_loss_trackers[0].update_group(
             ops.concatenate(
                 [ops.cast(losses, "float32"), ops.cast(weights, "float32")]
             ),
-            sample_weight=keep,
+            sample_weight=counts,
         )
 
     def train_step(self, *args: Any) -> Any:
@@ -564,7 +629,9 @@ class MultiTaskModel(keras.Model):
     def _tf_train_step(self, data: Any) -> dict[str, Any]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         replicas = _replicas.num_replicas()
-        state = list(self.weighting.non_trainable_variables)
+        # The weighting's trainable variables too: an absent task's part of
+        # them is kept (see `_finish_step`).
+        state = list(self.weighting.variables)
         # A copy, not `convert_to_tensor` (on TensorFlow that returns the
         # variable itself, whose value is read after the update).
         state_before = [ops.copy(v) for v in state]
@@ -681,9 +748,12 @@ class MultiTaskModel(keras.Model):
         if pairs:
             apply_if(finite, [g for g, _ in pairs], [v for _, v in pairs])
         # Roll the weighting's (and aggregator's) state back where the step
-        # was not applied.
+        # was not applied, and an absent task's part of it (its rows along
+        # the task axes) where the task had no labelled example.
+        present = self._present()
         for variable, before in zip(state, state_before):
-            variable.assign(ops.where(updated, variable.value, before))
+            keep = ops.logical_and(updated, self._state_mask(variable, present))
+            variable.assign(ops.where(keep, variable.value, before))
         step = ops.copy(self.train_steps)
         bad = ops.logical_not(finite)
         self.last_nonfinite_step.assign(
@@ -700,6 +770,22 @@ class MultiTaskModel(keras.Model):
         self.train_steps.assign_add(1)
         self._update_trackers(losses, total, weights, finite, _batch_size(x))
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _state_mask(self, variable: Any, present: Any) -> Any:
+        """Where `variable` (weighting or aggregator state) may take this
+        step's value: along its task axes, the present tasks (the
+        weighting's `state_task_axes`); all of an aggregator's state only
+        if every task is present (else the aggregator was not used)."""
+        weighting_ids = {id(v) for v in self.weighting.variables}
+        if id(variable) not in weighting_ids:
+            return ops.all(present)
+        mask = ops.convert_to_tensor(True)
+        rank = len(variable.shape)
+        for axis in self.weighting.state_task_axes(variable):
+            shape = [1] * rank
+            shape[axis] = -1
+            mask = ops.logical_and(mask, ops.reshape(present, shape))
+        return mask
 
     def _replica_share(
         self, gradients: list[Any], variables: list[Any], replicas: int
@@ -822,6 +908,11 @@ class MultiTaskModel(keras.Model):
             unit,
             self.aggregator.scale_degree - 1,
         )
+        # A task without a labelled example has a zero row, which is not a
+        # gradient: the step then sums the present rows (its state is kept).
+        combination = ops.where(
+            ops.all(self._present()), combination, ops.ones_like(combination)
+        )
         self._cosine_tracker.update_state(gradients_lib.gramian_min_cosine(gramian))
         # Loss-scaled like the rows. On overflow the rows hold inf and so
         # does the direction (c is finite): the optimizer lowers the scale.
@@ -838,6 +929,14 @@ class MultiTaskModel(keras.Model):
         if lso:
             jacobian = jacobian / loss_scale
         direction = self.aggregator(jacobian, training=True, losses=losses)
+        # A task without a labelled example has a zero row, which is not a
+        # gradient (it would enter MGDA's hull): the step then sums the
+        # present rows (and keeps the aggregator's state).
+        direction = ops.where(
+            ops.all(self._present()),
+            direction,
+            ops.sum(ops.where(ops.isfinite(jacobian), jacobian, 0.0), axis=0),
+        )
         # Logged only; an overflowing (loss-scaled) step has no finite Jacobian.
         finite_jacobian = ops.where(ops.isfinite(jacobian), jacobian, 0.0)
         combination, cosine = gradients_lib.combination_weights_and_min_cosine(
@@ -906,7 +1005,9 @@ class MultiTaskModel(keras.Model):
             y, y_pred, sample_weight, training=False
         )
         finite = ops.logical_and(ops.all(ops.isfinite(losses)), ops.isfinite(total))
-        self._update_trackers(losses, total, weights, finite, _batch_size(x))
+        self._update_trackers(
+            losses, total, weights, finite, _batch_size(x), training=False
+        )
         return _replicas.multi_worker_logs(
             self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         )
@@ -961,6 +1062,9 @@ class MultiTaskModel(keras.Model):
         needed = [EpochDriver]
         if self.on_nonfinite == "raise":
             needed.append(NonFiniteGuard)
+        if self.on_nonfinite == "skip":
+            needed.append(_SkippedEpochWarning)
+        self._check_labels(args, kwargs)
         for cls in reversed(needed):
             if not any(isinstance(c, cls) for c in callbacks):
                 callbacks.insert(0, cls())
@@ -968,8 +1072,28 @@ class MultiTaskModel(keras.Model):
             return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def evaluate(self, *args: Any, **kwargs: Any) -> Any:
-        with self._jax_state_kept():
+        self._check_labels(args, kwargs)
+        with self._jax_state_kept(), self._evaluating():
             return super().evaluate(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """Evaluation logs hold losses and metrics only (see
+        `get_metrics_result`)."""
+        before = getattr(self, "_in_evaluation", False)
+        object.__setattr__(self, "_in_evaluation", True)
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_in_evaluation", before)
+
+    def get_metrics_result(self) -> dict[str, Any]:
+        logs = super().get_metrics_result()
+        if getattr(self, "_in_evaluation", False) and self.task_names:
+            # A weight and a gradient cosine belong to a training step.
+            dropped = {f"{t}_weight" for t in self.task_names} | {"grad_cosine_min"}
+            logs = {k: v for k, v in logs.items() if k not in dropped}
+        return logs
 
     def predict(self, *args: Any, **kwargs: Any) -> Any:
         with self._jax_state_kept():
@@ -1070,6 +1194,7 @@ class MultiTaskModel(keras.Model):
 
     def train_on_batch(self, *args: Any, **kwargs: Any) -> Any:
         before = int(ops.convert_to_numpy(self.skipped_steps)) if self.task_names else 0
+        self._check_labels(args, kwargs)
         self._reset_metrics_for_one_batch()
         logs = super().train_on_batch(*args, **kwargs)
         if self.on_nonfinite == "raise":
@@ -1077,8 +1202,17 @@ class MultiTaskModel(keras.Model):
         return _python_numbers(logs)
 
     def test_on_batch(self, *args: Any, **kwargs: Any) -> Any:
+        self._check_labels(args, kwargs)
         self._reset_metrics_for_one_batch()
-        return _python_numbers(super().test_on_batch(*args, **kwargs))
+        with self._evaluating():
+            return _python_numbers(super().test_on_batch(*args, **kwargs))
+
+    def _check_labels(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """String labels passed as arrays fail in Keras' data adapter,
+        before the step, without the task's name: checked here first."""
+        y = kwargs.get("y", args[1] if len(args) > 1 else None)
+        if y is not None and self._task_losses is not None:
+            self._task_losses.check_labels(y)
 
     def _reset_metrics_for_one_batch(self) -> None:
         # `train_on_batch`/`test_on_batch` log this batch alone: Keras 3.15
@@ -1124,6 +1258,7 @@ class MultiTaskModel(keras.Model):
                 ),
                 "tasks": self.task_names,
                 "on_nonfinite": self.on_nonfinite,
+                "missing_label": self.missing_label,
                 "representation": self.representation,
                 "shared": self.shared,
             }
@@ -1181,26 +1316,39 @@ class MultiTaskModel(keras.Model):
         return wrapper
 
 
-class _TaskMean(keras.metrics.Metric):
+class _TaskMean(MetricsList):
     """The epoch mean of one per-task value (`<task>_loss`, `<task>_weight`):
     what a `keras.metrics.Mean` of that name logs, bit for bit, but the 2K
     trackers of a model share one pair of variables, held by the first of
-    the group: the weighted totals `[2K]` and the count (equal for all, as
-    they are updated together, by `update_group`). Each variable costs a
+    the group: the weighted totals `[2K]` and the counts `[2K + 1]` (one per
+    tracker, as a task's values are counted only on the steps that observed
+    it, and the number of updates, so a tracker updated only with weight 0
+    logs NaN, not 0). Each variable costs a
     fixed time per step (TensorFlow's XLA launch handles every variable
     separately: 4K scalars measured about 8% of a step at K = 8; see
     docs/performance.md, Profile)."""
 
+    # A `MetricsList` of itself only so that Keras' callbacks in mode
+    # "auto" find it by name and read its `_direction` (they look inside
+    # such lists only): "down" for a `<task>_loss`.
+    @property
+    def metrics(self) -> list[Any]:
+        return [self]
+
     def __init__(
         self, name: str, index: int = 0, size: int | None = None, owner: Any = None
     ) -> None:
-        super().__init__(name=name)
+        keras.metrics.Metric.__init__(self, name=name)
         self._index = index
+        if name.endswith("_loss"):
+            self._direction = "down"
         if owner is None:
             self.total = self.add_variable(
                 shape=(size,), initializer="zeros", name="total"
             )
-            self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+            self.count = self.add_variable(
+                shape=(size + 1,), initializer="zeros", name="count"
+            )
         # A weak reference, not tracked (and no cycle for object walkers):
         # the group's variables belong to its first tracker only.
         object.__setattr__(
@@ -1221,12 +1369,15 @@ class _TaskMean(keras.metrics.Metric):
         ]
 
     def update_group(self, values: Any, sample_weight: Any) -> None:
-        """Adds `values` (one per tracker of the group, in order) with the
-        scalar `sample_weight`, as each tracker's `Mean.update_state` would."""
+        """Adds `values` (one per tracker of the group, in order) with
+        `sample_weight` (a scalar, or one per tracker), as each tracker's
+        `Mean.update_state` would."""
         owner = self._owner()
+        size = owner.total.shape[0]
         weight = ops.cast(sample_weight, "float32")
+        weight = ops.broadcast_to(weight, (size,))
         owner.total.assign_add(ops.cast(values, "float32") * weight)
-        owner.count.assign_add(weight)
+        owner.count.assign_add(ops.concatenate([weight, ops.ones((1,), "float32")]))
 
     def update_state(self, *args: Any, **kwargs: Any) -> None:
         raise NotImplementedError(
@@ -1235,15 +1386,61 @@ class _TaskMean(keras.metrics.Metric):
 
     def result(self) -> Any:
         owner = self._owner()
-        return ops.divide_no_nan(owner.total[self._index], owner.count)
+        count = owner.count[self._index]
+        mean = ops.divide_no_nan(owner.total[self._index], count)
+        # Updated, but never with a positive weight: nothing was observed.
+        empty = ops.logical_and(count == 0.0, owner.count[-1] > 0.0)
+        return ops.where(empty, float("nan"), mean)
 
     def reset_state(self) -> None:
         if self._owner_ref is None:
             self.total.assign(ops.zeros(self.total.shape, "float32"))
-            self.count.assign(0.0)
+            self.count.assign(ops.zeros(self.count.shape, "float32"))
 
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "index": self._index}
+
+
+class _EpochMean(keras.metrics.Mean):
+    """`keras.metrics.Mean` that logs NaN, not 0, when every update had
+    weight 0 (an epoch whose every step was skipped). The number of updates
+    is the per-task trackers' (`_TaskMean`, updated at every step): no
+    variable of its own."""
+
+    def __init__(self, name: str, group: _TaskMean) -> None:
+        super().__init__(name=name)
+        object.__setattr__(self, "_group_ref", weakref.ref(group))
+
+    def result(self) -> Any:
+        group = self._group_ref()._owner()
+        empty = ops.logical_and(self.count == 0.0, group.count[-1] > 0.0)
+        return ops.where(empty, float("nan"), super().result())
+
+
+class _SkippedEpochWarning(keras.callbacks.Callback):
+    """Warns at the end of an epoch in which every training step was
+    skipped (`on_nonfinite="skip"`): its logs are NaN, nothing trained."""
+
+    def _counts(self) -> tuple[int, int]:
+        model = self.model
+        return (
+            int(ops.convert_to_numpy(model.train_steps)),
+            int(ops.convert_to_numpy(model.skipped_steps)),
+        )
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._start = self._counts()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        steps, skipped = (a - b for a, b in zip(self._counts(), self._start))
+        if steps > 0 and skipped == steps:
+            warnings.warn(
+                f"Epoch {epoch + 1}: all {skipped} training steps were skipped "
+                "(non-finite loss or gradient, on_nonfinite='skip'); nothing "
+                "was trained and the epoch's losses are logged as NaN.",
+                UserWarning,
+                stacklevel=2,
+            )
 
 
 def _python_numbers(logs: Any) -> Any:

@@ -116,7 +116,7 @@ class TaskLosses:
             function `fn(y_true, y_pred)` or a `keras.losses.Loss`.
     """
 
-    def __init__(self, tasks: list[str], loss: Any) -> None:
+    def __init__(self, tasks: list[str], loss: Any, missing_label: Any = None) -> None:
         if loss is None:
             raise ValueError(
                 f"compile() needs a loss for every task; the tasks are {tasks}, e.g. "
@@ -128,6 +128,7 @@ class TaskLosses:
             if identifier is None:
                 raise ValueError(f"Task '{task}' has no loss (got None).")
         self.losses = {t: _resolve_loss(v, t) for t, v in per_task.items()}
+        self.missing_label = missing_label_values(missing_label, self.tasks)
 
     def structure(self, values: Any, what: str) -> dict[str, Any]:
         """Targets or predictions as a dict keyed by task, checked strictly."""
@@ -170,14 +171,109 @@ class TaskLosses:
         return {t: sample_weight for t in self.tasks}
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        """The K task losses, each the mean over the task's labelled examples."""
+        losses, counts, sizes = self.masked(y_true, y_pred, sample_weight)
+        # The scale first: exactly 1 when every example is labelled.
+        return losses * (sizes / ops.maximum(counts, 1.0))
+
+    def masked(
+        self, y_true: Any, y_pred: Any, sample_weight: Any = None
+    ) -> tuple[Any, Any, Any]:
+        """`(losses, counts, sizes)`, each float32 `[K]`: each task's loss
+        (as its Keras loss reduces it, missing labels given weight 0, NaN
+        and ignored labels replaced by 0 so that no NaN reaches the
+        gradient), the number of its labelled examples and the batch size.
+        `losses * sizes / counts` is the mean over the labelled examples."""
         targets = self.structure(y_true, "The targets (y)")
         predictions = self.structure(y_pred, "The model outputs")
         weights = self.sample_weights(sample_weight)
-        values = []
+        values, counts, sizes = [], [], []
         for task in self.tasks:
-            value = self.losses[task](targets[task], predictions[task], weights[task])
+            check_label_dtype(task, targets[task])
+            target, weight, labelled = self._labelled(
+                task, targets[task], weights[task]
+            )
+            value = self._task_loss(task, target, predictions[task], weight)
             values.append(ops.cast(value, "float32"))
-        return ops.stack(values)
+            size = ops.cast(ops.shape(target)[0], "float32")
+            sizes.append(size)
+            counts.append(size if labelled is None else ops.sum(labelled))
+        return ops.stack(values), ops.stack(counts), ops.stack(sizes)
+
+    def check_labels(self, y: Any) -> None:
+        """Raises a `ValueError` naming the task if a task's labels (arrays
+        given to `fit`/`evaluate`/`*_on_batch`) are strings: Keras' data
+        adapter would fail first, without the task's name."""
+        if not isinstance(y, (Mapping, list, tuple)):
+            return
+        if not isinstance(y, Mapping) and len(y) != len(self.tasks):
+            return
+        targets = y if isinstance(y, Mapping) else dict(zip(self.tasks, y))
+        for task in self.tasks:
+            if targets.get(task) is not None:
+                check_label_dtype(task, targets[task])
+
+    def _task_loss(self, task: str, target: Any, output: Any, weight: Any) -> Any:
+        """One task's loss, Keras' shape and dtype errors (at trace time)
+        re-raised with the task's name, shapes and dtypes."""
+        loss = self.losses[task]
+        target = ops.convert_to_tensor(target)
+        output_tensor = ops.convert_to_tensor(output)
+        described = (
+            f"Task {task!r}: the loss {_loss_name(loss)} got labels of shape "
+            f"{tuple(target.shape)} ({keras.backend.standardize_dtype(target.dtype)})"
+            f" and outputs of shape {tuple(output_tensor.shape)} "
+            f"({keras.backend.standardize_dtype(output_tensor.dtype)})"
+        )
+        if getattr(loss, "fn", None) in _elementwise_losses():
+            # These broadcast a label of the wrong width against the output
+            # silently (labels (N, 2) against an output (N, 1) give (N, 2)).
+            labels, outputs = match_rank(target, output_tensor)
+            if not _same_shape(labels.shape, outputs.shape):
+                raise ValueError(
+                    f"{described}, which it compares element by element: give "
+                    "labels of the output's shape (or one dimension less when "
+                    "the output's last is 1)."
+                )
+        try:
+            return loss(target, output, weight)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{described}: {error}") from error
+
+    def _labelled(self, task: str, target: Any, weight: Any) -> tuple[Any, Any, Any]:
+        """The target with missing labels replaced, the sample weight with
+        0 on them, and the float32 `[N]` indicator of labelled examples
+        (None when nothing can be missing: the batch is all labelled)."""
+        target = ops.convert_to_tensor(target)
+        labelled = None
+        if weight is not None:
+            weight = ops.convert_to_tensor(weight)
+            per_example = ops.cast(weight, "float32") != 0.0
+            labelled = _per_example(per_example, ops.any)
+        missing = None
+        if "float" in str(target.dtype) or "bfloat" in str(target.dtype):
+            missing = ops.isnan(target)
+        ignore = self.missing_label.get(task)
+        if ignore is not None:
+            hit = ops.equal(target, ops.cast(ignore, target.dtype))
+            missing = hit if missing is None else ops.logical_or(missing, hit)
+        if missing is not None:
+            # An example with any missing entry is unlabelled; the entries
+            # are replaced (0 x NaN would be NaN in the loss and gradient).
+            target = ops.where(missing, ops.zeros_like(target), target)
+            present = ops.logical_not(_per_example(missing, ops.any))
+            labelled = (
+                present if labelled is None else ops.logical_and(labelled, present)
+            )
+        if labelled is None:
+            return target, weight, None
+        mask = ops.cast(labelled, "float32")
+        if weight is None:
+            weight = mask
+        else:
+            shape = (-1,) + (1,) * (len(weight.shape) - 1)
+            weight = ops.cast(weight, "float32") * ops.reshape(mask, shape)
+        return target, weight, mask
 
 
 def loss_weight_vector(loss_weights: Any, tasks: list[str]) -> list[float]:
@@ -199,3 +295,87 @@ def loss_weight_vector(loss_weights: Any, tasks: list[str]) -> list[float]:
             )
         out.append(number)
     return out
+
+
+def check_label_dtype(task: str, target: Any) -> None:
+    """Raises a `ValueError` naming the task if its labels are strings (or
+    Python objects): a loss takes numbers."""
+    dtype = getattr(target, "dtype", None)
+    if dtype is None:
+        return
+    name = str(getattr(dtype, "name", dtype))
+    if getattr(dtype, "kind", None) in ("U", "S", "O") or name in ("string", "object"):
+        raise ValueError(
+            f"Task {task!r}: the labels have dtype {name} (shape "
+            f"{tuple(target.shape)}); a loss needs numbers (class indices "
+            "for a sparse crossentropy, floats otherwise). Encode them first, "
+            "e.g. with keras.layers.StringLookup."
+        )
+
+
+def _loss_name(loss: Any) -> str:
+    return repr(getattr(loss, "name", None) or type(loss).__name__)
+
+
+def _same_shape(a: Any, b: Any) -> bool:
+    """Equal shapes, an unknown dimension matching any."""
+    if len(a) != len(b):
+        return False
+    return all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
+def _elementwise_losses() -> set[Any]:
+    """Keras' loss functions that take labels of the output's shape."""
+    names = (
+        "mean_squared_error",
+        "mean_absolute_error",
+        "mean_absolute_percentage_error",
+        "mean_squared_logarithmic_error",
+        "huber",
+        "log_cosh",
+        "binary_crossentropy",
+        "binary_focal_crossentropy",
+        "categorical_crossentropy",
+        "categorical_focal_crossentropy",
+        "kl_divergence",
+        "poisson",
+        "hinge",
+        "squared_hinge",
+        "categorical_hinge",
+    )
+    return {getattr(keras.losses, n) for n in names if hasattr(keras.losses, n)}
+
+
+def _per_example(flags: Any, reduce: Any) -> Any:
+    """`[N]` from a boolean tensor `[N, ...]`, reducing its trailing axes."""
+    if len(flags.shape) <= 1:
+        return flags
+    return reduce(ops.reshape(flags, (ops.shape(flags)[0], -1)), axis=1)
+
+
+def missing_label_values(value: Any, tasks: list[str]) -> dict[str, Any]:
+    """`missing_label` as `{task: ignore value}` (tasks without one left
+    out): a dict keyed by task, or one number for every task."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        unknown = [k for k in value if k not in tasks]
+        if unknown:
+            raise ValueError(
+                f"missing_label names unknown task(s) {unknown}; the tasks are {tasks}."
+            )
+        per_task = {t: v for t, v in value.items() if v is not None}
+    else:
+        per_task = {t: value for t in tasks}
+    for task, ignore in per_task.items():
+        if isinstance(ignore, bool) or not isinstance(ignore, (int, float)):
+            raise ValueError(
+                f"missing_label[{task!r}] must be a number (the label value that "
+                f"marks a missing label, e.g. -1); got {ignore!r}."
+            )
+        if isinstance(ignore, float) and math.isnan(ignore):
+            raise ValueError(
+                f"missing_label[{task!r}] is NaN: NaN labels are always treated "
+                "as missing; leave it out."
+            )
+    return per_task

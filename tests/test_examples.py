@@ -62,6 +62,32 @@ def test_goemotions(tmp_path):
     assert (out / "vocabulary.txt").read_text().split()[:2] == ["[PAD]", "[UNK]"]
 
 
+@pytest.mark.skipif(
+    not (GOEMOTIONS_DIR / "original" / "train.tsv").is_file(),
+    reason=f"GoEmotions files not at {GOEMOTIONS_DIR}",
+)
+def test_goemotions_missing_labels():
+    result = load_example("goemotions_missing_labels").main(
+        ["--epochs", "2", "--max-examples", "96", "--batch-size", "16"]
+        + ["--labelled-fraction", "0.25", "--zero-fill"]
+        + ["--vocabulary-size", "300", "--sequence-length", "16"]
+        + ["--data-dir", str(GOEMOTIONS_DIR)]
+    )
+    assert result["examples"] == 96 and 0 < result["labelled"] < 96
+    for run in ("masked", "zero_fill"):
+        history, scores = result[run]["history"], result[run]["scores"]
+        assert list(scores) == ["group", "ekman", "original"]
+        for key, values in history.items():
+            # Three quarters of ekman's labels are NaN: no NaN reaches a log
+            # (a batch without any enters no epoch mean).
+            assert len(values) == 2 and all(math.isfinite(v) for v in values), key
+        assert "val_ekman_weight" not in history
+    # Filling the missing labels with 0 is another objective: other numbers.
+    assert result["masked"]["history"]["ekman_loss"] != pytest.approx(
+        result["zero_fill"]["history"]["ekman_loss"], rel=1e-3
+    )
+
+
 def test_multi_mnist_mocked(tmp_path):
     out = tmp_path / "export"
     with tfds.testing.mock_data(num_examples=12):

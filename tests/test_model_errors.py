@@ -130,12 +130,14 @@ def test_on_nonfinite_must_be_raise_or_skip(make_net):
 
 
 # ------------------------------------------------------- non-finite at run time
-BAD_BATCH = 3  # 0-based index of the batch with a NaN parity target
+BAD_BATCH = 3  # 0-based index of the batch with an infinite parity target
 
 
-def _nan_targets(digits):
+def _inf_targets(digits):
+    # inf, not NaN: a NaN label is a missing label (no loss, no error); an
+    # infinite one makes the parity loss alone non-finite.
     y = {k: v.copy() for k, v in digits.y.items()}
-    y["parity"][BAD_BATCH * 64 + 5] = np.nan
+    y["parity"][BAD_BATCH * 64 + 5] = np.inf
     return y
 
 
@@ -168,7 +170,7 @@ def test_nonfinite_raise_names_task_and_step_and_changes_nothing(
     with pytest.raises(FloatingPointError) as info:
         model.fit(
             digits.x,
-            _nan_targets(digits),
+            _inf_targets(digits),
             epochs=2,
             batch_size=64,
             shuffle=False,
@@ -197,7 +199,7 @@ def test_nonfinite_skip_goes_on(alias, jit_compile, digits, make_model):
     model = make_model(alias, on_nonfinite="skip", jit_compile=jit_compile)
     history = model.fit(
         digits.x,
-        _nan_targets(digits),
+        _inf_targets(digits),
         epochs=3,
         batch_size=64,
         shuffle=False,
@@ -222,7 +224,7 @@ def test_nonfinite_skip_goes_on(alias, jit_compile, digits, make_model):
 def test_train_on_batch_raises_and_leaves_weights_alone(digits, make_model):
     model = make_model("uncertainty")
     x, y = digits.batch(BAD_BATCH * 64)
-    y["parity"] = np.full_like(y["parity"], np.nan)
+    y["parity"] = np.full_like(y["parity"], np.inf)  # NaN would be missing
     model.optimizer.build(model.trainable_variables)
     before = _state(model)
     with pytest.raises(FloatingPointError, match=r"'parity'.*step 0"):

@@ -46,7 +46,11 @@ def test_history_keys_and_jit_modes(jit_compile, digits, make_model, task_metric
         for task in ("digit", "parity")
         for what in ("loss", "weight", "accuracy")
     }
-    assert set(history.history) == keys | {f"val_{k}" for k in keys}
+    # Validation logs hold losses and metrics only: a weight belongs to a
+    # training step.
+    weights = {"val_digit_weight", "val_parity_weight"}
+    assert set(history.history) == keys | {f"val_{k}" for k in keys} - weights
+    assert not weights & set(history.history)
     for key, values in history.history.items():
         assert len(values) == 2 and np.all(np.isfinite(values)), key
         if key.endswith("accuracy"):
@@ -201,11 +205,12 @@ def test_per_task_sample_weights(digits, make_model):
     logs = model.evaluate(
         x, y, sample_weight=zero, batch_size=64, verbose=0, return_dict=True
     )
-    assert logs["parity_loss"] == 0.0
+    # All parity labels missing (weight 0): no parity loss, logged as NaN.
+    assert np.isnan(logs["parity_loss"])
     assert logs["digit_loss"] == pytest.approx(base["digit_loss"], rel=1e-6)
-    assert logs["loss"] == pytest.approx(base["digit_loss"], rel=1e-6)
+    assert np.isfinite(logs["loss"])
 
-    # Half the parity samples: the sum over the kept half, over the batch size.
+    # Half the parity samples: the mean over the kept half.
     half = np.concatenate([ones[:32], np.zeros(32, "float32")])
     logs = model.evaluate(
         x,
@@ -217,7 +222,7 @@ def test_per_task_sample_weights(digits, make_model):
     )
     pred = model.predict(x, verbose=0)["parity"][:, 0]
     per_sample = -(y["parity"] * np.log(pred) + (1 - y["parity"]) * np.log(1 - pred))
-    assert logs["parity_loss"] == pytest.approx(per_sample[:32].sum() / 64, rel=1e-4)
+    assert logs["parity_loss"] == pytest.approx(per_sample[:32].mean(), rel=1e-4)
 
     # A zero-weighted task gives its head no gradient.
     parity_head = model.net.get_layer("parity")
@@ -225,7 +230,9 @@ def test_per_task_sample_weights(digits, make_model):
     parity_before = parity_head.kernel.numpy().copy()
     digit_before = digit_head.kernel.numpy().copy()
     logs = model.train_on_batch(x, y, sample_weight=zero, return_dict=True)
-    assert logs["parity_loss"] == 0.0
+    assert np.isnan(logs["parity_loss"]) and np.isnan(logs["parity_weight"])
+    assert np.isfinite(logs["digit_loss"]) and np.isfinite(logs["loss"])
+    assert int(model.skipped_steps.numpy()) == 0  # applied, not skipped
     np.testing.assert_array_equal(parity_head.kernel.numpy(), parity_before)
     assert np.max(np.abs(digit_head.kernel.numpy() - digit_before)) > 1e-4
 
@@ -252,6 +259,8 @@ def test_on_batch_calls_log_their_own_batch(digits, make_model, task_metrics):
             logs = call(x, y, return_dict=True)
             for key in ("loss", "digit_loss", "parity_loss", "parity_accuracy"):
                 assert logs[key] == pytest.approx(want[key], rel=1e-5), key
+            # Weights are logged by training steps only.
+            assert ("digit_weight" in logs) == (call == model.train_on_batch)
             # Python floats, as Keras 3.14+ returns (before: 0-d arrays).
             assert all(type(v) is float for v in logs.values()), logs
     assert all(type(v) is float for v in model.test_on_batch(*batches[0]))
@@ -279,7 +288,18 @@ def test_rank_one_targets_against_width_one_outputs(loss, digits, make_net):
 
     zero = {"digit": np.ones(64), "parity": np.zeros(64)}
     logs = model.evaluate(x, y_batch, sample_weight=zero, verbose=0, return_dict=True)
-    assert logs["parity_loss"] == 0.0
+    # Every parity label missing: NaN, not 0; the digit loss is unchanged.
+    assert np.isnan(logs["parity_loss"])
+    assert logs["digit_loss"] == pytest.approx(
+        np.mean((pred["digit"][:, 0] - y_batch["digit"]) ** 2), rel=1e-5
+    )
+    # And a step leaves the parity head alone (Adam's first step moves a
+    # weight only where its gradient is non-zero).
+    parity = model.net.get_layer("parity")
+    parity_before = parity.kernel.numpy().copy()
+    logs = model.train_on_batch(x, y_batch, sample_weight=zero, return_dict=True)
+    assert np.isnan(logs["parity_loss"]) and np.isfinite(logs["digit_loss"])
+    np.testing.assert_array_equal(parity.kernel.numpy(), parity_before)
 
     history = model.fit(digits.x, y, epochs=3, batch_size=64, verbose=0)
     _losses_fell(history)

@@ -103,6 +103,31 @@ class Weighting(keras.layers.Layer):
             keras.KerasTensor(tuple(losses.shape), dtype="float32"),
         )
 
+    def state_task_axes(self, variable: Any) -> tuple[int, ...]:
+        """The axes of `variable` (one of this weighting's) indexed by task.
+
+        In a training step where a task has no labelled example,
+        `MultiTaskModel` keeps that task's entries along these axes as they
+        were (the method did not observe it); the other entries, and
+        variables without a task axis (counters), take the step's values.
+        By default: axis 0 if its length is K (every axis if all are K),
+        else the last axis if its length is K; an epoch history's
+        `history` `[depth, K]` uses its last axis. A method whose state
+        differs overrides this.
+        """
+        from keras_mtl.weighting._epoch_history import EpochLossHistory
+
+        for layer in self._flatten_layers(include_self=False):
+            if isinstance(layer, EpochLossHistory):
+                if variable is layer.history:
+                    return (1,)
+                if variable is layer.loss_sum:
+                    # The absent task's entry gets its epoch mean so far
+                    # (what the model gives the weighting), which keeps the
+                    # mean of the steps that observed it.
+                    return ()
+        return default_task_axes(tuple(variable.shape), self.num_tasks)
+
     # Epoch hooks, called by `keras_mtl.callbacks.EpochDriver` (added by
     # `MultiTaskModel.fit`). They only write variables: the maths stays in
     # the traced step.
@@ -144,3 +169,18 @@ def weighted_sum(losses: Any, weights: Any) -> Any:
     """`sum_i stop_gradient(w_i) * L_i`: the objective of a weighting whose
     weights are treated as constants in the backward pass."""
     return ops.sum(ops.stop_gradient(weights) * losses)
+
+
+def default_task_axes(shape: tuple[Any, ...], num_tasks: int | None) -> tuple[int, ...]:
+    """The task axes of a state variable of shape `shape` by its lengths:
+    axis 0 if it is K long (every axis if all are), else the last one if
+    it is, else none."""
+    if not shape or num_tasks is None:
+        return ()
+    if all(d == num_tasks for d in shape):
+        return tuple(range(len(shape)))
+    if shape[0] == num_tasks:
+        return (0,)
+    if shape[-1] == num_tasks:
+        return (len(shape) - 1,)
+    return ()
