@@ -33,7 +33,8 @@ status=0
 for backend in ${KERAS_MTL_BACKENDS:-tensorflow jax}; do
   echo "== tests on the $backend backend" >&2
   rc=0
-  KERAS_BACKEND=$backend .venv/bin/python -m pytest -n 2 --dist loadfile "$@" || rc=$?
+  # --durations: the slowest tests, to keep the CI run within its time.
+  KERAS_BACKEND=$backend .venv/bin/python -m pytest -n 2 --dist loadfile --durations=15 "$@" || rc=$?
   # 5: no test selected (e.g. only TensorFlow-specific files were named).
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then status=$rc; fi
 done

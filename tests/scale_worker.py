@@ -79,7 +79,7 @@ def build(case: tuple[str, str | None], optimizer_built: bool = False):
     an optimizer built by the first trace of the step makes `tf.function`
     trace it a second time. The trained values are the same, bit for bit."""
     import keras
-    from conftest import TASK_LOSSES, build_net, weighting_for
+    from conftest import TASK_LOSSES, aggregator_for, build_net, weighting_for
 
     import keras_mtl
 
@@ -88,7 +88,7 @@ def build(case: tuple[str, str | None], optimizer_built: bool = False):
     # An L2 term exercises the regularisation path (added once per step).
     net = build_net(hidden=16, kernel_regularizer=keras.regularizers.L2(1e-3))
     model = keras_mtl.MultiTaskModel(
-        net, weighting=weighting_for(weighting), aggregator=aggregator
+        net, weighting=weighting_for(weighting), aggregator=aggregator_for(aggregator)
     )
     model.compile(
         optimizer=keras.optimizers.Adam(1e-2), loss=dict(TASK_LOSSES), jit_compile=False

@@ -5,7 +5,13 @@ state, stand-ins for the stateless ones)."""
 import keras
 import numpy as np
 import pytest
-from conftest import TASK_LOSSES, build_net, environment_cases, weighting_for
+from conftest import (
+    TASK_LOSSES,
+    aggregator_for,
+    build_net,
+    environment_cases,
+    weighting_for,
+)
 
 import keras_mtl
 
@@ -27,7 +33,7 @@ def policy(request):
 def _model(weighting, aggregator=None, optimizer=None):
     net = build_net(hidden=16)
     model = keras_mtl.MultiTaskModel(
-        net, weighting=weighting_for(weighting), aggregator=aggregator
+        net, weighting=weighting_for(weighting), aggregator=aggregator_for(aggregator)
     )
     model.compile(
         optimizer=optimizer or keras.optimizers.Adam(1e-2),

@@ -126,10 +126,13 @@ def test_mgda_trains_under_xla_and_lowers_every_task_loss(digits):
 
 @pytest.mark.parametrize(
     "name",
-    # One alias per class (GradNorm has two).
+    # One alias per class (GradNorm has two); Krum and TrimmedMean need at
+    # least three tasks (this net has two: their error has its own test).
     sorted(
         {
-            keras_mtl.aggregation.ALIASES[n]: n for n in REPRESENTATION_AGGREGATORS
+            keras_mtl.aggregation.ALIASES[n]: n
+            for n in REPRESENTATION_AGGREGATORS
+            if n not in ("krum", "trimmed_mean")
         }.values()
     ),
 )

@@ -23,6 +23,13 @@ GRAMIAN_WEIGHTED = sorted(
 )
 
 
+WARM_STARTED = {"sdmgrad"}
+# SDMGrad with LibMTL's step (5) does not settle in its 20 iterations: its
+# weights amplify float32 differences between the Gramian given here and the
+# one the call computes from J (4.5e-4 relative); at step 1 they converge.
+ARGUMENTS = {"sdmgrad": {"step_size": 1.0}}
+
+
 def _jacobian(seed, num_tasks=3, dim=7):
     j = np.random.default_rng(seed).normal(size=(num_tasks, dim))
     # Largest entry 1: the aggregator's internal rescaling is the identity,
@@ -36,14 +43,17 @@ def test_the_gramian_weighted_aliases():
         "aligned_mtl",
         "cagrad",
         "config",
+        "cr_mogm",
         "dualproj",
         "fairgrad",
         "gradvac",
         "imtl_g",
+        "krum",
         "mean",
         "mgda",
         "nash_mtl",
         "pcgrad",
+        "sdmgrad",
         "sum",
         "upgrad",
     ]
@@ -51,7 +61,7 @@ def test_the_gramian_weighted_aliases():
 
 @pytest.mark.parametrize("name", GRAMIAN_WEIGHTED)
 def test_weights_of_a_gramian_give_the_direction(name):
-    agg = keras_mtl.aggregation.get(name)
+    agg = keras_mtl.aggregation.get(name, **ARGUMENTS.get(name, {}))
     j = _jacobian(len(name))
     g = (j.astype(np.float64) @ j.T.astype(np.float64)).astype(np.float32)
     w = np.asarray(agg.weights(g), np.float64)
@@ -61,9 +71,11 @@ def test_weights_of_a_gramian_give_the_direction(name):
     np.testing.assert_allclose(w, agg.gramian_weights(g), rtol=1e-5, atol=1e-7)
     d = np.asarray(agg(j, training=False), np.float64)
     np.testing.assert_allclose(d, w @ j, rtol=1e-4, atol=1e-6)
-    if not isinstance(agg, SeededAggregator):
+    if not isinstance(agg, SeededAggregator) and name not in WARM_STARTED:
         # A training call draws PCGrad's and GradVac's orders at random;
-        # `weights` are their evaluation-mode (fixed-order) ones.
+        # `weights` are their evaluation-mode (fixed-order) ones. SDMGrad's
+        # training call starts its 20 iterations from the stored weights,
+        # which the call itself updates.
         d = np.asarray(agg(j), np.float64)
         np.testing.assert_allclose(d, w @ j, rtol=1e-4, atol=1e-6)
 
