@@ -23,7 +23,7 @@ def shared_variable_indices(
     Found once, eagerly, from a forward pass of a zero batch through the
     built `net` (with `training=False`, so no statistics change): a variable
     is shared if the gradients of at least two outputs reach it. `feed` is
-    that batch; by default zeros shaped like a functional net's inputs.
+    that batch; by default `zero_batch(net)`.
     """
     if keras.backend.backend() == "jax":
         return _jax_shared_variable_indices(net, variables, tasks, _feed(net, feed))
@@ -53,19 +53,82 @@ def shared_variable_indices(
 
 
 def _feed(net: keras.Model, feed: Any) -> Any:
-    """`feed`, or a zero batch of one example shaped like a functional
-    net's inputs."""
-    if feed is not None:
-        return feed
-    inputs = getattr(net, "inputs", None)
-    if not inputs:
-        raise ValueError(
-            "Shared parameters are found from a forward pass of a zero batch; "
-            f"the input shape of the net {net.name!r} is unknown (call it once "
-            "on data, or pass a functional model)."
+    """`feed`, or a zero batch of one example in the net's input structure."""
+    return zero_batch(net) if feed is None else feed
+
+
+def _input_structure(net: keras.layers.Layer) -> Any:
+    """The symbolic inputs of a functional net (or a Sequential) in the
+    structure it was built with, or None if unknown (a subclassed net).
+
+    `net.input` of a functional model is the structure passed to its
+    constructor (a dict keeps its keys, nested lists their nesting), while
+    `net.inputs` is the flat list in Keras' order (a dict's keys sorted): a
+    list in that order is not accepted where a dict, or a dict whose keys
+    were not written sorted, is expected."""
+    try:
+        flat = list(net.inputs)
+    except (AttributeError, ValueError):
+        return None
+    if not flat:
+        return None
+    if isinstance(net, keras.Sequential):
+        # One input; a Sequential has no `input` until it is called.
+        return flat[0]
+    try:
+        structure = net.input
+    except (AttributeError, ValueError):
+        structure = None
+    if structure is not None and sorted(
+        id(t) for t in keras.tree.flatten(structure)
+    ) == sorted(id(t) for t in flat):
+        return structure
+    # Not the constructor's structure (a layer's first call): the flat list,
+    # which a functional model takes when its inputs were a list.
+    return flat[0] if len(flat) == 1 else flat
+
+
+def _zeros(net: keras.layers.Layer, shape: Any, dtype: Any) -> Any:
+    """One zero example of `shape` (its batch dimension is replaced by 1, as
+    is any other unknown dimension, e.g. a sequence length)."""
+    shape = (1, *(1 if d is None else int(d) for d in tuple(shape)[1:]))
+    dtype = keras.backend.standardize_dtype(dtype or "float32")
+    if dtype == "string":
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                f"The net {net.name!r} takes string inputs, which only the "
+                "TensorFlow backend has: pass `shared=` to name the shared "
+                "parameters instead of finding them from a zero batch."
+            )
+        return tf.fill(shape, "")
+    return ops.zeros(shape, dtype=dtype)
+
+
+def zero_batch(net: keras.layers.Layer) -> Any:
+    """A batch of one zero example for the net, in its input structure.
+
+    A functional net (or Sequential) is fed through the structure it was
+    built with (`_input_structure`), its inputs' dtypes and shapes. A
+    subclassed net has no declared inputs: its shape structure is the one
+    recorded at its first call (on the first real batch, in `fit`), with
+    the net's `input_dtype`."""
+    structure = _input_structure(net)
+    if structure is not None:
+        return keras.tree.map_structure(
+            lambda t: _zeros(net, t.shape, t.dtype), structure
         )
-    zeros = [ops.zeros((1, *tuple(t.shape)[1:]), dtype=t.dtype) for t in inputs]
-    return zeros[0] if len(zeros) == 1 else zeros
+    shapes = list((getattr(net, "_build_shapes_dict", None) or {}).values())
+    if len(shapes) != 1:
+        raise ValueError(
+            f"The input shape of the net {net.name!r} is unknown (it takes "
+            f"{len(shapes)} recorded inputs): the shared parameters cannot be "
+            "found. Call it once on data, pass a functional model, or name the "
+            "shared parameters with `shared=`."
+        )
+    dtype = getattr(net, "input_dtype", None)
+    return keras.tree.map_shape_structure(
+        lambda shape: _zeros(net, shape, dtype), shapes[0]
+    )
 
 
 def _jax_shared_variable_indices(

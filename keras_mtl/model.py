@@ -346,7 +346,7 @@ class MultiTaskModel(keras.Model):
             variables = list(self.net.trainable_variables)
 
             def find() -> list[int]:
-                feed = _zero_batch(self.net)
+                feed = gradients_lib.zero_batch(self.net)
                 try:
                     # Warnings about the synthetic batch (a softmax over a
                     # sequence of length 1) are not the user's to act on.
@@ -1766,77 +1766,3 @@ def _split_functional(net: keras.layers.Layer, name: str) -> _Split:
             f"may use only the representation. Keras: {error}"
         ) from None
     return _Split(trunk, heads)
-
-
-def _input_structure(net: keras.layers.Layer) -> Any:
-    """The symbolic inputs of a functional net (or a Sequential) in the
-    structure it was built with, or None if unknown (a subclassed net).
-
-    `net.input` of a functional model is the structure passed to its
-    constructor (a dict keeps its keys, nested lists their nesting), while
-    `net.inputs` is the flat list in Keras' order (a dict's keys sorted): a
-    list in that order is not accepted where a dict, or a dict whose keys
-    were not written sorted, is expected."""
-    try:
-        flat = list(net.inputs)
-    except (AttributeError, ValueError):
-        return None
-    if not flat:
-        return None
-    if isinstance(net, keras.Sequential):
-        # One input; a Sequential has no `input` until it is called.
-        return flat[0]
-    try:
-        structure = net.input
-    except (AttributeError, ValueError):
-        structure = None
-    if structure is not None and sorted(
-        id(t) for t in keras.tree.flatten(structure)
-    ) == sorted(id(t) for t in flat):
-        return structure
-    # Not the constructor's structure (a layer's first call): the flat list,
-    # which a functional model takes when its inputs were a list.
-    return flat[0] if len(flat) == 1 else flat
-
-
-def _zeros(net: keras.layers.Layer, shape: Any, dtype: Any) -> Any:
-    """One zero example of `shape` (its batch dimension is replaced by 1, as
-    is any other unknown dimension, e.g. a sequence length)."""
-    shape = (1, *(1 if d is None else int(d) for d in tuple(shape)[1:]))
-    dtype = keras.backend.standardize_dtype(dtype or "float32")
-    if dtype == "string":
-        if keras.backend.backend() != "tensorflow":
-            raise ValueError(
-                f"The net {net.name!r} takes string inputs, which only the "
-                "TensorFlow backend has: pass `shared=` to name the shared "
-                "parameters instead of finding them from a zero batch."
-            )
-        return tf.fill(shape, "")
-    return ops.zeros(shape, dtype=dtype)
-
-
-def _zero_batch(net: keras.layers.Layer) -> Any:
-    """A batch of one zero example for the net, in its input structure.
-
-    A functional net (or Sequential) is fed through the structure it was
-    built with (`_input_structure`), its inputs' dtypes and shapes. A
-    subclassed net has no declared inputs: its shape structure is the one
-    recorded at its first call (on the first real batch, in `fit`), with
-    the net's `input_dtype`."""
-    structure = _input_structure(net)
-    if structure is not None:
-        return keras.tree.map_structure(
-            lambda t: _zeros(net, t.shape, t.dtype), structure
-        )
-    shapes = list((getattr(net, "_build_shapes_dict", None) or {}).values())
-    if len(shapes) != 1:
-        raise ValueError(
-            f"The input shape of the net {net.name!r} is unknown (it takes "
-            f"{len(shapes)} recorded inputs): the shared parameters cannot be "
-            "found. Call it once on data, pass a functional model, or name the "
-            "shared parameters with `shared=`."
-        )
-    dtype = getattr(net, "input_dtype", None)
-    return keras.tree.map_shape_structure(
-        lambda shape: _zeros(net, shape, dtype), shapes[0]
-    )

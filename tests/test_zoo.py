@@ -29,7 +29,7 @@ import pytest
 from zoo import models as zoo
 
 import keras_mtl
-from keras_mtl.model import _zero_batch
+from keras_mtl.gradients import zero_batch
 
 pytestmark = pytest.mark.backend_neutral
 
@@ -89,7 +89,7 @@ def test_dict_input_net_with_an_aggregator_finds_its_shared_parameters():
     model = keras_mtl.MultiTaskModel(net, aggregator="nash_mtl")
     expected = [v.path for v in net.get_layer("representation").trainable_variables]
     assert [v.path for v in model._shared_variables] == expected
-    batch = _zero_batch(net)
+    batch = zero_batch(net)
     assert list(batch) == ["z", "a"]
     assert [tuple(batch[k].shape) for k in ("z", "a")] == [(1, 6), (1, 3)]
 
@@ -111,7 +111,7 @@ def test_nested_list_single_input_and_sequential_nets_are_fed_their_structure():
     h = keras.layers.Dense(4, name="h")(joined)
     heads = {t: keras.layers.Dense(1, name=t)(h) for t in ("p", "q")}
     nested = keras.Model([a, [b, c]], heads)
-    batch = _zero_batch(nested)
+    batch = zero_batch(nested)
     assert isinstance(batch, list) and isinstance(batch[1], list)
     assert [tuple(t.shape) for t in (batch[0], *batch[1])] == [(1, 2), (1, 3), (1, 4)]
     model = keras_mtl.MultiTaskModel(nested, aggregator="upgrad")
@@ -119,10 +119,10 @@ def test_nested_list_single_input_and_sequential_nets_are_fed_their_structure():
 
     x = keras.Input((5,))
     single = keras.Model([x], {t: keras.layers.Dense(1, name=t)(x) for t in "uv"})
-    assert isinstance(_zero_batch(single), list)  # built with a list of one
+    assert isinstance(zero_batch(single), list)  # built with a list of one
 
     trunk = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, name="d")])
-    assert tuple(_zero_batch(trunk).shape) == (1, 5)
+    assert tuple(zero_batch(trunk).shape) == (1, 5)
 
 
 def test_shared_takes_a_nested_model_or_a_layer_inside_it():
