@@ -278,13 +278,42 @@ def _load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def _train_every_method(
+    args: argparse.Namespace,
+    prepared: Any,
+    methods: list[str],
+    epochs: int,
+    heading: str,
+) -> list[Any]:
+    """One run per method and seed on `prepared`, each announced under
+    `heading`."""
+    from keras_mtl.bench.runner import run
+
+    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+    runs = []
+    for method in methods:
+        for seed in range(args.seeds):
+            print(f"\n=== {heading} | method {method} | seed {seed} ===", flush=True)
+            runs.append(
+                run(
+                    prepared,
+                    method,
+                    seed,
+                    epochs,
+                    learning_rate=args.learning_rate,
+                    jit_compile=jit,
+                    verbose=args.verbose,
+                )
+            )
+    return runs
+
+
 def run_bench(
     args: argparse.Namespace, methods: list[str], epochs: int, out: Path, command: str
 ) -> int:
     from keras_mtl.bench import report
-    from keras_mtl.bench.runner import check_task_count, prepare, run
+    from keras_mtl.bench.runner import check_task_count, prepare
 
-    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     started = time.time()
     try:
         prepared = prepare(args.dataset, _load_kwargs(args))
@@ -297,23 +326,7 @@ def run_bench(
     except ValueError as error:
         print(f"keras-mtl bench: {error}", file=sys.stderr)
         return 2
-    runs = []
-    for method in methods:
-        for seed in range(args.seeds):
-            print(
-                f"\n=== {args.dataset} | method {method} | seed {seed} ===", flush=True
-            )
-            runs.append(
-                run(
-                    prepared,
-                    method,
-                    seed,
-                    epochs,
-                    learning_rate=args.learning_rate,
-                    jit_compile=jit,
-                    verbose=args.verbose,
-                )
-            )
+    runs = _train_every_method(args, prepared, methods, epochs, args.dataset)
     summary = report.summarize(runs, prepared.tasks, baseline=args.baseline)
     table = report.markdown_table(summary, prepared.tasks)
     meta = {
@@ -364,10 +377,9 @@ def run_sweep(
     """Trains one network per correlation, architecture, method and seed on a
     dataset of `SWEEP_DATASETS` and writes the sweep's results and plot."""
     from keras_mtl.bench import report
-    from keras_mtl.bench.runner import prepare, run
+    from keras_mtl.bench.runner import prepare
     from keras_mtl.datasets import load
 
-    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     started = time.time()
     runs = []
     label_correlations: dict[float, list[float]] = {}
@@ -382,24 +394,8 @@ def run_sweep(
         for architecture in architectures:
             prepared = prepare(args.dataset, load_kwargs, architecture=architecture)
             tasks = prepared.tasks
-            for method in methods:
-                for seed in range(args.seeds):
-                    print(
-                        f"\n=== {args.dataset} | correlation {correlation:g} | "
-                        f"{architecture} | method {method} | seed {seed} ===",
-                        flush=True,
-                    )
-                    runs.append(
-                        run(
-                            prepared,
-                            method,
-                            seed,
-                            epochs,
-                            learning_rate=args.learning_rate,
-                            jit_compile=jit,
-                            verbose=args.verbose,
-                        )
-                    )
+            heading = f"{args.dataset} | correlation {correlation:g} | {architecture}"
+            runs += _train_every_method(args, prepared, methods, epochs, heading)
     summary = report.sweep_summary(runs, tasks, label_correlations)
     table = report.sweep_markdown(summary, tasks)
     meta = {
