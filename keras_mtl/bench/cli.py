@@ -13,6 +13,10 @@ method and seed; `correlation_sweep.png` plots test MSE against correlation):
 
     keras-mtl bench --dataset mmoe_synthetic \\
         --architectures shared_bottom,mmoe,cgc,ple --correlations 0.5,0.9,1.0 --seeds 3
+
+On image datasets `--architectures shared_bottom,task_attention` trains the
+CNN with a shared bottom and with MTAN-style task attention, side by side in
+one table (Δm% against the baseline method on the first architecture).
 """
 
 from __future__ import annotations
@@ -85,8 +89,9 @@ def correlation_list(text: str) -> list[float]:
 
 def architecture_list(text: str) -> list[str]:
     """An argparse type: comma-separated distinct names of
-    `keras_mtl.bench.models.ARCHITECTURES`."""
-    from keras_mtl.bench.models import ARCHITECTURES
+    `keras_mtl.bench.models.ALL_ARCHITECTURES` (which of them a dataset
+    takes is checked with the dataset)."""
+    from keras_mtl.bench.models import ALL_ARCHITECTURES as ARCHITECTURES
 
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
     if not names:
@@ -119,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--architecture",
         type=architecture_list,
         default=None,
-        help="comma-separated multi-task architectures of the network's bottom: "
-        "shared_bottom (the default), mmoe, cgc, ple, dselect_k, cross_stitch; "
-        f"datasets {', '.join(SWEEP_DATASETS)} only",
+        help="comma-separated multi-task architectures of the network: "
+        "shared_bottom (the default, every dataset); mmoe, cgc, ple, dselect_k, "
+        f"cross_stitch (datasets {', '.join(SWEEP_DATASETS)}); task_attention "
+        "(image datasets: multi_digits, multi_mnist, celeb_a)",
     )
     parser.add_argument(
         "--correlations",
@@ -157,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cap the examples per split (quick runs; datasets that support it)",
     )
-    parser.add_argument("--baseline", default="equal", help="the Δm baseline method")
+    parser.add_argument(
+        "--baseline",
+        default="equal",
+        help="the Δm baseline method (with several --architectures, on the first)",
+    )
     parser.add_argument("--out", default="runs/bench", help="output directory")
     parser.add_argument(
         "--jit-compile", choices=["auto", "true", "false"], default="auto"
@@ -214,6 +224,7 @@ def bench(argv: Sequence[str]) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from keras_mtl.bench.models import DATASET_INPUTS, check_architecture
     from keras_mtl.bench.runner import check_task_count, parse_method
     from keras_mtl.datasets import names as dataset_names
 
@@ -222,18 +233,18 @@ def bench(argv: Sequence[str]) -> int:
             f"unknown dataset {args.dataset!r}; valid datasets: {', '.join(dataset_names())}"
         )
     sweep = args.dataset in SWEEP_DATASETS
-    if not sweep:
-        if args.correlations is not None:
-            parser.error(
-                f"--correlations applies to --dataset {' or '.join(SWEEP_DATASETS)}, "
-                f"not {args.dataset!r}"
+    if not sweep and args.correlations is not None:
+        parser.error(
+            f"--correlations applies to --dataset {' or '.join(SWEEP_DATASETS)}, "
+            f"not {args.dataset!r}"
+        )
+    try:
+        for architecture in args.architectures or []:
+            check_architecture(
+                architecture, args.dataset, DATASET_INPUTS.get(args.dataset, "")
             )
-        if args.architectures not in (None, ["shared_bottom"]):
-            parser.error(
-                f"--architectures {','.join(args.architectures)}: dataset "
-                f"{args.dataset!r} has one fixed network (shared_bottom); the "
-                f"architectures apply to --dataset {' or '.join(SWEEP_DATASETS)}"
-            )
+    except ValueError as error:
+        parser.error(f"--architectures {','.join(args.architectures)}: {error}")
     if args.methods is None:
         args.methods = "equal" if sweep else DEFAULT_METHODS
     try:
@@ -266,7 +277,8 @@ def bench(argv: Sequence[str]) -> int:
         return run_sweep(
             args, methods, architectures, correlations, epochs, out, command
         )
-    return run_bench(args, methods, epochs, out, command)
+    architectures = args.architectures or ["shared_bottom"]
+    return run_bench(args, methods, epochs, out, command, architectures)
 
 
 def _load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -309,29 +321,46 @@ def _train_every_method(
 
 
 def run_bench(
-    args: argparse.Namespace, methods: list[str], epochs: int, out: Path, command: str
+    args: argparse.Namespace,
+    methods: list[str],
+    epochs: int,
+    out: Path,
+    command: str,
+    architectures: Sequence[str] = ("shared_bottom",),
 ) -> int:
+    """Trains one network per architecture, method and seed on an image or
+    text dataset and writes the results, the table and the plots."""
     from keras_mtl.bench import report
     from keras_mtl.bench.runner import check_task_count, prepare
 
     started = time.time()
     try:
-        prepared = prepare(args.dataset, _load_kwargs(args))
+        prepared_all = [
+            prepare(args.dataset, _load_kwargs(args), architecture=architecture)
+            for architecture in architectures
+        ]
     except TypeError as error:  # an option this dataset's loader does not take
         print(f"keras-mtl bench: {error}", file=sys.stderr)
         return 2
+    prepared = prepared_all[0]
     try:
         for method in methods:
             check_task_count(method, len(prepared.tasks))
     except ValueError as error:
         print(f"keras-mtl bench: {error}", file=sys.stderr)
         return 2
-    runs = _train_every_method(args, prepared, methods, epochs, args.dataset)
+    runs = []
+    for each in prepared_all:
+        heading = args.dataset
+        if len(architectures) > 1:
+            heading += f" | {each.architecture}"
+        runs += _train_every_method(args, each, methods, epochs, heading)
     summary = report.summarize(runs, prepared.tasks, baseline=args.baseline)
     table = report.markdown_table(summary, prepared.tasks)
     meta = {
         "command": command,
         "dataset": args.dataset,
+        "architectures": list(architectures),
         "methods": methods,
         "epochs": epochs,
         "seeds": args.seeds,
@@ -350,11 +379,17 @@ def run_bench(
     )
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["method", "seed", "task", "metric", "value"])
+        several = len(architectures) > 1
+        writer.writerow(
+            ["architecture"] * several + ["method", "seed", "task", "metric", "value"]
+        )
         for r in runs:
             for task, scores in r.test.items():
                 for metric, value in scores.items():
-                    writer.writerow([r.method, r.seed, task, metric, value])
+                    writer.writerow(
+                        [r.architecture] * several
+                        + [r.method, r.seed, task, metric, value]
+                    )
     (out / "results.md").write_text(f"`{command}`\n\n{table}\n")
     if not args.no_plots:
         from keras_mtl.bench import plots

@@ -1,7 +1,8 @@
-"""The benchmark's networks: a small CNN for digit images, a small
-Transformer text encoder and, for vector inputs (MMoE's synthetic data), an
-MLP whose bottom is one of the multi-task architectures of
-`keras_mtl.layers`; each with one head per task."""
+"""The benchmark's networks: a small CNN for images (a shared bottom, or
+MTAN-style task attention on its trunk), a small Transformer text encoder
+and, for vector inputs (MMoE's synthetic data), an MLP whose bottom is one
+of the multi-task architectures of `keras_mtl.layers`; each with one head
+per task."""
 
 from __future__ import annotations
 
@@ -14,6 +15,53 @@ from keras_mtl.datasets import TaskSpec
 
 # The bottoms `vector_mlp` builds (`--architectures` of the benchmark).
 ARCHITECTURES = ("shared_bottom", "mmoe", "cgc", "ple", "dselect_k", "cross_stitch")
+# The networks `image_cnn` builds.
+IMAGE_ARCHITECTURES = ("shared_bottom", "task_attention")
+# The architectures of each kind of input (a dataset's `info["input"]`; the
+# image datasets do not set it).
+ARCHITECTURES_BY_INPUT = {
+    "vector": ARCHITECTURES,
+    "image": IMAGE_ARCHITECTURES,
+    "text": ("shared_bottom",),
+}
+# Every architecture some dataset takes, in a stable order.
+ALL_ARCHITECTURES = tuple(
+    dict.fromkeys(a for names in ARCHITECTURES_BY_INPUT.values() for a in names)
+)
+# The input of each dataset the benchmark trains networks on, known without
+# loading it (the command line checks `--architectures` before any work).
+DATASET_INPUTS = {
+    "multi_digits": "image",
+    "multi_mnist": "image",
+    "celeb_a": "image",
+    "goemotions": "text",
+    "mmoe_synthetic": "vector",
+    "toy": "params",  # two parameters, no network: shared_bottom only
+}
+
+
+def check_architecture(architecture: str, dataset: str, input_kind: str) -> None:
+    """Raises `ValueError` naming `architecture`, `dataset` and the
+    architectures valid for it, unless the dataset's networks (by its
+    `input_kind`: "vector", "image" or "text") include `architecture`."""
+    valid = ARCHITECTURES_BY_INPUT.get(input_kind, ("shared_bottom",))
+    if architecture in valid:
+        return
+    if architecture not in ALL_ARCHITECTURES:
+        raise ValueError(
+            f"Unknown architecture {architecture!r}; valid for dataset {dataset!r}: "
+            f"{', '.join(valid)}."
+        )
+    elsewhere = [
+        f"{kind} inputs ({', '.join(d for d, k in DATASET_INPUTS.items() if k == kind)})"
+        for kind, names in ARCHITECTURES_BY_INPUT.items()
+        if architecture in names
+    ]
+    raise ValueError(
+        f"Architecture {architecture!r} is not available for dataset {dataset!r} "
+        f"({input_kind} inputs); valid for it: {', '.join(valid)}. "
+        f"{architecture!r} applies to datasets of {' and '.join(elsewhere)}."
+    )
 
 
 def task_head(spec: TaskSpec, name: str, features: Any) -> Any:
@@ -40,12 +88,55 @@ def task_loss(spec: TaskSpec) -> str:
 
 
 def image_cnn(
-    input_shape: tuple[int, ...], tasks: Mapping[str, TaskSpec], width: int = 32
+    input_shape: tuple[int, ...],
+    tasks: Mapping[str, TaskSpec],
+    width: int = 32,
+    architecture: str = "shared_bottom",
 ) -> keras.Model:
-    """A small shared CNN trunk (as in MultiMNIST benchmarks) and one head per task."""
+    """A small CNN (as in MultiMNIST benchmarks) and one head per task.
+
+    The trunk is two blocks of a 3x3 ReLU convolution (`width`, then
+    `2 * width` filters) and a 2x2 max pooling. By `architecture`:
+
+    - `shared_bottom`: the trunk's map flattened into one shared
+      Dense(`4 * width`) ReLU layer (named `"shared"`) that every head reads;
+    - `task_attention`: MTAN-style (Liu et al., CVPR 2019): one
+      `keras_mtl.layers.TaskAttention` on the second convolution's map
+      (named `"shared"`, before its pooling) gives each task its own
+      attended `width`-channel map (masks of `width` channels); per task a
+      2x2 max pooling (MTAN pools after each task convolution), a flatten
+      and a Dense(`width`) ReLU tower (`"<task>_tower"`) before the head.
+
+    Either way the layer named `"shared"` is the one tensor every task reads
+    (for `MultiTaskModel(representation="shared")`). With `width=32` on
+    MultiDigits' 12x16 images the two have about the same size: 119,957 and
+    125,973 parameters for its three tasks (125,205 trainable; the rest are
+    batch-normalisation statistics).
+    """
+    if architecture not in IMAGE_ARCHITECTURES:
+        raise ValueError(
+            f"image_cnn: unknown architecture {architecture!r}; valid: "
+            f"{', '.join(IMAGE_ARCHITECTURES)}."
+        )
     inputs = keras.Input(input_shape, name="image")
     h = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(inputs)
     h = keras.layers.MaxPooling2D()(h)
+    if architecture == "task_attention":
+        from keras_mtl.layers import TaskAttention
+
+        shared = keras.layers.Conv2D(
+            2 * width, 3, padding="same", activation="relu", name="shared"
+        )(h)
+        attended = TaskAttention(
+            len(tasks), filters=width, mask_filters=width, name="task_attention"
+        )(shared)
+        outputs = {}
+        for (name, spec), features in zip(tasks.items(), attended):
+            t = keras.layers.MaxPooling2D(name=f"{name}_pool")(features)
+            t = keras.layers.Flatten(name=f"{name}_flatten")(t)
+            t = keras.layers.Dense(width, activation="relu", name=f"{name}_tower")(t)
+            outputs[name] = task_head(spec, name, t)
+        return keras.Model(inputs, outputs, name="task_attention_cnn")
     h = keras.layers.Conv2D(2 * width, 3, padding="same", activation="relu")(h)
     h = keras.layers.MaxPooling2D()(h)
     h = keras.layers.Flatten()(h)

@@ -32,9 +32,14 @@ def training_curves(
     """`val_loss_curves.png` (one panel per task, one line per method) and
     `task_weights.png` (one panel per method, one line per task), each
     averaged over seeds. Returns the written paths."""
+    from keras_mtl.bench.report import run_labels
+
     plt = _pyplot()
-    methods = list(dict.fromkeys(r.method for r in runs))
-    by_method = {m: [r for r in runs if r.method == m] for m in methods}
+    labels = run_labels(runs)  # "<architecture>/<method>" if several
+    methods = list(dict.fromkeys(labels))
+    by_method = {
+        m: [r for r, label in zip(runs, labels) if label == m] for m in methods
+    }
     written = []
 
     fig, axes = plt.subplots(

@@ -11,20 +11,36 @@ from keras_mtl.bench.metrics import delta_m, main_metric, mean_ranks
 from keras_mtl.datasets import TaskSpec
 
 
+def run_labels(runs: Sequence[Any]) -> list[str]:
+    """The name each run is grouped under: its method, or, when the runs
+    have several architectures, `"<architecture>/<method>"`."""
+    architectures = {getattr(r, "architecture", "shared_bottom") for r in runs}
+    if len(architectures) <= 1:
+        return [r.method for r in runs]
+    return [f"{r.architecture}/{r.method}" for r in runs]
+
+
 def summarize(
     runs: Sequence[Any], tasks: Mapping[str, TaskSpec], baseline: str = "equal"
 ) -> dict[str, Any]:
-    """Per method: each task's metrics (mean, std over seeds), Δm% against
-    `baseline` (mean and std over seeds, paired by seed), mean rank over
-    tasks of the main metric, mean seconds per run.
+    """Per method (per architecture and method when the runs have several
+    architectures, keyed `"<architecture>/<method>"`): each task's metrics
+    (mean, std over seeds), Δm% against `baseline` (mean and std over
+    seeds, paired by seed), mean rank over tasks of the main metric, mean
+    seconds per run.
 
-    If `baseline` was not run, the first method is the baseline (said in
-    the output's "baseline" field).
+    With several architectures the baseline is `baseline` on the first
+    architecture run. If it was not run, the first method is the baseline
+    (said in the output's "baseline" field).
     """
-    methods = list(dict.fromkeys(r.method for r in runs))
+    labels = run_labels(runs)
+    methods = list(dict.fromkeys(labels))
     if baseline not in methods:
-        baseline = methods[0]
-    by_method = {m: [r for r in runs if r.method == m] for m in methods}
+        first = f"{runs[0].architecture}/{baseline}"
+        baseline = first if first in methods else methods[0]
+    by_method = {
+        m: [r for r, label in zip(runs, labels) if label == m] for m in methods
+    }
     main = {t: main_metric(spec) for t, spec in tasks.items()}
 
     def main_scores(run: Any) -> list[float]:
@@ -52,6 +68,8 @@ def summarize(
         ]
         mean_main = np.mean([main_scores(r) for r in rs], axis=0)
         summary["methods"][m] = {
+            "architecture": getattr(rs[0], "architecture", "shared_bottom"),
+            "method": rs[0].method,
             "tasks": per_task,
             "delta_m": delta_m(mean_main, base_mean),
             "delta_m_std": float(np.std(paired)) if paired else float("nan"),
@@ -70,14 +88,20 @@ def summarize(
 
 
 def markdown_table(summary: Mapping[str, Any], tasks: Mapping[str, TaskSpec]) -> str:
-    """The results table, methods sorted by Δm% (best first)."""
+    """The results table, methods sorted by Δm% (best first); with several
+    architectures an architecture column before the method."""
     main = summary["main_metric"]
-    header = ["method"] + [f"{t} {main[t]}" for t in tasks]
+    several = len({s.get("architecture") for s in summary["methods"].values()}) > 1
+    header = ["architecture"] * several + ["method"] + [f"{t} {main[t]}" for t in tasks]
     header += [f"Δm% vs {summary['baseline']}", "mean rank", "s/run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = sorted(summary["methods"].items(), key=lambda kv: -kv[1]["delta_m"])
     for method, s in rows:
-        cells = [f"`{method}`"]
+        cells = (
+            [f"`{s['architecture']}`", f"`{s['method']}`"]
+            if several
+            else [f"`{method}`"]
+        )
         for t in tasks:
             v = s["tasks"][t][main[t]]
             cells.append(f"{100 * v['mean']:.2f} ± {100 * v['std']:.2f}")

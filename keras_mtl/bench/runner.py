@@ -158,22 +158,26 @@ def prepare(
     """Loads `dataset` once to learn its tasks and build what runs share (the
     WordPiece vocabulary is computed from the training text of seed 0).
 
-    `architecture` (one of `models.ARCHITECTURES`) is the multi-task bottom
-    of the network; datasets of vector inputs (`info["input"] == "vector"`)
-    take any, image and text datasets only `"shared_bottom"` (their CNN and
-    Transformer): another raises `ValueError`.
+    `architecture` is the network's multi-task architecture: datasets of
+    vector inputs (`info["input"] == "vector"`) take any of
+    `models.ARCHITECTURES`, image datasets `models.IMAGE_ARCHITECTURES`
+    (a shared bottom or task attention on the CNN), text datasets only
+    `"shared_bottom"` (their Transformer); another raises `ValueError`
+    naming the architecture, the dataset and the valid ones.
     """
     from keras_mtl.datasets import load
 
-    if architecture not in models.ARCHITECTURES:
+    if architecture not in models.ALL_ARCHITECTURES:
         raise ValueError(
             f"Unknown architecture {architecture!r}; valid: "
-            f"{', '.join(models.ARCHITECTURES)}."
+            f"{', '.join(models.ALL_ARCHITECTURES)}."
         )
     load_kwargs = dict(load_kwargs or {})
     data: MultiTaskData = load(dataset, seed=0, **load_kwargs)
     tasks = dict(data.tasks)
-    if data.info.get("input") == "vector":
+    input_kind = data.info.get("input", "image")
+    models.check_architecture(architecture, dataset, input_kind)
+    if input_kind == "vector":
         (input_dim,) = tuple(data.info["input_shape"])
         return Prepared(
             dataset,
@@ -181,12 +185,6 @@ def prepare(
             tasks,
             lambda: models.vector_mlp(input_dim, tasks, architecture),
             architecture=architecture,
-        )
-    if architecture != "shared_bottom":
-        raise ValueError(
-            f"Architecture {architecture!r} is available for datasets of vector "
-            f"inputs (mmoe_synthetic); {dataset!r} has the benchmark's fixed "
-            "shared-bottom network (architecture 'shared_bottom')."
         )
     if data.info.get("input") == "text":
         sequence_length = int(data.info.get("sequence_length", 64))
@@ -208,7 +206,13 @@ def prepare(
             extra={"vocabulary_size": vocabulary_size},
         )
     shape = tuple(data.info["input_shape"])
-    return Prepared(dataset, load_kwargs, tasks, lambda: models.image_cnn(shape, tasks))
+    return Prepared(
+        dataset,
+        load_kwargs,
+        tasks,
+        lambda: models.image_cnn(shape, tasks, architecture=architecture),
+        architecture=architecture,
+    )
 
 
 @dataclass
