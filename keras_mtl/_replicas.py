@@ -13,7 +13,9 @@ linear in the task losses or gradients, so the step reduces those first:
 - a gradient computed from such global quantities is the same on every
   replica: it is divided by R, since the optimizer sums R copies of it.
 
-Without a strategy (R = 1) every helper is the identity.
+Without a strategy (R = 1) every helper is the identity, as it is on a
+backend other than TensorFlow, where TensorFlow is not even imported
+(importing keras_mtl on JAX must not import it).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import tensorflow as tf
+import keras
+
+from keras_mtl import _compat
 
 # Every `MirroredStrategy` numbers its collectives from the same keys (group
 # 1, instances from 100), and TensorFlow's collective runtime keeps what the
@@ -42,42 +46,44 @@ def isolate_collective_keys(strategy: Any) -> None:
     a block of keys no other strategy of this process uses (once per
     strategy; later calls do nothing). Other strategies are left alone: a
     `MultiWorkerMirroredStrategy`'s keys must agree between processes."""
-    if not isinstance(strategy, tf.distribute.MirroredStrategy):
-        return
-    extended = strategy.extended
-    key_sets = {}
-    for keys in (
-        getattr(extended, "_collective_keys", None),
-        getattr(getattr(extended, "_cross_device_ops", None), "_collective_keys", None),
-    ):
-        # Private TensorFlow state: a version without it is left as it is.
-        if isinstance(getattr(keys, "_instance_key_table", None), dict):
-            key_sets[id(keys)] = keys
+    # Private TensorFlow state: empty for a version without it, which is
+    # then left as it is.
+    key_sets = _compat.mirrored_collective_keys(strategy)
     with _key_lock:
-        for keys in key_sets.values():
+        for keys in key_sets:
             if getattr(keys, "_keras_mtl_isolated", False):
                 continue
             if _key_blocks_used[0] >= _KEY_BLOCKS - 1:
                 return
             _key_blocks_used[0] += 1
             start = _key_blocks_used[0] * _KEY_BLOCK
-            with keys._lock:
-                for group in keys._instance_key_table.values():
-                    # The same next key on every device (replicas trace their
-                    # collectives in the same order), never an earlier one.
-                    following = max([start, *group.values()])
-                    for device in group:
-                        group[device] = following
+            _compat.advance_collective_instance_keys(keys, start)
             keys._keras_mtl_isolated = True
+
+
+def _tf() -> Any:
+    """TensorFlow, imported on first use (by a TensorFlow step only)."""
+    import tensorflow as tf
+
+    return tf
+
+
+def _uses_tf_distribute() -> bool:
+    """Whether `tf.distribute` can be in use: on the TensorFlow backend."""
+    return keras.backend.backend() == "tensorflow"
 
 
 def num_replicas() -> int:
     """The number of replicas in sync (1 without a strategy)."""
-    return int(tf.distribute.get_strategy().num_replicas_in_sync)
+    if not _uses_tf_distribute():
+        return 1
+    return int(_tf().distribute.get_strategy().num_replicas_in_sync)
 
 
 def _replica_context() -> Any:
-    context = tf.distribute.get_replica_context()
+    if not _uses_tf_distribute():
+        return None
+    context = _tf().distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync <= 1:
         return None
     return context
@@ -89,6 +95,7 @@ def all_reduce_sum(value: Any) -> Any:
     context = _replica_context()
     if context is None:
         return value
+    tf = _tf()
     return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(value))
 
 
@@ -102,7 +109,7 @@ def global_losses(local: Any) -> Any:
     """
     if _replica_context() is None:
         return local
-    return local + tf.stop_gradient(all_reduce_sum(local) - local)
+    return local + _tf().stop_gradient(all_reduce_sum(local) - local)
 
 
 def all_true(flag: Any) -> Any:
@@ -110,6 +117,7 @@ def all_true(flag: Any) -> Any:
     context = _replica_context()
     if context is None:
         return flag
+    tf = _tf()
     bad = tf.cast(tf.logical_not(flag), tf.float32)
     return context.all_reduce(tf.distribute.ReduceOp.SUM, bad) == 0.0
 
@@ -123,6 +131,9 @@ def multi_worker_logs(logs: Any) -> Any:
     synchronised (metric variables sum over the replicas), so the mean over
     that axis of length 1 is the scalar itself.
     """
+    if not _uses_tf_distribute():
+        return logs
+    tf = _tf()
     strategy = tf.distribute.get_strategy()
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return logs
@@ -144,8 +155,9 @@ def apply_if(condition: Any, apply: Any, *args: Any) -> None:
     as per-replica values: a closure would hand every replica the tensors
     of one of them.
     """
+    tf = _tf()
     context = _replica_context()
-    if context is None or tf.__internal__.distribute.strategy_supports_no_merge_call():
+    if context is None or _compat.strategy_supports_no_merge_call():
         tf.cond(condition, lambda: apply(*args), lambda: None)
         return
 
@@ -172,7 +184,7 @@ def xla_unsupported(strategy: Any) -> bool:
         return False
     devices = list(getattr(strategy.extended, "worker_devices", ()))
     return len(devices) > 1 and any(
-        tf.DeviceSpec.from_string(d).device_type == "CPU" for d in devices
+        _tf().DeviceSpec.from_string(d).device_type == "CPU" for d in devices
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from keras_mtl import _compat
+
 
 class SavesSeedGeneratorState:
     """Mixin for a Keras layer with a `seed_generator` attribute.
@@ -18,8 +20,7 @@ class SavesSeedGeneratorState:
     """
 
     def _saved_variables(self) -> list[Any]:
-        own = self._trainable_variables + self._non_trainable_variables
-        return [*own, self.seed_generator.state]
+        return [*_compat.own_variables(self), self.seed_generator.state]
 
     def save_own_variables(self, store: Any) -> None:
         for i, variable in enumerate(self._saved_variables()):

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import tensorflow as tf
 from keras import ops
 
+from keras_mtl import _compat
 from keras_mtl.aggregation._rows import combine_rows
 
 
@@ -27,6 +27,9 @@ def shared_variable_indices(
     """
     if keras.backend.backend() == "jax":
         return _jax_shared_variable_indices(net, variables, tasks, _feed(net, feed))
+    # Imported here: on JAX, importing keras_mtl must not import TensorFlow.
+    import tensorflow as tf
+
     if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
         # Built in a strategy's scope: a distributed variable is read only
         # in a replica context. Every replica finds the same indices.
@@ -100,6 +103,8 @@ def _zeros(net: keras.layers.Layer, shape: Any, dtype: Any) -> Any:
                 "TensorFlow backend has: pass `shared=` to name the shared "
                 "parameters instead of finding them from a zero batch."
             )
+        import tensorflow as tf
+
         return tf.fill(shape, "")
     return ops.zeros(shape, dtype=dtype)
 
@@ -117,7 +122,7 @@ def zero_batch(net: keras.layers.Layer) -> Any:
         return keras.tree.map_structure(
             lambda t: _zeros(net, t.shape, t.dtype), structure
         )
-    shapes = list((getattr(net, "_build_shapes_dict", None) or {}).values())
+    shapes = list((_compat.build_shapes(net) or {}).values())
     if len(shapes) != 1:
         raise ValueError(
             f"The input shape of the net {net.name!r} is unknown (it takes "
@@ -141,7 +146,6 @@ def _jax_shared_variable_indices(
     dead-code elimination keeps, for each task output, the inputs it
     depends on."""
     import jax
-    from jax._src.interpreters import partial_eval
 
     def outputs_of(values: list[Any]) -> list[Any]:
         mapping = list(zip(variables, values))
@@ -155,7 +159,7 @@ def _jax_shared_variable_indices(
     counts = [0] * len(variables)
     for k in range(len(tasks)):
         used = [i == k for i in range(len(tasks))]
-        _, used_inputs = partial_eval.dce_jaxpr(traced.jaxpr, used)
+        _, used_inputs = _compat.dce_jaxpr(traced.jaxpr, used)
         for i, needed in enumerate(used_inputs):
             counts[i] += int(needed)
     return [i for i, c in enumerate(counts) if c >= 2]

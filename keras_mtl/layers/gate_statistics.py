@@ -9,6 +9,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_mtl import _compat
+
 # The variables the gated layers (MMoE, CGC and PLE's levels, DSelectK) keep.
 _TASK_GATES = "gate_utilization"
 _SHARED_GATE = "shared_gate_utilization"
@@ -26,8 +28,8 @@ def _gated_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
         seen.add(id(layer))
         if isinstance(getattr(layer, _TASK_GATES, None), keras.Variable):
             found.append(layer)
-        # Keras 3 layers list their direct sublayers (models' included) here.
-        stack.extend(getattr(layer, "_layers", []))
+        # Each layer's direct sublayers (a model's included), in tracking order.
+        stack.extend(_compat.direct_sublayers(layer))
     return found
 
 
