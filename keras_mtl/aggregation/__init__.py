@@ -15,9 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 from keras_mtl._registry import resolve
-from keras_mtl.aggregation._aliases_a import ALIASES_A
-from keras_mtl.aggregation._aliases_b import ALIASES_B
-from keras_mtl.aggregation._aliases_c import ALIASES_C
 from keras_mtl.aggregation.aligned_mtl import AlignedMTL
 from keras_mtl.aggregation.base import Aggregator, GramianWeightedAggregator, gramian
 from keras_mtl.aggregation.cagrad import CAGrad
@@ -43,7 +40,41 @@ from keras_mtl.aggregation.sum import Sum
 from keras_mtl.aggregation.trimmed_mean import TrimmedMean
 from keras_mtl.aggregation.upgrad import UPGrad
 
-ALIASES: dict[str, type[Aggregator]] = {**ALIASES_A, **ALIASES_B, **ALIASES_C}
+# String alias -> class: the one registry of the aggregators (the names
+# LibMTL and TorchJD use; GradNorm answers to both spellings).
+ALIASES: dict[str, type[Aggregator]] = {
+    "aligned_mtl": AlignedMTL,
+    "cagrad": CAGrad,
+    "config": ConFIG,
+    "cr_mogm": CRMOGM,
+    "db_mtl": DBMTL,
+    "dualproj": DualProj,
+    "excess_mtl": ExcessMTL,
+    "fairgrad": FairGrad,
+    "grad_norm": GradNorm,
+    "graddrop": GradDrop,
+    "gradnorm": GradNorm,
+    "gradvac": GradVac,
+    "imtl_g": IMTLG,
+    "krum": Krum,
+    "mean": Mean,
+    "mgda": MGDA,
+    "moco": MoCo,
+    "modo": MoDo,
+    "nash_mtl": NashMTL,
+    "pcgrad": PCGrad,
+    "sdmgrad": SDMGrad,
+    "sum": Sum,
+    "trimmed_mean": TrimmedMean,
+    "upgrad": UPGrad,
+}
+
+# Aliases of the aggregators that can balance the gradients of a
+# representation: those whose state (if any) does not have the Jacobian's
+# width, which there is batch size x representation size.
+REPRESENTATION_AGGREGATORS: tuple[str, ...] = tuple(
+    sorted(name for name, cls in ALIASES.items() if not cls.state_has_jacobian_width)
+)
 
 
 def names() -> list[str]:
@@ -58,6 +89,7 @@ def get(identifier: Any, **kwargs: Any) -> Aggregator:
 
 __all__ = [
     "ALIASES",
+    "REPRESENTATION_AGGREGATORS",
     "Aggregator",
     "AlignedMTL",
     "CAGrad",

@@ -29,7 +29,7 @@ from typing import Any
 
 from keras import ops
 
-from keras_mtl.aggregation._helpers_b import positive_or_one
+from keras_mtl.aggregation._linalg import positive_or_one, symmetric_part
 
 RIDGE = 1e-6
 ITERATIONS = 20
@@ -55,7 +55,7 @@ def normalised_weights(
     (or a zero Gramian)."""
     num = gramian.shape[0]
     eye = ops.eye(num, dtype="float32")
-    system = 0.5 * (gramian + ops.transpose(gramian)) + ridge * eye
+    system = symmetric_part(gramian) + ridge * eye
     power = -1.0 / alpha
     # Start from the exact solution for orthogonal gradients (diagonal G).
     w = ops.power(ops.diagonal(system), -alpha / (alpha + 1.0))

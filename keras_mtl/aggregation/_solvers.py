@@ -30,7 +30,6 @@ Public API (stable; used by several aggregators):
   (`[K]` or `[M, K]`), the dual of a projection onto a dual cone (UPGrad,
   DualProj).
 - `lipschitz_bound(gramian) -> scalar`: the `L` above (0 for `G = 0`).
-- `check_iterations(value, name, owner)`: argument validation.
 
 Both solvers also take `active_set_rounds` (default `min(K + 1, 5)`).
 `cagrad.py` reuses the active-set internals (`_support_system`,
@@ -48,7 +47,11 @@ from typing import Any
 
 from keras import ops
 
-from keras_mtl.aggregation.base import project_onto_simplex
+from keras_mtl.aggregation._linalg import (
+    positive_or_one,
+    project_onto_simplex,
+    symmetric_part,
+)
 
 #: Default FISTA iteration counts: enough for a 1e-6 KKT residual on
 #: well-conditioned problems (condition number up to ~1e3) with K <= 50.
@@ -73,8 +76,7 @@ def lipschitz_bound(gramian: Any) -> Any:
 
 
 def _symmetrise(gramian: Any) -> Any:
-    gramian = ops.cast(gramian, "float32")
-    return 0.5 * (gramian + ops.transpose(gramian))
+    return symmetric_part(ops.cast(gramian, "float32"))
 
 
 def _fista(gradient: Any, project: Any, start: Any, step: Any, iterations: int) -> Any:
@@ -127,7 +129,7 @@ def min_norm_simplex(
         return start[0]
     bound = lipschitz_bound(gramian)
     # The minimiser does not depend on the scale of G: work with G / L.
-    g = gramian / ops.where(bound > 0.0, bound, 1.0)
+    g = gramian / positive_or_one(bound)
 
     def gradient(x: Any) -> Any:
         return ops.matmul(x, g)
@@ -239,7 +241,7 @@ def nonneg_qp(
         linear = linear[None, :]
     num = gramian.shape[0]
     bound = lipschitz_bound(gramian)
-    safe = ops.where(bound > 0.0, bound, 1.0)
+    safe = positive_or_one(bound)
     # Divide the whole objective by L: same minimiser, unit step.
     g = gramian / safe
     b = linear / safe
@@ -322,12 +324,3 @@ def _ratio_step(w: Any, candidate: Any, support: Any) -> tuple[Any, Any, Any]:
     support = support * (1.0 - ops.cast(blocked, "float32"))
     feasible = ops.logical_not(ops.any(decreasing, axis=-1, keepdims=True))
     return moved, support, feasible
-
-
-def check_iterations(value: Any, name: str, owner: str, minimum: int = 1) -> int:
-    """Validates an iteration-count argument (a Python int >= `minimum`)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"{owner}: {name} must be an integer >= {minimum}; got {value!r}."
-        )
-    return value

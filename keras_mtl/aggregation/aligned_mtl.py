@@ -7,6 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_mtl.aggregation._linalg import symmetric_part
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 
@@ -64,7 +65,7 @@ class AlignedMTL(GramianWeightedAggregator):
 
     def balance_transformation(self, gramian: Any) -> Any:
         """The matrix `B` (`[K, K]`) with `B J` the aligned Jacobian."""
-        gramian = 0.5 * (gramian + ops.transpose(gramian))
+        gramian = symmetric_part(gramian)
         values, vectors = ops.linalg.eigh(gramian)
         top = ops.max(values)
         keep = ops.logical_and(values > self.rcond * top, values > 0.0)

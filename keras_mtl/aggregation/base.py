@@ -2,47 +2,38 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import keras
 from keras import ops
 
+from keras_mtl.aggregation._eager_cache import (
+    OP_BY_OP,
+    eager_call,
+    eager_gramian_weights,
+    use_eager_function,
+)
+from keras_mtl.aggregation._linalg import (
+    clean_jacobian,
+    gramian,
+    max_abs_scaled,
+    normalized_gramian,
+    project_onto_simplex,
+    rescaled,
+)
 from keras_mtl.aggregation._rows import combine_rows
 
-# Per-instance `tf.function`s of eager calls (see `Aggregator.__call__`),
-# kept outside the layer: a function attribute would be tracked and
-# exported with the model as a SavedModel.
-_EAGER_FUNCTIONS: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = (
-    weakref.WeakKeyDictionary()
-)
-
-# Returned by `_run_cached` when the call cannot be traced.
-_OP_BY_OP = object()
-
-
-def _run_cached(functions: dict[Any, Any], key: Any, args: list[Any]) -> Any:
-    """`functions[key](*args)`, or `_OP_BY_OP` (from then on, for this key)
-    when tracing fails: code that needs eager values (`np.array` of the
-    Jacobian, as in a recording subclass under `run_eagerly=True`) keeps
-    working op by op, and a genuine error is raised by that op-by-op call.
-    Errors of a traced run (`tf.errors.OpError`) are not retried."""
-    function = functions[key]
-    if function is None:
-        return _OP_BY_OP
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        runtime_errors: tuple[type[BaseException], ...] = (tf.errors.OpError,)
-    else:
-        runtime_errors = ()
-    try:
-        return function(*args)
-    except runtime_errors:
-        raise
-    except Exception:  # noqa: BLE001 - a failed trace; rerun op by op
-        functions[key] = None
-        return _OP_BY_OP
+# Re-exported: the model's step and `keras_mtl.aggregation` import them here.
+__all__ = [
+    "Aggregator",
+    "GramianWeightedAggregator",
+    "GramianWeights",
+    "gramian",
+    "normalized_gramian",
+    "project_onto_simplex",
+    "rescaled",
+    "uses_gramian",
+]
 
 
 class Aggregator(keras.layers.Layer):
@@ -58,7 +49,9 @@ class Aggregator(keras.layers.Layer):
     `keras.ops` with fixed iteration counts, so every aggregator runs inside
     an XLA-compiled training step. Stateful aggregators create Keras
     variables in `build_state(num_tasks, dim)`; `training=False` must not
-    change them.
+    change them. One whose state has the Jacobian's width D (so that it
+    cannot be built with `dim=None`, nor balance a representation, whose D
+    changes with the batch) sets `state_has_jacobian_width = True`.
 
     **Scale.** Row norms of a Jacobian range over many orders of magnitude
     (1e-30 to 1e30 in the property tests) and a Gramian squares them, which
@@ -92,13 +85,14 @@ class Aggregator(keras.layers.Layer):
     to run op by op; an instance whose call cannot be traced (it converts
     the Jacobian to numpy, say) falls back to op by op by itself. Python
     side effects of `call` then run once per trace, as in any
-    `tf.function`.
+    `tf.function` (the cache is in `_eager_cache.py`).
 
     Subclasses implement `aggregate(jacobian, training)`.
     """
 
     scale_degree: int = 1
     needs_losses: bool = False
+    state_has_jacobian_width: bool = False
     eager_function: bool = True
 
     def __init__(self, name: str | None = None, **kwargs: Any) -> None:
@@ -130,113 +124,20 @@ class Aggregator(keras.layers.Layer):
                 "`aggregator(jacobian, losses=losses)` with the K unweighted task "
                 "losses (MultiTaskModel passes them); got losses=None."
             )
-        if not kwargs and self._use_eager_function(jacobian, training):
-            result = self._eager_call(jacobian, training, losses)
-            if result is not _OP_BY_OP:
+        if not kwargs and use_eager_function(self, jacobian, training):
+            result = eager_call(self, jacobian, training, losses)
+            if result is not OP_BY_OP:
                 return result
+        return self._keras_call(jacobian, training, losses, **kwargs)
+
+    def _keras_call(
+        self, jacobian: Any, training: Any, losses: Any, **kwargs: Any
+    ) -> Any:
+        """Keras' `Layer.__call__` (build, name scope, `call`), with the
+        losses only for an aggregator that needs them."""
         if not self.needs_losses:
             return super().__call__(jacobian, training=training, **kwargs)
         return super().__call__(jacobian, training=training, losses=losses, **kwargs)
-
-    def _use_eager_function(self, jacobian: Any, training: Any) -> bool:
-        if not self.eager_function:
-            return False
-        if not isinstance(training, bool) or isinstance(jacobian, keras.KerasTensor):
-            return False
-        backend = keras.backend.backend()
-        if backend == "jax":
-            import jax
-
-            # Not inside a trace (jit, grad, vmap): there it is compiled anyway.
-            return not isinstance(jacobian, jax.core.Tracer)
-        if backend != "tensorflow":
-            return False
-        import tensorflow as tf
-
-        return tf.executing_eagerly()
-
-    def _eager_call(self, jacobian: Any, training: bool, losses: Any) -> Any:
-        """An eager call through a cached `tf.function` (same result and
-        state updates as the op-by-op call, without the per-op overhead);
-        on JAX through a cached `jax.jit` of `stateless_call`."""
-        if keras.backend.backend() == "jax":
-            return self._jax_eager_call(jacobian, training, losses)
-        import tensorflow as tf
-
-        jacobian = tf.cast(tf.convert_to_tensor(jacobian), tf.float32)
-        if not self.built:
-            # Variables are created here, eagerly, never inside the trace.
-            self.build(tuple(jacobian.shape))
-        functions = _EAGER_FUNCTIONS.setdefault(self, {})
-        # The trace bakes in the Python attributes: a changed argument
-        # (e.g. `agg.max_norm = 2.0`) must get a new function, not the old
-        # graph.
-        key = (training, repr(self.get_config()))
-        if key not in functions:
-            # A weak reference: the cache must not keep the layer alive.
-            layer = weakref.ref(self)
-
-            # Inside a graph the layer's name scope must be a valid TF name;
-            # as a root scope a layer name with a leading underscore (the
-            # default name of a private class) is not, and Keras' scope
-            # stack is left corrupted by the failure. Nested, it is valid.
-            if self.needs_losses:
-
-                def run(jac: Any, task_losses: Any) -> Any:
-                    with tf.name_scope("aggregator"):
-                        return super(Aggregator, layer()).__call__(
-                            jac, training=training, losses=task_losses
-                        )
-
-            else:
-
-                def run(jac: Any) -> Any:
-                    with tf.name_scope("aggregator"):
-                        return super(Aggregator, layer()).__call__(
-                            jac, training=training
-                        )
-
-            functions[key] = tf.function(run, reduce_retracing=True, autograph=False)
-        args = [jacobian]
-        if self.needs_losses:
-            args.append(tf.cast(tf.convert_to_tensor(losses), tf.float32))
-        return _run_cached(functions, key, args)
-
-    def _jax_eager_call(self, jacobian: Any, training: bool, losses: Any) -> Any:
-        """`_eager_call` on JAX: `jax.jit` of the layer's `stateless_call`
-        (state in, new state out), cached per instance and configuration;
-        the new state is then assigned, as a plain call would."""
-        import jax
-
-        jacobian = ops.cast(ops.convert_to_tensor(jacobian), "float32")
-        if not self.built:
-            self.build(tuple(jacobian.shape))
-        functions = _EAGER_FUNCTIONS.setdefault(self, {})
-        key = ("jax", training, repr(self.get_config()))
-        if key not in functions:
-            layer = weakref.ref(self)
-
-            def run(trainable: Any, state: Any, jac: Any, *task_losses: Any) -> Any:
-                kwargs = {"losses": task_losses[0]} if task_losses else {}
-                return layer().stateless_call(
-                    trainable, state, jac, training=training, **kwargs
-                )
-
-            functions[key] = jax.jit(run)
-        args = [
-            [v.value for v in self.trainable_variables],
-            [v.value for v in self.non_trainable_variables],
-            jacobian,
-        ]
-        if self.needs_losses:
-            args.append(ops.cast(ops.convert_to_tensor(losses), "float32"))
-        result = _run_cached(functions, key, args)
-        if result is _OP_BY_OP:
-            return result
-        direction, state = result
-        for variable, value in zip(self.non_trainable_variables, state):
-            variable.assign(value)
-        return direction
 
     def task_terms(self, losses: Any) -> Any:
         """The K scalars whose gradients are the rows of the Jacobian, from
@@ -246,18 +147,13 @@ class Aggregator(keras.layers.Layer):
         return losses
 
     def call(self, jacobian: Any, training: bool = True, losses: Any = None) -> Any:
-        jacobian = ops.cast(jacobian, "float32")
-        # Replace non-finite entries so they cannot poison the solvers; a
-        # model skips such steps anyway (its loss or gradient check fails).
-        jacobian = ops.where(ops.isfinite(jacobian), jacobian, 0.0)
-        scale = ops.max(ops.abs(jacobian))
-        safe = ops.where(scale > 0.0, scale, 1.0)
+        scaled, safe = max_abs_scaled(clean_jacobian(jacobian))
         if self.needs_losses:
             direction = self.aggregate(
-                jacobian / safe, training=training, losses=ops.cast(losses, "float32")
+                scaled, training=training, losses=ops.cast(losses, "float32")
             )
         else:
-            direction = self.aggregate(jacobian / safe, training=training)
+            direction = self.aggregate(scaled, training=training)
         degree = self.scale_degree
         if degree == 1:
             direction = direction * safe
@@ -336,45 +232,10 @@ class GramianWeightedAggregator(Aggregator):
         return GramianWeights(super().weights, self._weights_of)
 
     def _weights_of(self, gramian: Any) -> Any:
-        # Eagerly through a cached `tf.function`, as `Aggregator.__call__`.
-        if not self._use_eager_function(gramian, True):
+        # Eagerly through a cached compiled function, as `Aggregator.__call__`.
+        if not use_eager_function(self, gramian, True):
             return self.gramian_weights(gramian)
-        # Weights that read the state (GradVac's targets) use zeros before
-        # the layer is built: a new function once it is.
-        if keras.backend.backend() == "jax":
-            import jax
-
-            functions = _EAGER_FUNCTIONS.setdefault(self, {})
-            key = ("jax_gramian_weights", self.built, repr(self.get_config()))
-            if key not in functions:
-                layer = weakref.ref(self)
-
-                def run(state: Any, g: Any) -> Any:
-                    # The state as an argument: `jax.jit` would bake the
-                    # variables' current values into the function.
-                    mapping = list(zip(layer().non_trainable_variables, state))
-                    with keras.StatelessScope(state_mapping=mapping):
-                        return layer().gramian_weights(g)
-
-                functions[key] = jax.jit(run)
-            gramian = ops.cast(ops.convert_to_tensor(gramian), "float32")
-            state = [v.value for v in self.non_trainable_variables]
-            result = _run_cached(functions, key, [state, gramian])
-            return self.gramian_weights(gramian) if result is _OP_BY_OP else result
-        import tensorflow as tf
-
-        functions = _EAGER_FUNCTIONS.setdefault(self, {})
-        key = ("gramian_weights", self.built, repr(self.get_config()))
-        if key not in functions:
-            layer = weakref.ref(self)
-            functions[key] = tf.function(
-                lambda g: layer().gramian_weights(g),
-                reduce_retracing=True,
-                autograph=False,
-            )
-        gramian = tf.cast(tf.convert_to_tensor(gramian), tf.float32)
-        result = _run_cached(functions, key, [gramian])
-        return self.gramian_weights(gramian) if result is _OP_BY_OP else result
+        return eager_gramian_weights(self, gramian)
 
     def gramian_weights(self, gramian: Any) -> Any:
         """Task weights `[K]` from a Gramian `[K, K]`."""
@@ -398,8 +259,8 @@ class GramianWeightedAggregator(Aggregator):
         return rescaled(self.gramian_weights(normalized), norm, exponent)
 
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
-        gramian = ops.matmul(jacobian, ops.transpose(jacobian))
-        return combine_rows(self.direction_weights(gramian, training), jacobian)
+        weights = self.direction_weights(gramian(jacobian), training)
+        return combine_rows(weights, jacobian)
 
 
 def uses_gramian(aggregator: Any) -> bool:
@@ -420,45 +281,3 @@ def uses_gramian(aggregator: Any) -> bool:
 
     weights_owner = owner("direction_weights")
     return all(issubclass(weights_owner, owner(name)) for name in ("aggregate", "call"))
-
-
-def normalized_gramian(gramian: Any) -> tuple[Any, Any]:
-    """`G / n**2` and `n`, for `n` the largest row norm of the Jacobian
-    (`n**2 = max_i G_ii`; `n = 1` for a zero Gramian)."""
-    gramian = ops.cast(gramian, "float32")
-    largest = ops.max(ops.diagonal(gramian))
-    safe = ops.where(largest > 0.0, largest, 1.0)
-    return gramian / safe, ops.sqrt(safe)
-
-
-def rescaled(weights: Any, norm: Any, exponent: float | None) -> Any:
-    """`weights * norm ** exponent` (`weights` for an exponent of 0 or
-    `None`, the latter for an aggregator of no scale degree)."""
-    if exponent is None or exponent == 0:
-        return weights
-    if exponent == -1:
-        return weights / norm
-    return weights * ops.power(norm, exponent)
-
-
-def gramian(jacobian: Any) -> Any:
-    """`J @ J.T` in float32."""
-    jacobian = ops.cast(jacobian, "float32")
-    return ops.matmul(jacobian, ops.transpose(jacobian))
-
-
-def project_onto_simplex(v: Any) -> Any:
-    """Euclidean projection of `v` (`[K]`) onto the probability simplex,
-    by the sort-based algorithm (Held, Wolfe & Crowder 1974; Duchi et al.
-    2008): fixed cost, no iteration, traceable."""
-    num = v.shape[0]
-    # Shifting by a constant does not change the projection; shifting by the
-    # maximum keeps huge inputs from losing the simplex to rounding.
-    v = v - ops.max(v)
-    u = ops.flip(ops.sort(v), axis=0)
-    cumulative = ops.cumsum(u) - 1.0
-    index = ops.arange(1, num + 1, dtype="float32")
-    condition = u - cumulative / index > 0
-    rho = ops.maximum(ops.max(ops.where(condition, index, 0.0)), 1.0)
-    theta = ops.take(cumulative, ops.cast(rho, "int32") - 1) / rho
-    return ops.maximum(v - theta, 0.0)

@@ -7,6 +7,12 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_mtl._validation import check_iterations
+from keras_mtl.aggregation._linalg import (
+    positive_or_one,
+    project_onto_simplex,
+    symmetric_part,
+)
 from keras_mtl.aggregation._solvers import (
     _KKT_TOL,
     ACTIVE_SET_ROUNDS,
@@ -14,10 +20,9 @@ from keras_mtl.aggregation._solvers import (
     _refined_solve,
     _ridge,
     _support_system,
-    check_iterations,
     lipschitz_bound,
 )
-from keras_mtl.aggregation.base import GramianWeightedAggregator, project_onto_simplex
+from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 RESCALES = (0, 1, 2)
 _NORM_EPS = 1e-7  # floor of ||g_w|| on the Gramian scaled to norm <= 1
@@ -100,15 +105,15 @@ class CAGrad(GramianWeightedAggregator):
         self.iterations = check_iterations(iterations, "iterations", "CAGrad")
 
     def gramian_weights(self, gramian: Any) -> Any:
-        gramian = 0.5 * (gramian + ops.transpose(gramian))
+        gramian = symmetric_part(gramian)
         num = gramian.shape[0]
         bound = lipschitz_bound(gramian)
         # Scale-free problem: work with G / L (eigenvalues <= 1).
-        g = gramian / ops.where(bound > 0.0, bound, 1.0)
+        g = gramian / positive_or_one(bound)
         mean = ops.full((num,), 1.0 / num, dtype="float32")
         linear = ops.matmul(g, mean)  # J g_0, [K]
         radius = self.c * ops.sqrt(ops.maximum(ops.sum(mean * linear), 0.0))
-        safe_radius = ops.where(radius > 0.0, radius, 1.0)
+        safe_radius = positive_or_one(radius)
 
         def norm(w: Any) -> Any:
             return ops.sqrt(ops.maximum(ops.sum(w * ops.matmul(g, w)), 0.0))
@@ -179,7 +184,7 @@ def _active_set(g: Any, linear: Any, radius: Any, w: Any, rounds: int) -> Any:
         usable = ops.logical_and(ops.all(ops.isfinite(solution)), disc > 0.0)
         usable = ops.logical_and(usable, a > 0.0)
         root = ops.sqrt(ops.maximum(disc, 1e-30))
-        mu = (e + root) / ops.where(a > 0.0, a, 1.0)
+        mu = (e + root) / positive_or_one(a)
         candidate = ops.where(usable, (mu * p - q) / root * support, w)
         moved, kept, feasible = _ratio_step(w[None], candidate[None], support[None])
         moved, kept, feasible = moved[0], kept[0], feasible[0, 0]

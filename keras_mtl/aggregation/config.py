@@ -7,7 +7,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_mtl.aggregation._helpers_b import check_number, safe_divide
+from keras_mtl._validation import check_number
+from keras_mtl.aggregation._linalg import safe_divide, symmetric_part
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 _MIN_NORM = 1e-3
@@ -88,7 +89,7 @@ class ConFIG(GramianWeightedAggregator):
         # Zero rows have a zero unit vector: their row and column of UU^T are 0.
         inverse_norms = safe_divide(1.0, norms)
         gram = gramian * inverse_norms[:, None] * inverse_norms[None, :]
-        gram = 0.5 * (gram + ops.transpose(gram))
+        gram = symmetric_part(gram)
         # pinv(U U^T) 1 from the eigendecomposition: eigenvalues below
         # rcond * largest are rounding noise of dependent rows and dropped.
         eigenvalues, eigenvectors = ops.eigh(gram)

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_mtl.aggregation._helpers_b import check_number
+from keras_mtl._validation import check_number
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 

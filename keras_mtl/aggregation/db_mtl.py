@@ -8,13 +8,10 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_mtl.aggregation._helpers_b import (
-    RawStateAggregator,
-    check_number,
-    row_norms,
-    unit_rows,
-)
+from keras_mtl._validation import check_number
+from keras_mtl.aggregation._linalg import row_norms, unit_rows
 from keras_mtl.aggregation._rows import sum_rows
+from keras_mtl.aggregation._stateful import RawStateAggregator
 
 # Inside the logarithm of the loss part, as in the paper and LibMTL.
 LOG_EPSILON = 1e-8

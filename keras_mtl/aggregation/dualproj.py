@@ -7,11 +7,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_mtl.aggregation._solvers import (
-    NONNEG_QP_ITERATIONS,
-    check_iterations,
-    nonneg_qp,
-)
+from keras_mtl._validation import check_iterations
+from keras_mtl.aggregation._solvers import NONNEG_QP_ITERATIONS, nonneg_qp
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 

@@ -7,13 +7,10 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_mtl.aggregation._helpers_b import (
-    RawStateAggregator,
-    check_number,
-    positive_or_one,
-    safe_divide,
-)
+from keras_mtl._validation import check_number
+from keras_mtl.aggregation._linalg import positive_or_one, safe_divide
 from keras_mtl.aggregation._rows import combine_rows
+from keras_mtl.aggregation._stateful import RawStateAggregator
 
 # Cap of the relative excess risk (keeps exp-weights finite).
 _MAX_RATIO = 1e30

@@ -6,8 +6,8 @@ from typing import Any
 
 import keras
 
+from keras_mtl._validation import check_int, check_number
 from keras_mtl.aggregation._alpha_fair import ITERATIONS, RIDGE, alpha_fair_weights
-from keras_mtl.aggregation._helpers_b import check_int, check_number
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 

@@ -8,9 +8,10 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_mtl.aggregation._helpers_b import (
-    check_number,
+from keras_mtl._validation import check_number
+from keras_mtl.aggregation._linalg import (
     clean_jacobian,
+    max_abs_scaled,
     positive_or_one,
     row_norms,
 )
@@ -137,8 +138,8 @@ class GradNorm(Aggregator):
         )
         jacobian = clean_jacobian(jacobian)
         weights = ops.convert_to_tensor(self.task_weights)
-        scale = positive_or_one(ops.max(ops.abs(jacobian)))
-        direction = combine_rows(weights, jacobian / scale) * scale
+        scaled, scale = max_abs_scaled(jacobian)
+        direction = combine_rows(weights, scaled) * scale
         if training:
             new_weights, initial = self.updated_weights(
                 weights, row_norms(jacobian), losses

@@ -7,12 +7,10 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_mtl.aggregation._helpers_b import (
-    SeededAggregator,
-    check_number,
-    uniform_noise,
-)
+from keras_mtl._validation import check_number
+from keras_mtl.aggregation._random_streams import uniform_noise
 from keras_mtl.aggregation._rows import sum_rows
+from keras_mtl.aggregation._stateful import SeededAggregator
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")

@@ -7,12 +7,10 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_mtl.aggregation._helpers_b import (
-    SeededAggregator,
-    check_number,
-    safe_divide,
-)
-from keras_mtl.aggregation.base import GramianWeightedAggregator, normalized_gramian
+from keras_mtl._validation import check_number
+from keras_mtl.aggregation._linalg import normalized_gramian, safe_divide
+from keras_mtl.aggregation._stateful import SeededAggregator
+from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 # The largest |target| used in the correction: a cosine of exactly 1 cannot
 # be reached by adding a finite multiple of g_j.

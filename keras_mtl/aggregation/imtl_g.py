@@ -8,6 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_mtl.aggregation._linalg import symmetric_part
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 # Gradient norms (of the Jacobian scaled to a largest row norm of 1) below this
@@ -77,7 +78,7 @@ class IMTLG(GramianWeightedAggregator):
         self.rcond = rcond
 
     def gramian_weights(self, gramian: Any) -> Any:
-        gramian = 0.5 * (gramian + ops.transpose(gramian))
+        gramian = symmetric_part(gramian)
         norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
         # Jacobi scaling: with N = diag(norms) and the correlation matrix
         # C = N^-1 G N^-1, G alpha = c n  <=>  C (N alpha) = c 1. C has a

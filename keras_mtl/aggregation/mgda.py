@@ -6,11 +6,8 @@ from typing import Any
 
 import keras
 
-from keras_mtl.aggregation._solvers import (
-    MIN_NORM_ITERATIONS,
-    check_iterations,
-    min_norm_simplex,
-)
+from keras_mtl._validation import check_iterations
+from keras_mtl.aggregation._solvers import MIN_NORM_ITERATIONS, min_norm_simplex
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 

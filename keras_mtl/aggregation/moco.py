@@ -7,14 +7,15 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_mtl.aggregation._helpers_b import (
-    RawStateAggregator,
-    check_number,
-    positive_or_one,
+from keras_mtl._validation import check_number
+from keras_mtl.aggregation._linalg import (
+    gramian,
+    max_abs_scaled,
+    project_onto_simplex,
     unit_rows,
 )
 from keras_mtl.aggregation._rows import combine_rows
-from keras_mtl.aggregation.base import project_onto_simplex
+from keras_mtl.aggregation._stateful import RawStateAggregator
 
 # Largest effective lambda step (gamma_t * max|Y|^2) for huge raw gradients
 # (the projection is then a vertex or an edge anyway).
@@ -119,9 +120,8 @@ class MoCo(RawStateAggregator):
         tracked = ops.convert_to_tensor(self.tracked)
         # A convex combination (beta_t <= 1): finite whenever both are.
         tracked = tracked - beta_t * (tracked - target)
-        peak = positive_or_one(ops.max(ops.abs(tracked)))
-        scaled = tracked / peak
-        gram = ops.matmul(scaled, ops.transpose(scaled))
+        scaled, peak = max_abs_scaled(tracked)
+        gram = gramian(scaled)
         lambdas = ops.convert_to_tensor(self.lambdas)
         effective = ops.minimum(gamma_t * peak * peak, _MAX_STEP)
         step_vector = effective * ops.matmul(gram, lambdas) + (

@@ -8,9 +8,15 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_mtl.aggregation._helpers_b import check_number, clean_jacobian
+from keras_mtl._validation import check_number
+from keras_mtl.aggregation._linalg import (
+    clean_jacobian,
+    gramian,
+    max_abs_scaled,
+    project_onto_simplex,
+)
 from keras_mtl.aggregation._rows import combine_rows
-from keras_mtl.aggregation.base import Aggregator, project_onto_simplex
+from keras_mtl.aggregation.base import Aggregator
 
 # The largest effective step gamma * max|J|^2 (as MoCo's guard): a
 # larger one only overflows, the projection being a vertex or an edge then.
@@ -92,14 +98,14 @@ class MoDo(Aggregator):
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
         # G = s^2 Gn with Gn the Gramian of J / s (no overflow); s^2 may be
         # inf, which the cap turns into the largest step.
-        scale = ops.max(ops.abs(jacobian))
-        safe = ops.where(scale > 0.0, scale, 1.0)
-        unit = jacobian / safe
-        gramian = ops.matmul(unit, ops.transpose(unit))
+        unit, scale = max_abs_scaled(jacobian)
+        unit_gramian = gramian(unit)
         lambdas = ops.convert_to_tensor(self.lambdas)
-        step = ops.minimum(self.gamma * safe * safe, _MAX_STEP)
-        step = ops.where(scale > 0.0, step, 0.0)
-        update = step * ops.matmul(gramian, lambdas) + self.gamma * self.rho * lambdas
+        # A zero Jacobian has scale 1 and a zero Gramian: no step from it.
+        step = ops.minimum(self.gamma * scale * scale, _MAX_STEP)
+        update = (
+            step * ops.matmul(unit_gramian, lambdas) + self.gamma * self.rho * lambdas
+        )
         lambdas = project_onto_simplex(lambdas - update)
         if training:
             self.lambdas.assign(lambdas)

@@ -7,9 +7,10 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_mtl._validation import check_int, check_number
 from keras_mtl.aggregation._alpha_fair import ITERATIONS, RIDGE, alpha_fair_weights
-from keras_mtl.aggregation._helpers_b import check_int, check_number, safe_divide
-from keras_mtl.aggregation.base import GramianWeightedAggregator, normalized_gramian
+from keras_mtl.aggregation._linalg import normalized_gramian, safe_divide
+from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")

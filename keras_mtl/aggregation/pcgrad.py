@@ -7,11 +7,9 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_mtl.aggregation._helpers_b import (
-    SeededAggregator,
-    safe_divide,
-)
-from keras_mtl.aggregation.base import GramianWeightedAggregator, normalized_gramian
+from keras_mtl.aggregation._linalg import normalized_gramian, safe_divide
+from keras_mtl.aggregation._stateful import SeededAggregator
+from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")

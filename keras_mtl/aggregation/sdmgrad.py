@@ -7,13 +7,9 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_mtl.aggregation._helpers_b import check_number
-from keras_mtl.aggregation._solvers import check_iterations
-from keras_mtl.aggregation.base import (
-    GramianWeightedAggregator,
-    normalized_gramian,
-    project_onto_simplex,
-)
+from keras_mtl._validation import check_iterations, check_number
+from keras_mtl.aggregation._linalg import normalized_gramian, project_onto_simplex
+from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")

@@ -7,10 +7,10 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_mtl._validation import check_temperature
 from keras_mtl.weighting._epoch_history import EpochLossHistory
 from keras_mtl.weighting.base import (
     Weighting,
-    check_temperature,
     softmax_weights,
     weighted_sum,
 )

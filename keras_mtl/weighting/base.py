@@ -115,9 +115,10 @@ class Weighting(keras.layers.Layer):
         `history` `[depth, K]` uses its last axis. A method whose state
         differs overrides this.
         """
+        from keras_mtl._compat import flatten_layers
         from keras_mtl.weighting._epoch_history import EpochLossHistory
 
-        for layer in self._flatten_layers(include_self=False):
+        for layer in flatten_layers(self, include_self=False):
             if isinstance(layer, EpochLossHistory):
                 if variable is layer.history:
                     return (1,)
@@ -141,19 +142,6 @@ class Weighting(keras.layers.Layer):
         config = super().get_config()
         config.pop("dtype", None)  # always float32, set in __init__
         return config
-
-
-def check_temperature(temperature: float, owner: str) -> float:
-    """Validates a softmax temperature: a finite number > 0."""
-    try:
-        value = float(temperature)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{owner}: temperature must be a number > 0; got {temperature!r}."
-        ) from None
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{owner}: temperature must be > 0; got {temperature!r}.")
-    return value
 
 
 def softmax_weights(scores: Any, temperature: float) -> Any:

@@ -10,7 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_mtl.weighting.base import Weighting, check_temperature, weighted_sum
+from keras_mtl._validation import check_temperature
+from keras_mtl.weighting.base import Weighting, weighted_sum
 
 TRANSFORMS = ("exp", "identity", "power")
 # Losses at which a user transform is checked for being increasing and convex.

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 from keras import ops
 
+from keras_mtl._validation import check_lower_bound
 from keras_mtl.weighting.base import Weighting
 
 # Added to every loss gap L_i - m_i before its logarithm (the paper's code).
@@ -18,18 +18,6 @@ _EPSILON = 1e-8
 _BETA_1 = 0.9
 _BETA_2 = 0.999
 _ADAM_EPSILON = 1e-8
-
-
-def _check_number(value: Any, name: str, low: float, low_open: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"FAMO: {name} must be a number; got {value!r}.")
-    number = float(value)
-    if not math.isfinite(number) or number < low or (low_open and number == low):
-        bound = f"> {low}" if low_open else f">= {low}"
-        raise ValueError(
-            f"FAMO: {name} must be a finite number {bound}; got {value!r}."
-        )
-    return number
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -105,14 +93,21 @@ class FAMO(Weighting):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.learning_rate = _check_number(learning_rate, "learning_rate", 0.0, True)
-        self.weight_decay = _check_number(weight_decay, "weight_decay", 0.0, False)
+        self.learning_rate = check_lower_bound(
+            learning_rate, "learning_rate", "FAMO", 0.0, True
+        )
+        self.weight_decay = check_lower_bound(
+            weight_decay, "weight_decay", "FAMO", 0.0, False
+        )
         if isinstance(min_losses, Sequence) and not isinstance(min_losses, str):
             self.min_losses: float | list[float] = [
-                _check_number(m, "min_losses", -math.inf, False) for m in min_losses
+                check_lower_bound(m, "min_losses", "FAMO", -math.inf, False)
+                for m in min_losses
             ]
         else:
-            self.min_losses = _check_number(min_losses, "min_losses", -math.inf, False)
+            self.min_losses = check_lower_bound(
+                min_losses, "min_losses", "FAMO", -math.inf, False
+            )
 
     def build_state(self, num_tasks: int) -> None:
         if isinstance(self.min_losses, list) and len(self.min_losses) != num_tasks:

@@ -9,36 +9,11 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_mtl._validation import check_number_list, check_positive
 from keras_mtl.weighting.base import Weighting
 
 # LibMTL's guard inside the logarithm of the normalised losses.
 _LOG_EPS = 1e-20
-
-
-def _positive_number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"STCH: {name} must be a finite number > 0; got {value!r}.")
-    number = float(value)
-    if not (math.isfinite(number) and number > 0.0):
-        raise ValueError(f"STCH: {name} must be a finite number > 0; got {value!r}.")
-    return number
-
-
-def _vector(value: Any, name: str, positive: bool) -> list[float] | None:
-    """None, or a list of finite numbers (> 0 when `positive`)."""
-    if value is None:
-        return None
-    try:
-        numbers_ = [float(v) for v in value]
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"STCH: {name} must be a list of numbers; got {value!r}."
-        ) from None
-    bad = [v for v in numbers_ if not math.isfinite(v) or (positive and v <= 0.0)]
-    if bad or not numbers_:
-        kind = "finite numbers > 0" if positive else "finite numbers"
-        raise ValueError(f"STCH: {name} must be a list of {kind}; got {value!r}.")
-    return numbers_
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -124,7 +99,7 @@ class STCH(Weighting):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.mu = _positive_number(mu, "mu")
+        self.mu = check_positive(mu, "mu", "STCH")
         if warmup_epoch is not None and (
             isinstance(warmup_epoch, bool)
             or not isinstance(warmup_epoch, numbers.Integral)
@@ -135,7 +110,9 @@ class STCH(Weighting):
             )
         self.warmup_epoch = None if warmup_epoch is None else int(warmup_epoch)
         self._announced_epoch = 0
-        self.preference = _vector(preference, "preference", positive=True)
+        self.preference = check_number_list(
+            preference, "preference", "STCH", positive=True
+        )
         if isinstance(ideal_point, numbers.Real) and not isinstance(ideal_point, bool):
             if not math.isfinite(float(ideal_point)):
                 raise ValueError(
@@ -143,7 +120,9 @@ class STCH(Weighting):
                 )
             self.ideal_point: float | list[float] = float(ideal_point)
         else:
-            self.ideal_point = _vector(ideal_point, "ideal_point", positive=False)
+            self.ideal_point = check_number_list(
+                ideal_point, "ideal_point", "STCH", positive=False
+            )
 
     def build_state(self, num_tasks: int) -> None:
         for name, value in (

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 from _backend import to_numpy
-from _checks_b import assert_config_round_trip, assert_finite_direction, jitted
 from _jacobians import jacobians
+from _stateful_checks import assert_config_round_trip, assert_finite_direction, jitted
 from hypothesis import given, settings
 
-from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation import ALIASES
 from keras_mtl.aggregation.base import uses_gramian
 from keras_mtl.aggregation.config import ConFIG
 
@@ -111,7 +111,7 @@ def test_eager_equals_jit():
 
 
 def test_config_and_validation():
-    assert ALIASES_B["config"] is ConFIG
+    assert ALIASES["config"] is ConFIG
     assert_config_round_trip(ConFIG(rcond=1e-5))
     with pytest.raises(ValueError):
         ConFIG(rcond=0.0)

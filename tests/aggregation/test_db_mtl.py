@@ -4,17 +4,17 @@ terms, keras_mtl/aggregation/db_mtl.py."""
 import numpy as np
 import pytest
 from _backend import tensor, to_numpy
-from _checks_b import (
+from _jacobians import jacobians
+from _stateful_checks import (
     assert_config_round_trip,
     assert_finite_direction,
     assert_same_values,
     jitted,
     values,
 )
-from _jacobians import jacobians
 from hypothesis import given, settings
 
-from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation import ALIASES
 from keras_mtl.aggregation.db_mtl import DBMTL
 from keras_mtl.aggregation.mean import Mean
 
@@ -118,7 +118,7 @@ def test_task_terms_are_log_losses():
 
 
 def test_config_and_validation():
-    assert ALIASES_B["db_mtl"] is DBMTL
+    assert ALIASES["db_mtl"] is DBMTL
     assert_config_round_trip(DBMTL(beta=0.5, beta_sigma=0.0))
     assert_config_round_trip(DBMTL(log_losses=False))
     assert DBMTL().get_config()["log_losses"] is True

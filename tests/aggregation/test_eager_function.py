@@ -13,7 +13,7 @@ from _backend import TENSORFLOW, compiled
 from _jacobians import brute_force_min_norm
 
 import keras_mtl
-from keras_mtl.aggregation import base
+from keras_mtl.aggregation import _eager_cache
 
 pytestmark = pytest.mark.backend_neutral
 
@@ -99,8 +99,8 @@ def test_eager_call_equals_the_op_by_op_call(name):
     fast = _make(name)
     slow = _make(name, eager_function=False)
     result = _run(fast, _eager)
-    assert base._EAGER_FUNCTIONS[fast]  # the fast path was taken
-    assert slow not in base._EAGER_FUNCTIONS  # and not for the reference
+    assert _eager_cache.EAGER_FUNCTIONS[fast]  # the fast path was taken
+    assert slow not in _eager_cache.EAGER_FUNCTIONS  # and not for the reference
     _assert_same_runs(result, _run(slow, _eager), rtol=1e-4, atol=1e-6)
 
 
@@ -121,7 +121,9 @@ def test_an_iterative_solver_reaches_its_optimum_on_both_paths():
         for agg in (fast, slow):
             got = np.asarray(agg(j), np.float64)
             assert np.linalg.norm(got - expected) <= bound, (got, expected)
-    assert base._EAGER_FUNCTIONS[fast] and slow not in base._EAGER_FUNCTIONS
+    assert (
+        _eager_cache.EAGER_FUNCTIONS[fast] and slow not in _eager_cache.EAGER_FUNCTIONS
+    )
 
 
 def test_new_widths_retrace_and_stay_correct():
@@ -133,7 +135,7 @@ def test_new_widths_retrace_and_stay_correct():
         assert got.shape == want.shape == (dim,)
         # The solver's accuracy on random problems (module _solvers).
         assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want), (got, want)
-    assert base._EAGER_FUNCTIONS[agg]  # through the cached function
+    assert _eager_cache.EAGER_FUNCTIONS[agg]  # through the cached function
 
 
 def test_a_changed_argument_is_not_baked_into_the_cached_function():
@@ -147,7 +149,7 @@ def test_a_changed_argument_is_not_baked_into_the_cached_function():
 def test_cache_does_not_keep_the_aggregator_alive():
     agg = _make("upgrad")
     agg(np.eye(2, dtype=np.float32))
-    assert agg in base._EAGER_FUNCTIONS
+    assert agg in _eager_cache.EAGER_FUNCTIONS
     ref = weakref.ref(agg)
     del agg
     gc.collect()
@@ -165,7 +167,7 @@ def test_symbolic_calls_are_not_compiled():
     agg = _make("mean")
     out = agg(keras.KerasTensor((3, 5)))
     assert isinstance(out, keras.KerasTensor) and out.shape == (5,)
-    assert agg not in base._EAGER_FUNCTIONS
+    assert agg not in _eager_cache.EAGER_FUNCTIONS
 
 
 class _Recording(keras_mtl.aggregation.Mean):
@@ -186,7 +188,7 @@ def test_an_untraceable_call_falls_back_to_op_by_op():
     j = np.array([[1.0, 2.0], [3.0, -4.0]], np.float32)
     np.testing.assert_allclose(agg(j), [2.0, -1.0])
     np.testing.assert_allclose(agg.seen, j / 4.0)  # normalised by the max entry
-    assert None in base._EAGER_FUNCTIONS[agg].values()  # fell back, remembered
+    assert None in _eager_cache.EAGER_FUNCTIONS[agg].values()  # fell back, remembered
     np.testing.assert_allclose(agg(2.0 * j), [4.0, -2.0])
     with pytest.raises(ValueError, match="broken aggregate"):
         _Broken()(j)

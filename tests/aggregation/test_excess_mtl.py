@@ -3,17 +3,17 @@
 import numpy as np
 import pytest
 from _backend import to_numpy
-from _checks_b import (
+from _jacobians import jacobians
+from _stateful_checks import (
     assert_config_round_trip,
     assert_finite_direction,
     assert_same_values,
     jitted,
     values,
 )
-from _jacobians import jacobians
 from hypothesis import given, settings
 
-from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation import ALIASES
 from keras_mtl.aggregation.excess_mtl import ExcessMTL
 
 pytestmark = pytest.mark.backend_neutral
@@ -108,7 +108,7 @@ def test_eager_equals_jit():
 
 
 def test_config_and_validation():
-    assert ALIASES_B["excess_mtl"] is ExcessMTL
+    assert ALIASES["excess_mtl"] is ExcessMTL
     assert_config_round_trip(ExcessMTL(step_size=0.1))
     for bad in (0.0, -1.0, "x"):
         with pytest.raises(ValueError):

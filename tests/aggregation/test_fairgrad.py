@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 from _backend import to_numpy
-from _checks_b import (
+from _jacobians import jacobians
+from _stateful_checks import (
     assert_config_round_trip,
     assert_finite_direction,
     jitted,
     padded,
 )
-from _jacobians import jacobians
 from hypothesis import given, settings
 
-from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation import ALIASES
 from keras_mtl.aggregation.fairgrad import FairGrad
 from keras_mtl.aggregation.nash_mtl import NashMTL
 
@@ -105,7 +105,7 @@ def test_permutation_invariant_and_eager_equals_jit():
 
 
 def test_config_and_validation():
-    assert ALIASES_B["fairgrad"] is FairGrad
+    assert ALIASES["fairgrad"] is FairGrad
     assert_config_round_trip(FairGrad(alpha=2.0, iterations=25))
     for bad in (0.0, -1.0, float("inf")):
         with pytest.raises(ValueError):

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 from _backend import compiled, to_numpy
-from _checks_b import assert_config_round_trip, assert_same_values, values
+from _stateful_checks import assert_config_round_trip, assert_same_values, values
 
 import keras_mtl
 from keras_mtl.aggregation import Aggregator, GradNorm

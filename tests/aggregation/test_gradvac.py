@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 from _backend import to_numpy
-from _checks_b import (
+from _jacobians import jacobians
+from _stateful_checks import (
     assert_config_round_trip,
     assert_finite_direction,
     assert_same_values,
@@ -12,10 +13,9 @@ from _checks_b import (
     jitted,
     values,
 )
-from _jacobians import jacobians
 from hypothesis import given, settings
 
-from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation import ALIASES
 from keras_mtl.aggregation.base import uses_gramian
 from keras_mtl.aggregation.gradvac import GradVac
 
@@ -181,7 +181,7 @@ def test_same_seed_reproducible_in_jit():
 
 
 def test_config_and_validation():
-    assert ALIASES_B["gradvac"] is GradVac
+    assert ALIASES["gradvac"] is GradVac
     assert_config_round_trip(GradVac(beta=0.2, seed=5))
     for bad in (0.0, 1.1, -1.0):
         with pytest.raises(ValueError):

@@ -11,7 +11,7 @@ from conftest import TASK_LOSSES, build_net
 
 import keras_mtl
 from keras_mtl.aggregation import GramianWeightedAggregator
-from keras_mtl.aggregation._helpers_b import SeededAggregator
+from keras_mtl.aggregation._stateful import SeededAggregator
 from keras_mtl.aggregation.base import GramianWeights
 
 pytestmark = pytest.mark.backend_neutral

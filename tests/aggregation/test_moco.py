@@ -3,18 +3,18 @@
 import numpy as np
 import pytest
 from _backend import to_numpy
-from _checks_b import (
+from _jacobians import jacobians
+from _stateful_checks import (
     assert_config_round_trip,
     assert_finite_direction,
     assert_same_values,
     jitted,
     values,
 )
-from _jacobians import jacobians
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation import ALIASES
 from keras_mtl.aggregation.moco import MoCo
 
 pytestmark = pytest.mark.backend_neutral
@@ -127,7 +127,7 @@ def test_eager_equals_jit():
 
 
 def test_config_and_validation():
-    assert ALIASES_B["moco"] is MoCo
+    assert ALIASES["moco"] is MoCo
     assert_config_round_trip(MoCo(beta=0.3, gamma=0.2, rho=0.1, normalize=False))
     for kwargs in ({"beta": 0.0}, {"beta": 1.5}, {"gamma": 0.0}, {"rho": -1.0}):
         with pytest.raises(ValueError):

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 from _backend import TENSORFLOW, to_numpy
-from _checks_b import (
+from _jacobians import jacobians
+from _stateful_checks import (
     assert_config_round_trip,
     assert_finite_direction,
     assert_same_values,
@@ -11,10 +12,9 @@ from _checks_b import (
     padded,
     values,
 )
-from _jacobians import jacobians
 from hypothesis import given, settings
 
-from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation import ALIASES
 from keras_mtl.aggregation.nash_mtl import NashMTL
 
 pytestmark = pytest.mark.backend_neutral
@@ -125,7 +125,7 @@ def test_eager_equals_jit():
 
 
 def test_config_and_validation():
-    assert ALIASES_B["nash_mtl"] is NashMTL
+    assert ALIASES["nash_mtl"] is NashMTL
     assert_config_round_trip(NashMTL(update_every=4, max_norm=1.0, iterations=20))
     for kwargs in ({"update_every": 0}, {"max_norm": -1.0}, {"iterations": 1.5}):
         with pytest.raises(ValueError):

@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 from _backend import to_numpy
-from _checks_b import (
+from _jacobians import jacobians
+from _stateful_checks import (
     assert_config_round_trip,
     assert_finite_direction,
     assert_same_values,
@@ -14,10 +15,9 @@ from _checks_b import (
     jitted,
     values,
 )
-from _jacobians import jacobians
 from hypothesis import given, settings
 
-from keras_mtl.aggregation._aliases_b import ALIASES_B
+from keras_mtl.aggregation import ALIASES
 from keras_mtl.aggregation.base import uses_gramian
 from keras_mtl.aggregation.pcgrad import PCGrad
 
@@ -195,7 +195,7 @@ def test_generator_state_is_saved():
 
 
 def test_config_and_alias():
-    assert ALIASES_B["pcgrad"] is PCGrad
+    assert ALIASES["pcgrad"] is PCGrad
     assert_config_round_trip(PCGrad(seed=3, name="surgery"))
     with pytest.raises(ValueError):
         PCGrad(seed=1.5)

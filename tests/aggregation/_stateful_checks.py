@@ -1,5 +1,7 @@
-"""Checks shared by the tests of PCGrad, GradDrop, GradVac, ConFIG, NashMTL,
-FairGrad, MoCo, DBMTL and ExcessMTL."""
+"""Checks of aggregators that keep state (variables, random streams), shared
+by the tests of PCGrad, GradDrop, GradVac, ConFIG, NashMTL, FairGrad, MoCo,
+DBMTL, ExcessMTL and others: state snapshots, XLA-compiled calls that update
+the state, padded Jacobians."""
 
 import keras
 import numpy as np

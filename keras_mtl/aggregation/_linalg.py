@@ -1,0 +1,102 @@
+"""The linear algebra the aggregators share, each piece written once:
+cleaning a Jacobian, scale-safe division and scaling, row norms, the
+Gramian and its normalisation, and the projection onto the simplex.
+
+All of it is `keras.ops` (traceable, XLA-compatible, float32 in, float32
+out for float32 inputs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keras import ops
+
+
+def clean_jacobian(jacobian: Any) -> Any:
+    """float32, non-finite entries replaced by 0, so they cannot poison the
+    solvers (a model skips such steps anyway: its loss or gradient check
+    fails)."""
+    jacobian = ops.cast(jacobian, "float32")
+    return ops.where(ops.isfinite(jacobian), jacobian, 0.0)
+
+
+def positive_or_one(x: Any) -> Any:
+    """`x` where it is > 0, else 1 (a safe divisor)."""
+    return ops.where(x > 0.0, x, 1.0)
+
+
+def safe_divide(numerator: Any, denominator: Any) -> Any:
+    """`numerator / denominator` where the denominator is > 0, else 0."""
+    return ops.where(denominator > 0.0, numerator / positive_or_one(denominator), 0.0)
+
+
+def max_abs_scaled(matrix: Any, axis: int | None = None) -> tuple[Any, Any]:
+    """`(matrix / s, s)` for `s` the largest absolute entry of `matrix` (of
+    each slice along `axis`, kept as an axis of length 1), or 1 where that
+    is 0: the scaled matrix has entries in [-1, 1], so its squares neither
+    overflow nor all underflow in float32."""
+    keepdims = axis is not None
+    scale = positive_or_one(ops.max(ops.abs(matrix), axis=axis, keepdims=keepdims))
+    return matrix / scale, scale
+
+
+def row_norms(matrix: Any) -> Any:
+    """Euclidean norms of the rows of `[K, D]` without overflow or underflow:
+    each row is divided by its largest absolute entry first."""
+    scaled, peak = max_abs_scaled(matrix, axis=1)
+    return peak[:, 0] * ops.sqrt(ops.sum(scaled * scaled, axis=1))
+
+
+def unit_rows(matrix: Any) -> Any:
+    """The rows of `[K, D]` divided by their norms (zero rows stay zero)."""
+    scaled, _ = max_abs_scaled(matrix, axis=1)
+    norms = ops.sqrt(ops.sum(scaled * scaled, axis=1, keepdims=True))
+    return safe_divide(scaled, norms)
+
+
+def gramian(jacobian: Any) -> Any:
+    """`J @ J.T` in float32."""
+    jacobian = ops.cast(jacobian, "float32")
+    return ops.matmul(jacobian, ops.transpose(jacobian))
+
+
+def symmetric_part(matrix: Any) -> Any:
+    """`(M + M.T) / 2`: a Gramian made exactly symmetric (a summed or
+    rescaled one may differ from its transpose by rounding)."""
+    return 0.5 * (matrix + ops.transpose(matrix))
+
+
+def normalized_gramian(gramian: Any) -> tuple[Any, Any]:
+    """`G / n**2` and `n`, for `n` the largest row norm of the Jacobian
+    (`n**2 = max_i G_ii`; `n = 1` for a zero Gramian)."""
+    gramian = ops.cast(gramian, "float32")
+    safe = positive_or_one(ops.max(ops.diagonal(gramian)))
+    return gramian / safe, ops.sqrt(safe)
+
+
+def rescaled(weights: Any, norm: Any, exponent: float | None) -> Any:
+    """`weights * norm ** exponent` (`weights` for an exponent of 0 or
+    `None`, the latter for an aggregator of no scale degree)."""
+    if exponent is None or exponent == 0:
+        return weights
+    if exponent == -1:
+        return weights / norm
+    return weights * ops.power(norm, exponent)
+
+
+def project_onto_simplex(v: Any) -> Any:
+    """Euclidean projection of `v` (`[K]`) onto the probability simplex,
+    by the sort-based algorithm (Held, Wolfe & Crowder 1974; Duchi et al.
+    2008): fixed cost, no iteration, traceable."""
+    num = v.shape[0]
+    # Shifting by a constant does not change the projection; shifting by the
+    # maximum keeps huge inputs from losing the simplex to rounding.
+    v = v - ops.max(v)
+    u = ops.flip(ops.sort(v), axis=0)
+    cumulative = ops.cumsum(u) - 1.0
+    index = ops.arange(1, num + 1, dtype="float32")
+    condition = u - cumulative / index > 0
+    rho = ops.maximum(ops.max(ops.where(condition, index, 0.0)), 1.0)
+    theta = ops.take(cumulative, ops.cast(rho, "int32") - 1) / rho
+    return ops.maximum(v - theta, 0.0)
