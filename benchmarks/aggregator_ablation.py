@@ -51,7 +51,7 @@ from keras import ops  # noqa: E402
 
 from benchmarks import performance  # noqa: E402
 from keras_mtl import gradients  # noqa: E402
-from keras_mtl import model as model_lib  # noqa: E402
+from keras_mtl.trainers import step as step_lib  # noqa: E402
 
 
 def no_logs(jacobian: Any, direction: Any) -> tuple[Any, Any]:
@@ -146,7 +146,7 @@ GRADDROP_VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
     ),
 ]
 
-JACOBIAN = [(model_lib, "uses_gramian", lambda a: False)]
+JACOBIAN = [(step_lib, "uses_gramian", lambda a: False)]
 # The projection methods on the Gramian route, and PCGrad made to take the
 # Jacobian (as before the route served it).
 PROJECTION_VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keras_mtl import gradients
-from keras_mtl.model import _TaskMean
+from keras_mtl.task_metrics import _TaskMean
 
 pytestmark = pytest.mark.backend_neutral
 

@@ -1,0 +1,490 @@
+"""The training step of `MultiTaskModel`, written once for every backend.
+
+`MultiTaskStep` is the backend-neutral half of the model's trainer, as
+`keras/src/trainers/trainer.py` is Keras' own: the objective (task losses
+through the weighting), the aggregation of per-task gradient rows (the
+Jacobian or the Gramian route), the finishing of a training step (the
+non-finite check, the update applied only if finite, the rollback of the
+weighting's and aggregator's state, the step counters and trackers) and the
+evaluation step. One trainer per backend subclasses it and is chosen once,
+at import (`keras_mtl.trainers`): `tensorflow_trainer.TensorFlowTrainer`
+(a `GradientTape` step, `tf.distribute`) and `jax_trainer.JaxTrainer` (a
+stateless step under `jax.vjp`).
+
+What a backend trainer provides (the methods below that raise
+`NotImplementedError`; the same names on every backend):
+
+- `train_step` / `test_step` in Keras' signature for the backend, running
+  `_train_body(data)` / `_test_body(data)`;
+- `_step_gradients(x, y, sample_weight) -> StepGradients`: the forward pass
+  and the gradient of every trainable variable. Without an aggregator that
+  is the objective's gradient. With one, the backend takes the per-task
+  gradients of the task terms (`_aggregation_objectives`) with respect to
+  the given targets (the shared variables, `_find_shared_variables`, or in
+  representation mode the trunk's output), passes them to `_aggregate_rows`
+  for the direction and gives every other variable the gradient of the
+  heads' objective. Each trainer names that part `_aggregated_gradients`;
+- `_apply_if_finite(finite, gradients, variables)`: the optimizer's update,
+  applied only where `finite` is true, as part of the compiled step;
+- replica reduction: `_num_replicas()`, `_all_reduce_sum(value)`,
+  `_all_true(flag)`, `_global_losses(losses)` (the identity with one
+  replica);
+- state handling: `_init_scope()` (where variables may be created while a
+  step is traced), `_traced_only(fn)` (runs `fn` for its Python result
+  without adding its operations to a step being traced), and
+  `_counter_dtype`, the dtype of the step counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import keras
+from keras import ops
+
+from keras_mtl import _replicas, net_structure
+from keras_mtl import gradients as gradients_lib
+from keras_mtl.aggregation.base import rescaled, uses_gramian
+
+
+class StepGradients(NamedTuple):
+    """What a backend's `_step_gradients` returns to `_finish_step`."""
+
+    y_pred: Any
+    losses: Any  # [K] unweighted task losses (global batch)
+    total: Any  # the objective, regularisation included
+    weights: Any  # [K] effective weight on each task's gradient
+    gradients: list[Any]
+    variables: list[Any]
+    state: list[Any]  # weighting (and aggregator) state, rolled back if skipped
+    state_before: list[Any]  # their values before the step
+
+
+class MultiTaskStep:
+    """The backend-neutral training and evaluation step of `MultiTaskModel`
+    (a mixin of the model's trainer; see the module docstring for what a
+    backend trainer provides)."""
+
+    _counter_dtype: str
+
+    # ------------------------------------------ provided by a backend trainer
+    def _step_gradients(self, x: Any, y: Any, sample_weight: Any) -> StepGradients:
+        raise NotImplementedError
+
+    def _apply_if_finite(
+        self, finite: Any, gradients: list[Any], variables: list[Any]
+    ) -> None:
+        raise NotImplementedError
+
+    def _num_replicas(self) -> int:
+        raise NotImplementedError
+
+    def _all_reduce_sum(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def _all_true(self, flag: Any) -> Any:
+        raise NotImplementedError
+
+    def _global_losses(self, local: Any) -> Any:
+        raise NotImplementedError
+
+    def _init_scope(self) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _traced_only(self, fn: Callable[[], Any]) -> Any:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ the steps
+    def _train_body(self, data: Any) -> dict[str, Any]:
+        """One training step, inside the backend's `train_step`."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        step = self._step_gradients(x, y, sample_weight)
+        return self._finish_step(x, y, sample_weight, step)
+
+    def _find_shared_variables(self) -> list[Any]:
+        """The net's trainable variables used by two or more task losses; the
+        aggregator is built for their total size. Found once the net is
+        built: at construction, when loaded, or (a subclassed net creates its
+        variables in its first call) in the first trace of the step. There
+        the test is traced only (which gradients are None is known from the
+        graph) and the aggregator's variables are created outside it."""
+        if self._shared_variables is None and self.shared is not None:
+            object.__setattr__(
+                self,
+                "_shared_variables",
+                net_structure._select_shared(self.net, self.shared),
+            )
+            dim = sum(math.prod(v.shape) for v in self._shared_variables)
+            if not self.aggregator.built:
+                with self._init_scope():
+                    self.aggregator.build((len(self.task_names), dim))
+        if self._shared_variables is None:
+            variables = list(self.net.trainable_variables)
+
+            def find() -> list[int]:
+                feed = gradients_lib.zero_batch(self.net)
+                try:
+                    # Warnings about the synthetic batch (a softmax over a
+                    # sequence of length 1) are not the user's to act on.
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", UserWarning)
+                        return gradients_lib.shared_variable_indices(
+                            self.net, variables, self.task_names, feed=feed
+                        )
+                except Exception as error:
+                    # The net's own error, with what was fed and the way out.
+                    shapes = keras.tree.map_structure(lambda t: tuple(t.shape), feed)
+                    raise ValueError(
+                        "The shared parameters are found from a forward pass of "
+                        f"a zero batch shaped {shapes} (unknown dimensions set "
+                        f"to 1) through the net {self.net.name!r}, which failed: "
+                        f"{type(error).__name__}: {error}. Name them with "
+                        "`shared=` (layer or nested model names, or variable "
+                        "paths) instead."
+                    ) from error
+
+            indices = self._traced_only(find)
+            if not indices:
+                raise ValueError(
+                    "No parameter is shared by two or more tasks: there is nothing "
+                    "for the aggregator to balance."
+                )
+            # Not tracked by Keras: they are the net's variables (tracked, the
+            # model would own and save them twice), and this may happen in the
+            # first trace, after the model is built.
+            object.__setattr__(
+                self, "_shared_variables", [variables[i] for i in indices]
+            )
+            dim = sum(math.prod(v.shape) for v in self._shared_variables)
+            if not self.aggregator.built:
+                with self._init_scope():
+                    self.aggregator.build((len(self.task_names), dim))
+        return self._shared_variables
+
+    def _objective(
+        self, y: Any, y_pred: Any, sample_weight: Any, training: bool
+    ) -> tuple[Any, Any, Any]:
+        """Unweighted task losses, the total objective and effective weights."""
+        if self._task_losses is None:
+            raise RuntimeError("Call compile() before training or evaluating.")
+        raw, counts, sizes = self._task_losses.masked(y, y_pred, sample_weight)
+        # Each task's mean over its labelled examples of the global batch
+        # (under tf.distribute the counts are summed over the replicas; the
+        # Keras loss divided by the replica's batch size and by R). The
+        # scale is exactly 1 when every example is labelled.
+        replicas = self._num_replicas()
+        total_counts = self._all_reduce_sum(counts)
+        present = total_counts > 0.0
+        scale = (sizes * float(replicas)) / ops.maximum(total_counts, 1.0)
+        losses = self._global_losses(raw * scale)
+        # An absent task (no labelled example) gives the weighting a
+        # constant: it adds nothing to the gradient, and the state it would
+        # change is kept (`_finish_step`). The constant is the task's mean so
+        # far this epoch (1 before any), which leaves epoch means unchanged.
+        seen = ops.where(present, losses, ops.stop_gradient(self._loss_fill()))
+        static = ops.convert_to_tensor(self.task_loss_weights)
+        objective, weights = self.weighting(seen * static, training=training)
+        total = ops.cast(objective, "float32") + self._regularization()
+        # Read by the rest of the step (same trace).
+        object.__setattr__(self, "_step_present", present)
+        weights = ops.where(present, weights * static, 0.0)
+        return losses, total, weights
+
+    def _loss_fill(self) -> Any:
+        """Each task's epoch-mean loss so far (1 where there is none)."""
+        owner = self._task_loss_trackers[0]._owner()
+        num_tasks = len(self.task_names)
+        count = owner.count[:num_tasks]
+        mean = owner.total[:num_tasks] / ops.maximum(count, 1.0)
+        return ops.where(count > 0.0, mean, 1.0)
+
+    def _present(self) -> Any:
+        """The current step's per-task presence (a labelled example in the
+        global batch), `[K]` bool."""
+        present = getattr(self, "_step_present", None)
+        if present is None:
+            return ops.ones((len(self.task_names),), "bool")
+        return present
+
+    def _aggregation_objectives(
+        self, losses: Any, weights: Any, target: Any
+    ) -> tuple[Any, Any, Any]:
+        """What an aggregator step differentiates, on either backend: the
+        task terms `w_i L_i` (weights held constant), the same after the
+        aggregator's `task_terms` transform (the Jacobian's rows) and the
+        heads' objective, `target` with each task's term swapped for its
+        transformed one: the task heads follow the transformed losses too
+        (DB-MTL trains every parameter on log L_i). `weights` is
+        d target / d L, so the swap keeps the weighting's own gradient."""
+        terms = ops.stop_gradient(weights) * losses
+        transformed = self.aggregator.task_terms(terms)
+        heads = target
+        if transformed is not terms:
+            heads = target + (ops.sum(transformed) - ops.sum(terms))
+        return terms, transformed, heads
+
+    def _regularization(self) -> Any:
+        """The model's own losses (`model.losses`): added once, unweighted."""
+        total = ops.zeros((), "float32")
+        for extra in self.losses:
+            total = total + ops.cast(ops.sum(extra), "float32")
+        return total
+
+    def _update_trackers(
+        self,
+        losses: Any,
+        total: Any,
+        weights: Any,
+        finite: Any,
+        batch_size: Any,
+        training: bool = True,
+    ) -> None:
+        # A skipped (non-finite) step enters no epoch mean, nor does an
+        # absent task (no labelled example): its mean is over the steps
+        # that observed it (NaN if none did).
+        keep = ops.cast(finite, "float32")
+        observed = ops.logical_and(finite, self._present())
+        zero = ops.zeros_like(losses)
+        losses = ops.where(observed, losses, zero)
+        weights = ops.where(observed, weights, zero)
+        self._loss_tracker.update_state(
+            ops.where(finite, total, 0.0),
+            sample_weight=keep * ops.cast(batch_size, "float32"),
+        )
+        counts = ops.cast(observed, "float32")
+        # Evaluation logs losses and metrics only: its weights stay empty.
+        weight_counts = counts if training else ops.zeros_like(counts)
+        counts = ops.concatenate([counts, weight_counts])
+        self._task_loss_trackers[0].update_group(
+            ops.concatenate(
+                [ops.cast(losses, "float32"), ops.cast(weights, "float32")]
+            ),
+            sample_weight=counts,
+        )
+
+    def _finish_step(
+        self, x: Any, y: Any, sample_weight: Any, step: StepGradients
+    ) -> dict[str, Any]:
+        """The end of a training step, on either backend: checks the losses
+        and gradients, applies the update if they are finite
+        (`_apply_if_finite`), rolls the weighting's and aggregator's state
+        (`step.state`, with its values before the step in
+        `step.state_before`) back where it was not applied, counts skipped
+        steps and updates the trackers and metrics."""
+        y_pred, losses, total, weights = (
+            step.y_pred,
+            step.losses,
+            step.total,
+            step.weights,
+        )
+        gradients, variables = step.gradients, step.variables
+        state, state_before = step.state, step.state_before
+        finite_losses = ops.isfinite(losses)
+        finite = ops.logical_and(ops.all(finite_losses), ops.isfinite(total))
+        # One reduction per variable: a sum is finite iff every entry is (an
+        # overflowing sum of finite values is as good a reason to skip).
+        grad_sums = [
+            ops.sum(ops.cast(g, "float32")) for g in gradients if g is not None
+        ]
+        grads_finite = ops.convert_to_tensor(True)
+        if grad_sums:
+            grad_total = ops.sum(ops.stack(grad_sums))
+            grads_finite = self._all_true(ops.isfinite(grad_total))
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # It checks its (scaled) gradients itself and on overflow lowers
+            # the scale and skips: it must see them. The state still rolls
+            # back on such a step.
+            updated = ops.logical_and(finite, grads_finite)
+        else:
+            finite = ops.logical_and(finite, grads_finite)
+            updated = finite
+        pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+
+        if pairs:
+            self._apply_if_finite(finite, [g for g, _ in pairs], [v for _, v in pairs])
+        # Roll the weighting's (and aggregator's) state back where the step
+        # was not applied, and an absent task's part of it (its rows along
+        # the task axes) where the task had no labelled example.
+        present = self._present()
+        for variable, before in zip(state, state_before):
+            keep = ops.logical_and(updated, self._state_mask(variable, present))
+            variable.assign(ops.where(keep, variable.value, before))
+        step = ops.copy(self.train_steps)
+        bad = ops.logical_not(finite)
+        self.last_nonfinite_step.assign(
+            ops.where(bad, step, self.last_nonfinite_step.value)
+        )
+        self.nonfinite_tasks.assign(
+            ops.where(
+                bad,
+                ops.cast(ops.logical_not(finite_losses), "int32"),
+                self.nonfinite_tasks.value,
+            )
+        )
+        self.skipped_steps.assign_add(ops.cast(bad, self.skipped_steps.dtype))
+        self.train_steps.assign_add(1)
+        self._update_trackers(losses, total, weights, finite, _batch_size(x))
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _state_mask(self, variable: Any, present: Any) -> Any:
+        """Where `variable` (weighting or aggregator state) may take this
+        step's value: along its task axes, the present tasks (the
+        weighting's `state_task_axes`); all of an aggregator's state only
+        if every task is present (else the aggregator was not used)."""
+        weighting_ids = {id(v) for v in self.weighting.variables}
+        if id(variable) not in weighting_ids:
+            return ops.all(present)
+        mask = ops.convert_to_tensor(True)
+        rank = len(variable.shape)
+        for axis in self.weighting.state_task_axes(variable):
+            shape = [1] * rank
+            shape[axis] = -1
+            mask = ops.logical_and(mask, ops.reshape(present, shape))
+        return mask
+
+    def _aggregate_rows(
+        self, rows: list[list[Any]], targets: list[Any], losses: Any
+    ) -> tuple[list[Any], Any, Any]:
+        """The aggregator's direction for the per-task gradients `rows[k][v]`
+        (task k, target v: a shared variable or the representation; `None`
+        for zeros; loss-scaled), on either backend: returns it per target
+        (shaped like the target, loss-scaled again), each task's effective
+        weight in it and the optimizer's loss scale. Under `tf.distribute`
+        the gradients are all-reduced first.
+
+        A Gramian-weighted aggregator (`uses_gramian`) takes the Gramian
+        route: the Gramian is summed over the targets' blocks, the weights
+        `c` come from it and each target's direction is its rows combined
+        by `c`; the `[K, D]` Jacobian is never formed and the effective
+        weights are `c` itself. Any other aggregator gets the Jacobian
+        (`_direction`)."""
+        if not uses_gramian(self.aggregator):
+            jacobian = ops.stack([gradients_lib.flatten(r, targets) for r in rows])
+            jacobian = self._all_reduce_sum(jacobian)
+            direction, combination, loss_scale = self._direction(jacobian, losses)
+            return gradients_lib.split_like(direction, targets), combination, loss_scale
+        blocks = gradients_lib.task_blocks(rows, targets)
+        if self._num_replicas() > 1:
+            # One all-reduce per block (stacked), as the Jacobian's one.
+            blocks = [
+                ops.unstack(self._all_reduce_sum(ops.stack(b)), axis=0) for b in blocks
+            ]
+        loss_scale = ops.cast(self.optimizer.scale_loss(1.0), "float32")
+        gramian, divisor = gradients_lib.safe_gramian(blocks)
+        # `gramian` is that of J / unit for the unscaled Jacobian J; the
+        # weights of J itself follow from the aggregator's scale degree.
+        unit = divisor / loss_scale
+        combination = rescaled(
+            self.aggregator.direction_weights(gramian, training=True),
+            unit,
+            self.aggregator.scale_degree - 1,
+        )
+        # A task without a labelled example has a zero row, which is not a
+        # gradient: the step then sums the present rows (its state is kept).
+        combination = ops.where(
+            ops.all(self._present()), combination, ops.ones_like(combination)
+        )
+        self._cosine_tracker.update_state(gradients_lib.gramian_min_cosine(gramian))
+        # Loss-scaled like the rows. On overflow the rows hold inf and so
+        # does the direction (c is finite): the optimizer lowers the scale.
+        direction = gradients_lib.combine_blocks(combination, blocks, targets)
+        return direction, combination, loss_scale
+
+    def _direction(self, jacobian: Any, losses: Any) -> tuple[Any, Any, Any]:
+        """The aggregator's direction for the (loss-scaled) Jacobian, on
+        either backend: returns it (scaled again), each task's effective
+        weight in it, and the optimizer's loss scale (1 but for a
+        `LossScaleOptimizer`). Logs the smallest gradient cosine."""
+        lso = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        loss_scale = ops.cast(self.optimizer.scale_loss(1.0), "float32")
+        if lso:
+            jacobian = jacobian / loss_scale
+        direction = self.aggregator(jacobian, training=True, losses=losses)
+        # A task without a labelled example has a zero row, which is not a
+        # gradient (it would enter MGDA's hull): the step then sums the
+        # present rows (and keeps the aggregator's state).
+        direction = ops.where(
+            ops.all(self._present()),
+            direction,
+            ops.sum(ops.where(ops.isfinite(jacobian), jacobian, 0.0), axis=0),
+        )
+        # Logged only; an overflowing (loss-scaled) step has no finite Jacobian.
+        finite_jacobian = ops.where(ops.isfinite(jacobian), jacobian, 0.0)
+        combination, cosine = gradients_lib.combination_weights_and_min_cosine(
+            finite_jacobian, direction
+        )
+        self._cosine_tracker.update_state(cosine)
+        if lso:
+            # The aggregator zeroes non-finite entries: an overflow must
+            # still reach the optimizer, which then lowers the scale.
+            overflow = ops.logical_not(ops.all(ops.isfinite(jacobian)))
+            direction = ops.where(overflow, float("inf"), direction) * loss_scale
+        return direction, combination, loss_scale
+
+    def _trunk_variables(self) -> list[Any]:
+        """The trunk's trainable variables (read in the step: a subclassed
+        trunk creates them in its first call)."""
+        trunk = list(self._split.trunk.trainable_variables)
+        if not trunk:
+            raise ValueError(
+                f"The trunk {self._split.trunk.name!r} has no trainable parameters: "
+                "there is nothing for the aggregator to balance in representation "
+                "mode."
+            )
+        trunk_ids = {id(v) for v in trunk}
+        both = [
+            v.path for v in self._split.heads.trainable_variables if id(v) in trunk_ids
+        ]
+        if both:
+            raise ValueError(
+                f"Variables {both} are used both before and after the "
+                "representation (in the trunk and in the heads); representation "
+                "mode needs them on one side only."
+            )
+        return trunk
+
+    def _test_body(self, data: Any) -> dict[str, Any]:
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=False)
+        losses, total, weights = self._objective(
+            y, y_pred, sample_weight, training=False
+        )
+        finite = ops.logical_and(ops.all(ops.isfinite(losses)), ops.isfinite(total))
+        self._update_trackers(
+            losses, total, weights, finite, _batch_size(x), training=False
+        )
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> Any:
+        result = super()._symbolic_build(iterator=iterator, data_batch=data_batch)
+        # A subclassed net has its variables now: build the aggregator for
+        # the shared ones before a (JAX) step is traced, which cannot
+        # create variables.
+        if (
+            self.aggregator is not None
+            and not self.representation_mode
+            and self.task_names is not None
+            and self.net.built
+        ):
+            self._find_shared_variables()
+        return result
+
+    def _check_strategy_support(self, strategy: Any) -> None:
+        """At compile and at the start of fit: representation mode's limits
+        raise here, before a step is traced. A trainer adds the checks of
+        its backend (`super()._check_strategy_support(strategy)` first)."""
+        replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
+        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        if self.representation_mode:
+            message = _replicas.representation_unsupported(replicas, loss_scaled)
+            if message is not None:
+                raise NotImplementedError(message)
+
+
+def _batch_size(x: Any) -> Any:
+    """The batch size of the inputs `x` (their first non-None tensor)."""
+    return ops.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
