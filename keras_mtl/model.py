@@ -16,6 +16,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_mtl import _compat
 from keras_mtl import aggregation as aggregation_lib
 from keras_mtl import weighting as weighting_lib
 from keras_mtl.net_structure import (
@@ -432,12 +433,13 @@ class MultiTaskModel(Trainer, keras.Model):
         )
         # An epoch (or evaluation) whose every step was skipped logs NaN.
         # Untracked, as Keras' own (tracked, it would be listed twice).
-        object.__setattr__(
-            self, "_loss_tracker", _EpochMean("loss", self._task_loss_trackers[0])
-        )
-        self._check_strategy_support(getattr(self, "_distribute_strategy", None))
-        self._compile_config.config["loss"] = loss
-        self._compile_config.config["loss_weights"] = loss_weights
+        objective_mean = _EpochMean("loss", self._task_loss_trackers[0])
+        _compat.set_loss_tracker(self, objective_mean)
+        object.__setattr__(self, "_objective_mean", objective_mean)
+        self._check_strategy_support(_compat.model_distribute_strategy(self))
+        saved = _compat.compile_config(self)
+        saved["loss"] = loss
+        saved["loss_weights"] = loss_weights
         self.loss = loss
 
     def compile_from_config(self, config: dict[str, Any]) -> None:
@@ -542,9 +544,9 @@ class MultiTaskModel(Trainer, keras.Model):
     # ------------------------------------------------------ save and export
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {}
-        auto = getattr(self, "_auto_config", None)
+        auto = _compat.auto_config(self)
         if type(self) is not MultiTaskModel and auto is not None:
-            config.update(auto.config)  # a subclass's own constructor arguments
+            config.update(auto)  # a subclass's own constructor arguments
         config.update(
             {
                 "name": self.name,
@@ -587,9 +589,7 @@ class MultiTaskModel(Trainer, keras.Model):
         return self._inference_model().export(filepath, format=format, **kwargs)
 
     def _inference_model(self) -> keras.Model:
-        return _inference_net(
-            self.net, self.task_names, getattr(self, "_build_shapes_dict", None)
-        )
+        return _inference_net(self.net, self.task_names, _compat.build_shapes(self))
 
 
 # Aliases of the aggregators that can balance the gradients of a

@@ -10,6 +10,8 @@ from typing import Any
 
 import keras
 
+from keras_mtl import _compat
+
 
 def _output_task_names(net: keras.Model) -> list[str] | None:
     """Task names from a built functional model's output structure."""
@@ -101,9 +103,9 @@ def _named_layers(net: keras.layers.Layer) -> list[tuple[str, Any]]:
     seen = {id(net)}
 
     def walk(layer: Any, prefix: str) -> None:
-        # `_flatten_layers` is Keras' own walk of the tracked sublayers
-        # (nested models and the layers a layer holds as attributes).
-        children = layer._flatten_layers(include_self=False, recursive=False)
+        # Keras' own walk of the tracked sublayers (nested models and the
+        # layers a layer holds as attributes).
+        children = _compat.flatten_layers(layer, include_self=False, recursive=False)
         for child in children:
             if id(child) in seen:
                 continue
@@ -147,9 +149,9 @@ def _layer_matches(
 
 
 def _tensor_task_name(tensor: Any, index: int) -> str:
-    history = getattr(tensor, "_keras_history", None)
-    if history is not None:
-        return history.operation.name
+    operation = _compat.keras_tensor_operation(tensor)
+    if operation is not None:
+        return operation.name
     return f"output_{index}"
 
 
@@ -189,7 +191,7 @@ def _inference_net(
     # on the input shape the subclassed net recorded at its first call.
     # A trunk-and-heads net trained in representation mode is called
     # through its parts only: the model's own input shape then.
-    recorded = getattr(net, "_build_shapes_dict", None) or model_shapes
+    recorded = _compat.build_shapes(net) or model_shapes
     shapes = list((recorded or {}).values())
     if len(shapes) == 1 and all(
         isinstance(d, (int, type(None))) for d in tuple(shapes[0])
@@ -285,7 +287,8 @@ def _split_functional(net: keras.layers.Layer, name: str) -> _Split:
     try:
         inputs, outputs = net.input, net.output
         # The calls (nodes) of layers that make up this graph.
-        graph_nodes = {id(n) for ns in net._nodes_by_depth.values() for n in ns}
+        by_depth = _compat.functional_nodes_by_depth(net)
+        graph_nodes = {id(n) for ns in by_depth.values() for n in ns}
     except (AttributeError, ValueError):
         raise ValueError(
             f"representation={name!r} needs a functional net (a graph of layers "
@@ -302,7 +305,7 @@ def _split_functional(net: keras.layers.Layer, name: str) -> _Split:
         ) from None
     # A layer can be called several times (and a nested model has a node of
     # its own graph): keep the calls that belong to this net's graph.
-    nodes = [node for node in layer._inbound_nodes if id(node) in graph_nodes]
+    nodes = [n for n in _compat.layer_inbound_nodes(layer) if id(n) in graph_nodes]
     if len(nodes) != 1:
         raise ValueError(
             f"representation={name!r}: the layer is called {len(nodes)} times in "

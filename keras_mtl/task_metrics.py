@@ -14,10 +14,11 @@ from typing import Any
 
 import keras
 from keras import ops
-from keras.src.trainers.compile_utils import MetricsList
+
+from keras_mtl import _compat
 
 
-class _TaskMean(MetricsList):
+class _TaskMean(_compat.metrics_list_base()):
     """The epoch mean of one per-task value (`<task>_loss`, `<task>_weight`):
     what a `keras.metrics.Mean` of that name logs, bit for bit, but the 2K
     trackers of a model share one pair of variables, held by the first of
@@ -42,7 +43,7 @@ class _TaskMean(MetricsList):
         keras.metrics.Metric.__init__(self, name=name)
         self._index = index
         if name.endswith("_loss"):
-            self._direction = "down"
+            _compat.set_metric_direction(self, "down")
         if owner is None:
             self.total = self.add_variable(
                 shape=(size,), initializer="zeros", name="total"

@@ -19,6 +19,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_mtl import _compat
+
 # Per-instance compiled functions, kept outside the layer: a function
 # attribute would be tracked and exported with the model as a SavedModel.
 EAGER_FUNCTIONS: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = (
@@ -64,10 +66,8 @@ def use_eager_function(layer: Any, tensor: Any, training: Any) -> bool:
         return False
     backend = keras.backend.backend()
     if backend == "jax":
-        import jax
-
         # Not inside a trace (jit, grad, vmap): there it is compiled anyway.
-        return not isinstance(tensor, jax.core.Tracer)
+        return not _compat.is_jax_tracer(tensor)
     if backend != "tensorflow":
         return False
     import tensorflow as tf

@@ -41,6 +41,7 @@ import jax
 import keras
 from keras import ops
 
+from keras_mtl import _compat
 from keras_mtl.trainers.step import MultiTaskStep, StepGradients
 
 
@@ -355,11 +356,11 @@ class JaxTrainer(MultiTaskStep):
         try:
             yield
         except BaseException:
-            if getattr(self, "_jax_state", None):
+            if _compat.jax_trainer_state(self):
                 self.jax_state_sync()
             for variable, value in self._values_before_purge:
-                if variable._value is None:
-                    variable._value = value
+                if _compat.variable_raw_value(variable) is None:
+                    _compat.restore_variable_value(variable, value)
             raise
         finally:
             object.__setattr__(self, "_values_before_purge", [])
@@ -371,8 +372,11 @@ class JaxTrainer(MultiTaskStep):
             variables = self.variables
             if getattr(self, "optimizer", None) is not None:
                 variables = variables + list(self.optimizer.variables)
-            kept.extend((v, v._value) for v in variables + self.metrics_variables)
-        super()._purge_model_variables(*args, **kwargs)
+            kept.extend(
+                (v, _compat.variable_raw_value(v))
+                for v in variables + self.metrics_variables
+            )
+        _compat.base_purge_model_variables(JaxTrainer, self, *args, **kwargs)
 
 
 class _Forward:

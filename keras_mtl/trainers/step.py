@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
-from keras_mtl import _replicas, net_structure
+from keras_mtl import _compat, _replicas, net_structure
 from keras_mtl import gradients as gradients_lib
 from keras_mtl.aggregation.base import rescaled, uses_gramian
 
@@ -251,7 +251,7 @@ class MultiTaskStep:
         zero = ops.zeros_like(losses)
         losses = ops.where(observed, losses, zero)
         weights = ops.where(observed, weights, zero)
-        self._loss_tracker.update_state(
+        self._objective_mean.update_state(
             ops.where(finite, total, 0.0),
             sample_weight=keep * ops.cast(batch_size, "float32"),
         )
@@ -460,7 +460,9 @@ class MultiTaskStep:
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def _symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> Any:
-        result = super()._symbolic_build(iterator=iterator, data_batch=data_batch)
+        result = _compat.base_symbolic_build(
+            MultiTaskStep, self, iterator=iterator, data_batch=data_batch
+        )
         # A subclassed net has its variables now: build the aggregator for
         # the shared ones before a (JAX) step is traced, which cannot
         # create variables.

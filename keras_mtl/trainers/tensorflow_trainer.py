@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_mtl import _replicas
+from keras_mtl import _compat, _replicas
 from keras_mtl.trainers.step import MultiTaskStep, StepGradients
 
 
@@ -251,7 +251,7 @@ class TensorFlowTrainer(MultiTaskStep):
         # MultiWorkerMirroredStrategy's `reduce` rejects (a dict of targets
         # is not a tensor). Only shapes and dtypes matter here: take this
         # worker's first replica's part of the batch, leaf by leaf.
-        strategy = getattr(self, "_distribute_strategy", None)
+        strategy = _compat.model_distribute_strategy(self)
         if strategy is not None and iterator is not None and data_batch is None:
             for _, _, it in iterator:
                 data_batch = tf.nest.map_structure(
@@ -264,7 +264,9 @@ class TensorFlowTrainer(MultiTaskStep):
                 )
                 break
             iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        return _compat.base_maybe_symbolic_build(
+            TensorFlowTrainer, self, iterator=iterator, data_batch=data_batch
+        )
 
     def make_train_function(self, force: bool = False) -> Any:
         self._prepare_strategy(fitting=True)
@@ -293,7 +295,7 @@ class TensorFlowTrainer(MultiTaskStep):
         XLA is known to fail (`_replicas.xla_unsupported`)."""
         super()._check_strategy_support(strategy)
         replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
-        if getattr(self, "_jit_compile", None) is True and _replicas.xla_unsupported(
+        if _compat.requested_jit_compile(self) is True and _replicas.xla_unsupported(
             strategy
         ):
             warnings.warn(
@@ -307,7 +309,7 @@ class TensorFlowTrainer(MultiTaskStep):
                 UserWarning,
                 stacklevel=3,
             )
-            self._jit_compile = False
+            self.jit_compile = False
             # Step functions made with XLA are made again without it.
             self.train_function = None
             self.test_function = None
