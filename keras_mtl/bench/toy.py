@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,35 +17,103 @@ DEFAULT_STEPS = 5000
 STEPS_PER_EPOCH = 100  # epoch-level methods see an "epoch" every 100 steps
 
 
-def optimise_path(
-    problem: Any,
-    method: str,
-    start: np.ndarray,
-    steps: int = DEFAULT_STEPS,
-    learning_rate: float = 1e-2,
-) -> dict[str, np.ndarray]:
-    """Runs Adam on the two toy losses balanced by `method` (a weighting, an
-    aggregator, or both: see `keras_mtl.bench.runner.parse_method`) from `start`.
+def draws_random_numbers(*layers: Any) -> bool:
+    """Whether any of `layers` (or a layer inside one) draws from a saved
+    `keras.random.SeedGenerator` (RLW, PCGrad, GradDrop, ...)."""
+    from keras_mtl._compat import flatten_layers
+    from keras_mtl._seed_state import SavesSeedGeneratorState
 
-    Returns `params` `[steps + 1, 2]`, `losses` `[steps + 1, 2]` and
-    `weights` `[steps, 2]` along the path.
+    return any(
+        isinstance(inner, SavesSeedGeneratorState)
+        for layer in layers
+        if layer is not None
+        for inner in flatten_layers(layer)
+    )
+
+
+def _copy_values(targets: list[Any], sources: list[Any]) -> None:
+    """Assigns each source variable's value to the target in the same place."""
+    if [tuple(v.shape) for v in targets] != [tuple(v.shape) for v in sources]:
+        raise RuntimeError(
+            "A fresh build of the method has other variables than the compiled "
+            f"one: {[v.path for v in sources]} vs {[v.path for v in targets]}."
+        )
+    for target, source in zip(targets, sources, strict=True):
+        target.assign(source.value)
+
+
+class ToyPathRunner:
+    """One method's toy paths: the optimisation loop compiled once, run from
+    any number of start points.
+
+    Each epoch of `STEPS_PER_EPOCH` steps is one compiled `tf.while_loop`
+    (an XLA computation, `jit_compile=True`) that writes the per-step
+    parameters, losses and effective weights into `TensorArray`s. Between
+    epochs the weighting's `on_epoch_begin(epoch)` runs in Python, as
+    `EpochDriver` runs it in `fit`, so an epoch-level method (DWA, adaptive
+    with `mode="epoch"`) sees the same epochs as in a model.
+
+    `run(start)` resets the parameters, the optimizer and every variable of
+    the weighting and the aggregator to the values of a fresh build (a new
+    random seed for an unseeded method, as a fresh model would draw), so
+    every start follows the path a newly built method would, and the
+    compiled loop is traced once per method, not per start.
+
+    Methods that draw random numbers run their loop as a `tf.function`
+    without XLA: XLA lays out the random generators' counters its own way
+    and would draw other (equally valid) numbers than the eager and
+    `tf.function` runs of the same seed.
+
+    Args:
+        problem: the toy problem (`keras_mtl.datasets.load("toy")`).
+        method: a weighting, an aggregator, or both (see
+            `keras_mtl.bench.runner.parse_method`).
+        learning_rate: Adam's learning rate.
     """
-    from keras_mtl.bench.runner import parse_method
 
-    built = parse_method(method).build()
-    weighting, aggregator = built["weighting"], built["aggregator"]
-    weighting.set_task_names(list(problem.tasks))
-    weighting.build((2,))
-    if aggregator is not None:
-        aggregator.build((2, 2))  # two losses of two parameters
-    params = keras.Variable(np.asarray(start, dtype="float32"), name="params")
-    variables = [params, *weighting.trainable_variables]
-    optimizer = keras.optimizers.Adam(learning_rate)
-    optimizer.build(variables)
+    def __init__(self, problem: Any, method: str, learning_rate: float = 1e-2) -> None:
+        from keras_mtl.bench.runner import parse_method
 
-    def step() -> Any:
+        self.problem = problem
+        self.method = parse_method(method)
+        self.learning_rate = learning_rate
+        self.weighting, self.aggregator = self._build_method()
+        self.params = keras.Variable(np.zeros(2, dtype="float32"), name="params")
+        self.variables = [self.params, *self.weighting.trainable_variables]
+        self.optimizer = self._build_optimizer()
+        self.jit_compile = not draws_random_numbers(self.weighting, self.aggregator)
+        self._run_epoch = tf.function(self._epoch, jit_compile=self.jit_compile)
+
+    def _build_method(self) -> tuple[Any, Any]:
+        built = self.method.build()
+        weighting, aggregator = built["weighting"], built["aggregator"]
+        weighting.set_task_names(list(self.problem.tasks))
+        weighting.build((2,))
+        if aggregator is not None:
+            aggregator.build((2, 2))  # two losses of two parameters
+        return weighting, aggregator
+
+    def _build_optimizer(self) -> Any:
+        optimizer = keras.optimizers.Adam(self.learning_rate)
+        optimizer.build(self.variables)
+        return optimizer
+
+    def reset(self, start: np.ndarray) -> None:
+        """Parameters at `start`; optimizer, weighting and aggregator state
+        as freshly built."""
+        weighting, aggregator = self._build_method()
+        _copy_values(self.weighting.variables, weighting.variables)
+        if aggregator is not None:
+            _copy_values(self.aggregator.variables, aggregator.variables)
+        self.params.assign(np.asarray(start, dtype="float32"))
+        _copy_values(self.optimizer.variables, self._build_optimizer().variables)
+
+    def _step(self) -> Any:
+        """One Adam step on the balanced losses; returns the effective weights."""
+        params, variables = self.params, self.variables
+        weighting, aggregator = self.weighting, self.aggregator
         with tf.GradientTape(persistent=aggregator is not None) as tape:
-            losses = problem.losses(params)
+            losses = self.problem.losses(params)
             objective, weights = weighting(losses, training=True)
             if aggregator is not None:
                 terms = tf.stop_gradient(weights) * losses
@@ -63,36 +132,61 @@ def optimise_path(
             if transformed is not terms:
                 weights = weights * tape.gradient(transformed_sum, terms)
             del tape
-        optimizer.apply(gradients, variables)
+        self.optimizer.apply(gradients, variables)
         return weights
 
-    @tf.function
-    def run_chunk(n: Any) -> tuple[Any, Any, Any]:
-        path = tf.TensorArray(tf.float32, size=n)
-        loss_path = tf.TensorArray(tf.float32, size=n)
-        weight_path = tf.TensorArray(tf.float32, size=n)
-        for i in tf.range(n):
-            weights = step()
-            path = path.write(i, params.value)
-            loss_path = loss_path.write(i, problem.losses(params))
+    def _epoch(self, num_steps: int) -> tuple[Any, Any, Any]:
+        """`num_steps` steps (a Python int: one trace per epoch length)."""
+        path = tf.TensorArray(tf.float32, size=num_steps)
+        loss_path = tf.TensorArray(tf.float32, size=num_steps)
+        weight_path = tf.TensorArray(tf.float32, size=num_steps)
+        for i in tf.range(num_steps):
+            weights = self._step()
+            path = path.write(i, self.params.value)
+            loss_path = loss_path.write(i, self.problem.losses(self.params))
             weight_path = weight_path.write(i, weights)
         return path.stack(), loss_path.stack(), weight_path.stack()
 
-    start_losses = np.asarray(problem.losses(params))
-    chunks = []
-    done = 0
-    epoch = 0
-    while done < steps:
-        n = min(STEPS_PER_EPOCH, steps - done)
-        weighting.on_epoch_begin(epoch)
-        chunks.append([np.asarray(t) for t in run_chunk(tf.constant(n))])
-        done += n
-        epoch += 1
-    return {
-        "params": np.concatenate([[start], *[c[0] for c in chunks]]),
-        "losses": np.concatenate([[start_losses], *[c[1] for c in chunks]]),
-        "weights": np.concatenate([c[2] for c in chunks]),
-    }
+    def run(
+        self, start: np.ndarray, steps: int = DEFAULT_STEPS
+    ) -> dict[str, np.ndarray]:
+        """The path from `start`: `params` `[steps + 1, 2]`, `losses`
+        `[steps + 1, 2]` and `weights` `[steps, 2]`."""
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+            raise ValueError(f"steps must be an int >= 1; got {steps!r}.")
+        if steps < 1:
+            raise ValueError(f"steps must be an int >= 1; got {steps!r}.")
+        self.reset(start)
+        start_losses = np.asarray(self.problem.losses(self.params))
+        chunks = []
+        for epoch, first in enumerate(range(0, int(steps), STEPS_PER_EPOCH)):
+            self.weighting.on_epoch_begin(epoch)
+            num_steps = min(STEPS_PER_EPOCH, int(steps) - first)
+            chunks.append([np.asarray(t) for t in self._run_epoch(num_steps)])
+        return {
+            "params": np.concatenate(
+                [[np.asarray(start, dtype="float32")], *[c[0] for c in chunks]]
+            ),
+            "losses": np.concatenate([[start_losses], *[c[1] for c in chunks]]),
+            "weights": np.concatenate([c[2] for c in chunks]),
+        }
+
+
+def optimise_path(
+    problem: Any,
+    method: str,
+    start: np.ndarray,
+    steps: int = DEFAULT_STEPS,
+    learning_rate: float = 1e-2,
+) -> dict[str, np.ndarray]:
+    """Runs Adam on the two toy losses balanced by `method` (a weighting, an
+    aggregator, or both: see `keras_mtl.bench.runner.parse_method`) from `start`.
+
+    Returns `params` `[steps + 1, 2]`, `losses` `[steps + 1, 2]` and
+    `weights` `[steps, 2]` along the path. To run several starts of one
+    method, use one `ToyPathRunner` (compiled once).
+    """
+    return ToyPathRunner(problem, method, learning_rate).run(start, steps)
 
 
 def distance_to_front(point: np.ndarray, front: np.ndarray) -> float:
@@ -118,10 +212,11 @@ def run_toy(
         print(
             f"=== toy | method {method} | {steps} steps x {len(problem.start_points)} starts"
         )
-        paths[method] = [
-            optimise_path(problem, method, start, steps)
-            for start in problem.start_points
-        ]
+        began = time.perf_counter()
+        runner = ToyPathRunner(problem, method)
+        paths[method] = [runner.run(start, steps) for start in problem.start_points]
+        compiled = "XLA" if runner.jit_compile else "tf.function"
+        print(f"    {time.perf_counter() - began:.1f} s ({compiled})")
     lines = [
         "| method | "
         + " | ".join(f"start {i + 1}" for i in range(len(problem.start_points)))
