@@ -6,13 +6,8 @@ from _jacobians import (
     Graph,
     assert_config_round_trip,
     assert_every_run_reaches,
-    assert_finite_direction,
-    assert_homogeneous,
-    assert_permutation_invariant,
-    jacobians,
     random_jacobian,
 )
-from hypothesis import given, settings
 
 from keras_mtl.aggregation.aligned_mtl import AlignedMTL
 
@@ -70,8 +65,6 @@ def test_generic_properties():
     # Well conditioned: float32 eigendecompositions (LAPACK eagerly, Jacobi
     # under XLA) agree to ~1e-6 relative only when cond(G) is moderate.
     j = random_jacobian(4, 9, seed=7, spread=0.5)
-    assert_homogeneous(RUN, j)
-    assert_permutation_invariant(RUN, j)
     # The documented accuracy of the float32 eigendecomposition (~1e-6),
     # amplified by cond(G) (moderate here).
     assert_every_run_reaches(AlignedMTL(), RUN, j, svd_reference(j), 1e-4)
@@ -81,9 +74,3 @@ def test_generic_properties():
 def test_invalid_rcond():
     with pytest.raises(ValueError, match="rcond"):
         AlignedMTL(rcond=1.5)
-
-
-@settings(deadline=None, max_examples=40)
-@given(jacobians())
-def test_degenerate_jacobians_give_finite_directions(jacobian):
-    assert_finite_direction(RUN, jacobian)

@@ -5,15 +5,11 @@ import numpy as np
 import pytest
 from _backend import tensor
 from _jacobians import (
-    Graph,
     assert_config_round_trip,
-    assert_finite_direction,
     assert_homogeneous,
-    jacobians,
     jitted,
     random_jacobian,
 )
-from hypothesis import given, settings
 
 import keras_mtl
 from keras_mtl.aggregation import CRMOGM, MGDA, SDMGrad
@@ -100,12 +96,3 @@ def test_config_round_trip_keeps_the_inner_aggregator():
 def test_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CRMOGM(**kwargs)
-
-
-RUN = Graph(CRMOGM)
-
-
-@settings(deadline=None, max_examples=25)
-@given(jacobians())
-def test_degenerate_jacobians_give_finite_directions(jacobian):
-    assert_finite_direction(RUN, jacobian)

@@ -9,7 +9,7 @@ import weakref
 import keras
 import numpy as np
 import pytest
-from _backend import TENSORFLOW, compiled
+from _backend import TENSORFLOW
 from _jacobians import brute_force_min_norm
 
 import keras_mtl
@@ -28,7 +28,6 @@ SHORT = {
     "nash_mtl": {"update_every": 2, "iterations": 3},
     "fairgrad": {"iterations": 3},
 }
-NAMES = sorted(set(keras_mtl.aggregation.ALIASES) - {"gradnorm"})
 
 
 def _make(name, eager_function=True):
@@ -68,12 +67,6 @@ def _eager(agg, j, training, kwargs):
     return agg(j, training=training, **kwargs)
 
 
-def _traced(agg, j, training, kwargs):
-    # One plain compiled function per call (`tf.function`, `jax.jit`):
-    # inside it `__call__` is not eager.
-    return compiled(lambda x: agg(x, training=training, **kwargs), state=agg)(j)
-
-
 def _assert_same_runs(first, second, rtol, atol):
     assert len(first) == len(second)
     for (d1, v1), (d2, v2) in zip(first, second):
@@ -81,14 +74,6 @@ def _assert_same_runs(first, second, rtol, atol):
         assert len(v1) == len(v2)
         for a, b in zip(v1, v2):
             np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
-
-
-# NAMES has "grad_norm" (GradNorm once, without its second alias).
-@pytest.mark.parametrize("name", NAMES)
-def test_eager_call_equals_traced_call_and_updates_the_same_state(name):
-    _assert_same_runs(
-        _run(_make(name), _eager), _run(_make(name), _traced), rtol=1e-5, atol=1e-6
-    )
 
 
 @pytest.mark.parametrize(

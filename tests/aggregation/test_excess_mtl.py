@@ -8,7 +8,6 @@ from _stateful_checks import (
     assert_config_round_trip,
     assert_finite_direction,
     assert_same_values,
-    jitted,
     values,
 )
 from hypothesis import given, settings
@@ -73,38 +72,6 @@ def test_evaluation_keeps_state_and_returns_the_update():
     d_eval = to_numpy(agg(seq[1], training=False))
     assert_same_values(before, values(agg))
     np.testing.assert_allclose(agg(seq[1]), d_eval, rtol=1e-6)
-
-
-@pytest.mark.parametrize("factor", [1e-28, 3.0, 1e28])
-def test_positively_homogeneous(factor):
-    assert ExcessMTL.scale_degree == 1
-    seq = [RNG.normal(size=(3, 6)).astype(np.float32) for _ in range(3)]
-    a, b = ExcessMTL(step_size=0.5), ExcessMTL(step_size=0.5)
-    for j in seq:
-        d = to_numpy(a(j))
-        np.testing.assert_allclose(
-            b(j * np.float32(factor)),
-            d * factor,
-            rtol=1e-5,
-            atol=1e-6 * np.abs(d).max() * factor,
-        )
-
-
-def test_permutation_invariant():
-    seq = [RNG.normal(size=(4, 5)).astype(np.float32) for _ in range(3)]
-    a, b = ExcessMTL(step_size=0.5), ExcessMTL(step_size=0.5)
-    for j in seq:
-        np.testing.assert_allclose(a(j), b(j[[1, 0, 3, 2]]), rtol=1e-5, atol=1e-6)
-
-
-def test_eager_equals_jit():
-    seq = [RNG.normal(size=(3, 7)).astype(np.float32) for _ in range(3)]
-    eager, compiled = ExcessMTL(step_size=0.5), ExcessMTL(step_size=0.5)
-    compiled.build((3, 7))
-    step = jitted(compiled)
-    for j in seq:
-        np.testing.assert_allclose(step(j), eager(j), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(compiled.task_weights, eager.task_weights, rtol=1e-5)
 
 
 def test_config_and_validation():

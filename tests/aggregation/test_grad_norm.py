@@ -4,7 +4,7 @@ of the base class's loss hooks it uses (keras_mtl/aggregation/base.py)."""
 import keras
 import numpy as np
 import pytest
-from _backend import compiled, to_numpy
+from _backend import to_numpy
 from _stateful_checks import assert_config_round_trip, assert_same_values, values
 
 import keras_mtl
@@ -142,18 +142,6 @@ def test_needs_losses():
         agg(np.eye(2, dtype=np.float32))
     with pytest.raises(ValueError, match=r"GradNorm: `losses` must hold one loss"):
         agg(np.eye(2, dtype=np.float32), losses=np.ones(3, np.float32))
-
-
-def test_eager_equals_xla():
-    jacobians = [RNG.normal(size=(3, 5)).astype(np.float32) for _ in range(3)]
-    losses = [RNG.uniform(0.5, 2.0, size=3).astype(np.float32) for _ in range(3)]
-    eager, xla = GradNorm(learning_rate=0.1), GradNorm(learning_rate=0.1)
-    xla.build((3, 5))
-    step = compiled(lambda j, loss: xla(j, losses=loss), state=xla, jit_compile=True)
-    for j, loss in zip(jacobians, losses):
-        np.testing.assert_allclose(step(j, loss), eager(j, losses=loss), rtol=1e-5)
-    for a, b in zip(values(xla), values(eager)):
-        np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
 def test_config_registry_and_validation():

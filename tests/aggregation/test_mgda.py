@@ -7,15 +7,10 @@ from _jacobians import (
     Graph,
     assert_config_round_trip,
     assert_every_run_reaches,
-    assert_finite_direction,
-    assert_homogeneous,
     assert_non_conflicting,
-    assert_permutation_invariant,
     brute_force_min_norm,
-    jacobians,
     random_jacobian,
 )
-from hypothesis import given, settings
 
 from keras_mtl.aggregation.mgda import MGDA
 
@@ -124,8 +119,6 @@ def test_smallest_gradient_dominates():
 
 def test_generic_properties():
     j = random_jacobian(4, 9, seed=7, spread=2.0)
-    assert_homogeneous(RUN, j)
-    assert_permutation_invariant(RUN, j)
     # The default solve, each run against the exact min-norm point at the
     # solver's accuracy on this conditioning (test_matches_brute_force).
     assert_every_run_reaches(MGDA(), RUN, j, brute_force_min_norm(j), 1e-4)
@@ -142,9 +135,3 @@ def test_invalid_iterations(iterations):
 def test_single_task_is_identity():
     j = np.array([[3.0, -1.0]], np.float32)
     np.testing.assert_allclose(RUN(j), j[0])
-
-
-@settings(deadline=None, max_examples=40)
-@given(jacobians())
-def test_degenerate_jacobians_give_finite_directions(jacobian):
-    assert_finite_direction(RUN, jacobian)

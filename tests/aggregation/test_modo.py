@@ -4,14 +4,10 @@ import numpy as np
 import pytest
 from _backend import tensor
 from _jacobians import (
-    Graph,
     assert_config_round_trip,
-    assert_finite_direction,
-    jacobians,
     jitted,
     random_jacobian,
 )
-from hypothesis import given, settings
 
 from keras_mtl.aggregation import MoDo
 from keras_mtl.aggregation.base import uses_gramian
@@ -81,12 +77,3 @@ def test_config_and_invalid_arguments():
     for kwargs, name in (({"gamma": 0.0}, "gamma"), ({"rho": -1.0}, "rho")):
         with pytest.raises(ValueError, match=name):
             MoDo(**kwargs)
-
-
-RUN = Graph(MoDo)
-
-
-@settings(deadline=None, max_examples=25)
-@given(jacobians())
-def test_degenerate_jacobians_give_finite_directions(jacobian):
-    assert_finite_direction(RUN, jacobian)

@@ -6,13 +6,8 @@ from _jacobians import (
     Graph,
     assert_config_round_trip,
     assert_every_run_reaches,
-    assert_finite_direction,
-    assert_homogeneous,
-    assert_permutation_invariant,
-    jacobians,
     random_jacobian,
 )
-from hypothesis import given, settings
 
 from keras_mtl.aggregation.sum import Sum
 
@@ -45,13 +40,5 @@ def test_non_finite_entries_are_zeroed():
 def test_generic_properties():
     j = random_jacobian(4, 7, seed=3)
     run = Graph(Sum)
-    assert_homogeneous(run, j)
-    assert_permutation_invariant(run, j)
     assert_every_run_reaches(Sum(), run, j, j.astype(np.float64).sum(axis=0), 1e-6)
     assert_config_round_trip(Sum(name="s"))
-
-
-@settings(deadline=None, max_examples=40)
-@given(jacobians())
-def test_degenerate_jacobians_give_finite_directions(jacobian):
-    assert_finite_direction(Sum(), jacobian)
