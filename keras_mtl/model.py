@@ -10,6 +10,7 @@ from `net_structure.py`.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -398,7 +399,13 @@ class MultiTaskModel(Trainer, keras.Model):
         order, or one loss for every task); `loss_weights` static per-task
         multipliers (dict or list) applied to the losses before the
         weighting sees them. `metrics` / `weighted_metrics` are dicts keyed
-        by task, as for any multi-output Keras model.
+        by task, as for any multi-output Keras model. Metrics see a task's
+        labelled examples only (missing labels: NaN, `missing_label` values
+        or, for `weighted_metrics`, a zero sample weight): `metrics` alone
+        are given the missing-label mask as their sample weight (Keras
+        gives them none; they keep their names), `weighted_metrics` the
+        sample weight times that mask. Given both, `metrics` count every
+        example (their missing labels replaced by 0) and a warning says so.
         """
         if self.task_names is None:
             if not isinstance(loss, Mapping):
@@ -421,11 +428,31 @@ class MultiTaskModel(Trainer, keras.Model):
                     raise ValueError(
                         f"{what} names unknown task(s) {unknown}; the tasks are {tasks}."
                     )
+        # Keras gives `metrics` no sample weight: alone, they go to Keras
+        # as weighted metrics and get the missing-label mask only
+        # (`MultiTaskStep.compute_metrics`); their names stay the same.
+        masks_only = metrics is not None and weighted_metrics is None
+        object.__setattr__(self, "_metrics_see_masks_only", masks_only)
+        object.__setattr__(
+            self,
+            "_metrics_compiled",
+            metrics is not None or weighted_metrics is not None,
+        )
+        if metrics is not None and weighted_metrics is not None:
+            warnings.warn(
+                "compile(metrics=..., weighted_metrics=...): Keras gives `metrics` "
+                "no sample weight, so with both they count every example, "
+                "including those whose labels are missing (replaced by 0 for "
+                "them). Pass only `weighted_metrics` (or only `metrics`) for "
+                "metrics over each task's labelled examples.",
+                UserWarning,
+                stacklevel=2,
+            )
         super().compile(
             optimizer=optimizer,
             loss=None,
-            metrics=metrics,
-            weighted_metrics=weighted_metrics,
+            metrics=None if masks_only else metrics,
+            weighted_metrics=metrics if masks_only else weighted_metrics,
             run_eagerly=run_eagerly,
             steps_per_execution=steps_per_execution,
             jit_compile=jit_compile,
@@ -440,6 +467,8 @@ class MultiTaskModel(Trainer, keras.Model):
         saved = _compat.compile_config(self)
         saved["loss"] = loss
         saved["loss_weights"] = loss_weights
+        saved["metrics"] = metrics
+        saved["weighted_metrics"] = weighted_metrics
         self.loss = loss
 
     def compile_from_config(self, config: dict[str, Any]) -> None:

@@ -200,6 +200,25 @@ class TaskLosses:
             counts.append(size if labelled is None else ops.sum(labelled))
         return ops.stack(values), ops.stack(counts), ops.stack(sizes)
 
+    def metric_inputs(
+        self, y_true: Any, sample_weight: Any, masks_only: bool
+    ) -> tuple[dict[str, Any], Any]:
+        """Targets and per-task sample weights for the compiled metrics:
+        missing labels replaced by 0 and given weight 0 (the weight is the
+        labelled mask alone with `masks_only`, else the sample weight times
+        it). Where nothing can be missing, the sample weight as given
+        (None with `masks_only`)."""
+        targets = self.structure(y_true, "The targets (y)")
+        given = self.sample_weights(None if masks_only else sample_weight)
+        weights: dict[str, Any] = {}
+        for task in self.tasks:
+            targets[task], weights[task], _ = self._labelled(
+                task, targets[task], given[task]
+            )
+        if all(w is None for w in weights.values()):
+            return targets, None if masks_only else sample_weight
+        return targets, weights
+
     def check_labels(self, y: Any) -> None:
         """Raises a `ValueError` naming the task if a task's labels (arrays
         given to `fit`/`evaluate`/`*_on_batch`) are strings: Keras' data

@@ -205,6 +205,88 @@ def test_missing_label_is_validated_and_saved():
     assert clone.missing_label == {"a": -1}
 
 
+# ------------------------------------------------------ compiled metrics
+def _metric_model(jit_compile, **compile_kwargs):
+    model = _model(missing_label={"a": -1})
+    model.compile(
+        optimizer="sgd",
+        loss={"a": "sparse_categorical_crossentropy", "b": "mse"},
+        jit_compile=jit_compile,
+        **compile_kwargs,
+    )
+    return model
+
+
+def _labelled_references(model, x, y, weight_b=None):
+    """Accuracy of `a` and MAE of `b` over the labelled examples (numpy)."""
+    pred = model.predict(x, verbose=0)
+    ok_a = y["a"] >= 0
+    accuracy = np.mean(pred["a"][ok_a].argmax(-1) == y["a"][ok_a])
+    ok_b = ~np.isnan(y["b"])
+    errors = np.abs(pred["b"][:, 0] - y["b"])[ok_b]
+    weights = np.ones(N) if weight_b is None else weight_b
+    mae = np.sum(errors * weights[ok_b]) / np.sum(weights[ok_b])
+    return accuracy, mae
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("argument", ["metrics", "weighted_metrics"])
+def test_compiled_metrics_see_the_labelled_examples_only(argument, jit_compile):
+    x, y = _data()
+    y["a"][[1, 4, 5]] = -1
+    y["b"][[0, 4, 9]] = np.nan
+    metrics = {"a": ["sparse_categorical_accuracy"], "b": ["mae"]}
+    model = _metric_model(jit_compile, **{argument: metrics})
+    weight_b = None
+    sample_weight = None
+    if argument == "weighted_metrics":
+        # A zero sample weight marks a missing label too; others weigh in.
+        weight_b = np.linspace(0.5, 2.0, N).astype("float32")
+        weight_b[[2, 3]] = 0.0
+        sample_weight = {"a": np.ones(N, "float32"), "b": weight_b}
+    logs = model.evaluate(
+        x, y, sample_weight=sample_weight, batch_size=N, verbose=0, return_dict=True
+    )
+    accuracy, mae = _labelled_references(model, x, y, weight_b)
+    # Metric names are Keras' own for either argument (no "weighted_" prefix).
+    assert logs["a_sparse_categorical_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert logs["b_mae"] == pytest.approx(mae, rel=1e-5)
+    # `metrics` are unweighted, as in Keras: the sample weight is not used.
+    if argument == "metrics":
+        weighted = model.evaluate(
+            x,
+            y,
+            sample_weight={"a": np.ones(N), "b": np.linspace(0.5, 2.0, N)},
+            batch_size=N,
+            verbose=0,
+            return_dict=True,
+        )
+        assert weighted["b_mae"] == pytest.approx(mae, rel=1e-5)
+
+
+def test_metrics_with_weighted_metrics_warn_that_they_count_missing_labels():
+    with pytest.warns(UserWarning, match="count every example"):
+        _metric_model(False, metrics={"b": ["mae"]}, weighted_metrics={"b": ["mse"]})
+
+
+def test_compiled_metrics_are_saved_as_given(tmp_path):
+    x, y = _data()
+    y["b"][[0, 4]] = np.nan
+    model = _metric_model(False, metrics={"a": ["sparse_categorical_accuracy"]})
+    config = model.get_compile_config()
+    assert config["metrics"] == {"a": ["sparse_categorical_accuracy"]}
+    assert config["weighted_metrics"] is None
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    before = model.evaluate(x, y, batch_size=N, verbose=0, return_dict=True)
+    after = loaded.evaluate(x, y, batch_size=N, verbose=0, return_dict=True)
+    assert sorted(after) == sorted(before)
+    assert after["a_sparse_categorical_accuracy"] == pytest.approx(
+        before["a_sparse_categorical_accuracy"]
+    )
+
+
 # ------------------------------------------- labels a task's loss cannot take
 @pytest.mark.parametrize("call", ["fit", "train_on_batch", "evaluate"])
 @pytest.mark.parametrize(

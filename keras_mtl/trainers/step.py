@@ -234,6 +234,17 @@ class MultiTaskStep:
             total = total + ops.cast(ops.sum(extra), "float32")
         return total
 
+    def compute_metrics(
+        self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None
+    ) -> dict[str, Any]:
+        """Keras' `compute_metrics`, its compiled metrics given each task's
+        labelled examples only (`TaskLosses.metric_inputs`)."""
+        if getattr(self, "_metrics_compiled", False) and y is not None:
+            y, sample_weight = self._task_losses.metric_inputs(
+                y, sample_weight, self._metrics_see_masks_only
+            )
+        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
     def _update_trackers(
         self,
         losses: Any,
