@@ -10,7 +10,6 @@ from `net_structure.py`.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -36,6 +35,7 @@ from keras_mtl.task_metrics import (
     _python_numbers,
     _SkippedEpochWarning,
     _TaskMean,
+    metrics_for_keras,
 )
 from keras_mtl.tasks import TaskLosses, loss_weight_vector, missing_label_values
 from keras_mtl.trainers import Trainer
@@ -428,31 +428,16 @@ class MultiTaskModel(Trainer, keras.Model):
                     raise ValueError(
                         f"{what} names unknown task(s) {unknown}; the tasks are {tasks}."
                     )
-        # Keras gives `metrics` no sample weight: alone, they go to Keras
-        # as weighted metrics and get the missing-label mask only
-        # (`MultiTaskStep.compute_metrics`); their names stay the same.
-        masks_only = metrics is not None and weighted_metrics is None
+        plain, weighted, masks_only = metrics_for_keras(metrics, weighted_metrics)
         object.__setattr__(self, "_metrics_see_masks_only", masks_only)
         object.__setattr__(
-            self,
-            "_metrics_compiled",
-            metrics is not None or weighted_metrics is not None,
+            self, "_metrics_compiled", plain is not None or weighted is not None
         )
-        if metrics is not None and weighted_metrics is not None:
-            warnings.warn(
-                "compile(metrics=..., weighted_metrics=...): Keras gives `metrics` "
-                "no sample weight, so with both they count every example, "
-                "including those whose labels are missing (replaced by 0 for "
-                "them). Pass only `weighted_metrics` (or only `metrics`) for "
-                "metrics over each task's labelled examples.",
-                UserWarning,
-                stacklevel=2,
-            )
         super().compile(
             optimizer=optimizer,
             loss=None,
-            metrics=None if masks_only else metrics,
-            weighted_metrics=metrics if masks_only else weighted_metrics,
+            metrics=plain,
+            weighted_metrics=weighted,
             run_eagerly=run_eagerly,
             steps_per_execution=steps_per_execution,
             jit_compile=jit_compile,

@@ -157,3 +157,25 @@ def _python_numbers(logs: Any) -> Any:
     if isinstance(logs, list):
         return [number(value) for value in logs]
     return number(logs)
+
+
+def metrics_for_keras(metrics: Any, weighted_metrics: Any) -> tuple[Any, Any, bool]:
+    """`(metrics, weighted_metrics, masks_only)` to give Keras' `compile` for
+    the user's: Keras gives `metrics` no sample weight, so given alone
+    they go to Keras as weighted metrics (their names stay the same) and
+    the step feeds them the missing-label mask only (`masks_only`; see
+    `MultiTaskStep.compute_metrics`). Given both, they stay as they are
+    and a warning says that `metrics` count missing labels."""
+    if metrics is not None and weighted_metrics is None:
+        return None, metrics, True
+    if metrics is not None:
+        warnings.warn(
+            "compile(metrics=..., weighted_metrics=...): Keras gives `metrics` "
+            "no sample weight, so with both they count every example, "
+            "including those whose labels are missing (replaced by 0 for "
+            "them). Pass only `weighted_metrics` (or only `metrics`) for "
+            "metrics over each task's labelled examples.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return metrics, weighted_metrics, False
