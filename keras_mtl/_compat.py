@@ -104,6 +104,26 @@ def direct_sublayers(layer: Any) -> list[Any]:
     )
 
 
+def clear_activity_losses(layer: keras.layers.Layer) -> None:
+    """Forgets the activity losses (`add_loss`) `layer` and its sublayers
+    recorded, as Keras does at the start of an outermost layer call.
+
+    Relies on `Layer._clear_losses()`. Needed on JAX: in a stateless scope
+    a layer's `losses` are the scope's losses whose `id` it recorded, and
+    those ids outlive the tensors. A step that calls only part of the model
+    (representation mode: the trunk, then the heads, each an outermost
+    call) leaves the other part's layers with ids of freed tensors, which
+    Python may give to this pass's losses: `model.losses` then counts a
+    loss twice."""
+    clear = _attribute(
+        layer,
+        "_clear_losses",
+        "keras.layers.Layer._clear_losses",
+        "the reset of the activity losses a layer recorded",
+    )
+    clear()
+
+
 def flatten_layers(
     layer: keras.layers.Layer, include_self: bool = True, recursive: bool = True
 ) -> list[keras.layers.Layer]:

@@ -137,6 +137,27 @@ def test_flatten_layers_walks_nested_layers_once():
     ], broken("Layer._flatten_layers", f"recursive walk {every}")
 
 
+def test_clear_activity_losses_forgets_the_losses_of_earlier_calls():
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(
+        2, activity_regularizer=keras.regularizers.L2(1.0), name="dense"
+    )(inputs)
+    model = keras.Model(inputs, outputs)
+    x = np.ones((2, 3), "float32")
+    with keras.StatelessScope(collect_losses=True) as scope:
+        model(x)
+        assert len(model.losses) == 1 and len(scope.losses) == 1
+        _compat.clear_activity_losses(model)
+        assert model.losses == [], broken(
+            "Layer._clear_losses", f"{len(model.losses)} losses kept"
+        )
+    # Outside a scope: the eager losses list is emptied too.
+    model(x)
+    assert len(model.losses) == 1
+    _compat.clear_activity_losses(model)
+    assert model.losses == [], broken("Layer._clear_losses", "eager losses kept")
+
+
 def test_build_shapes_of_a_subclassed_net_after_its_first_call():
     net = _Subclassed()
     assert _compat.build_shapes(net) is None, broken(

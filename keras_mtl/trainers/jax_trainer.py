@@ -276,6 +276,9 @@ class JaxTrainer(MultiTaskStep):
         split = self._split
 
         def run_trunk() -> tuple[Any, Any]:
+            # Each pass calls part of the model: the other part's layers
+            # must not keep ids of earlier losses (`clear_activity_losses`).
+            _compat.clear_activity_losses(self)
             return {"z": split.trunk(x, training=True)}, ()
 
         # The trunk's activity losses (`add_loss` in its layers) are
@@ -288,6 +291,7 @@ class JaxTrainer(MultiTaskStep):
         representation = trunk_outputs["z"]
 
         def run_heads(z: Any) -> tuple[Any, Any]:
+            _compat.clear_activity_losses(self)
             y_pred = self._named_outputs(split.heads(z, training=True))
             losses, total, weights = self._objective(
                 y, y_pred, sample_weight, training=True
