@@ -79,7 +79,13 @@ CLAIMS = {
         xla=False,
         finite_examples=20,
     ),
-    "sdmgrad": Claims(accuracy=1e-4, stateful=True, xla=False),
+    # At LibMTL's step (5) SDMGrad's warm-started iterate oscillates and
+    # amplifies float rounding (a permuted sum: 4e-4 apart on JAX); the
+    # properties are the method's, checked at a step where it converges
+    # (as the environment suites do, conftest.aggregator_for).
+    "sdmgrad": Claims(
+        accuracy=1e-4, kwargs={"step_size": 1.0}, stateful=True, xla=False
+    ),
     "sum": Claims(accuracy=1e-6, finite_examples=40),
     "trimmed_mean": Claims(accuracy=1e-6, min_tasks=3),
     "upgrad": Claims(
