@@ -180,7 +180,7 @@ class JaxTrainer(MultiTaskStep):
             # With an aggregator the activity losses are an output of their
             # own: the shared parameters get their gradient unweighted.
             forward = _Forward(
-                trainable, others, objective, activity=aggregator is not None
+                self, trainable, others, objective, activity=aggregator is not None
             )
             outputs, vjp, (updates, aux) = jax.vjp(forward, values, has_aux=True)
             forward.assign_updates(updates)
@@ -276,14 +276,11 @@ class JaxTrainer(MultiTaskStep):
         split = self._split
 
         def run_trunk() -> tuple[Any, Any]:
-            # Each pass calls part of the model: the other part's layers
-            # must not keep ids of earlier losses (`clear_activity_losses`).
-            _compat.clear_activity_losses(self)
             return {"z": split.trunk(x, training=True)}, ()
 
         # The trunk's activity losses (`add_loss` in its layers) are
         # collected in its own pass: they join the objective there.
-        trunk_forward = _Forward(trainable, others, run_trunk, activity=True)
+        trunk_forward = _Forward(self, trainable, others, run_trunk, activity=True)
         trunk_outputs, trunk_vjp, (trunk_updates, _) = jax.vjp(
             trunk_forward, values, has_aux=True
         )
@@ -291,7 +288,6 @@ class JaxTrainer(MultiTaskStep):
         representation = trunk_outputs["z"]
 
         def run_heads(z: Any) -> tuple[Any, Any]:
-            _compat.clear_activity_losses(self)
             y_pred = self._named_outputs(split.heads(z, training=True))
             losses, total, weights = self._objective(
                 y, y_pred, sample_weight, training=True
@@ -303,7 +299,7 @@ class JaxTrainer(MultiTaskStep):
 
         # The heads' activity losses reach the trunk through `z` unweighted,
         # as on TensorFlow: their own row.
-        heads_forward = _Forward(trainable, others, run_heads, activity=True)
+        heads_forward = _Forward(self, trainable, others, run_heads, activity=True)
         outputs, heads_vjp, (updates, aux) = jax.vjp(
             heads_forward, values, representation, has_aux=True
         )
@@ -390,15 +386,24 @@ class _Forward:
     returns `body`'s outputs (a dict; with `activity=True` also the sum of
     the pass's activity losses, `"activity"`, if it has any) with, as
     auxiliary output, the other variables' new values and `body`'s
-    auxiliary values."""
+    auxiliary values.
+
+    Each pass first clears the activity-loss ids `model`'s layers recorded
+    (`_compat.clear_activity_losses`): in a stateless scope Keras picks a
+    layer's losses by id, and a pass that calls only part of the model
+    (representation mode: the trunk, then the heads) would leave the other
+    part's layers with ids of freed tensors, which Python can reuse for this
+    pass's losses."""
 
     def __init__(
         self,
+        model: keras.layers.Layer,
         trainable: list[Any],
         others: list[Any],
         body: Any,
         activity: bool = False,
     ) -> None:
+        self.model = model
         self.trainable = trainable
         self.others = others
         self.body = body
@@ -408,6 +413,7 @@ class _Forward:
         mapping = list(zip(self.trainable, values))
         mapping += [(v, v.value) for v in self.others]
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            _compat.clear_activity_losses(self.model)
             outputs, aux = self.body(*args)
             if self.activity and scope.losses:
                 # The activity losses (`add_loss`) of this pass, summed; no
