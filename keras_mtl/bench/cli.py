@@ -28,7 +28,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -370,27 +370,14 @@ def run_bench(
         "machine": machine_info(),
         "tasks": {t: vars(spec) for t, spec in prepared.tasks.items()},
     }
-    (out / "results.json").write_text(
-        json.dumps(
-            {"meta": meta, "summary": summary, "runs": [vars(r) for r in runs]},
-            indent=2,
-            default=str,
-        )
+    several = len(architectures) > 1
+    _write_results(
+        out,
+        {"meta": meta, "summary": summary, "runs": runs},
+        ["architecture"] * several + ["method", "seed"],
+        lambda r: [r.architecture] * several + [r.method, r.seed],
+        f"`{command}`\n\n{table}\n",
     )
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        several = len(architectures) > 1
-        writer.writerow(
-            ["architecture"] * several + ["method", "seed", "task", "metric", "value"]
-        )
-        for r in runs:
-            for task, scores in r.test.items():
-                for metric, value in scores.items():
-                    writer.writerow(
-                        [r.architecture] * several
-                        + [r.method, r.seed, task, metric, value]
-                    )
-    (out / "results.md").write_text(f"`{command}`\n\n{table}\n")
     if not args.no_plots:
         from keras_mtl.bench import plots
 
@@ -447,26 +434,13 @@ def run_sweep(
         "machine": machine_info(),
         "tasks": {t: vars(spec) for t, spec in tasks.items()},
     }
-    (out / "results.json").write_text(
-        json.dumps(
-            {"meta": meta, "summary": summary, "runs": [vars(r) for r in runs]},
-            indent=2,
-            default=str,
-        )
+    _write_results(
+        out,
+        {"meta": meta, "summary": summary, "runs": runs},
+        ["architecture", "correlation", "method", "seed"],
+        lambda r: [r.architecture, r.correlation, r.method, r.seed],
+        f"`{command}`\n\n{table}\n",
     )
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            ["architecture", "correlation", "method", "seed", "task", "metric", "value"]
-        )
-        for r in runs:
-            for task, scores in r.test.items():
-                for metric, value in scores.items():
-                    writer.writerow(
-                        [r.architecture, r.correlation, r.method, r.seed, task]
-                        + [metric, value]
-                    )
-    (out / "results.md").write_text(f"`{command}`\n\n{table}\n")
     if not args.no_plots:
         from keras_mtl.bench import plots
 
@@ -474,6 +448,30 @@ def run_sweep(
             print(f"wrote {path}")
     print(f"\n{table}\nResults in {out}/ (results.json, results.csv, results.md)")
     return 0
+
+
+def _write_results(
+    out: Path,
+    results: dict[str, Any],
+    key_columns: list[str],
+    keys_of: Callable[[Any], list[Any]],
+    markdown: str,
+) -> None:
+    """`results.json` (`results`: meta, summary and the runs), `results.csv`
+    (a row per run, task and metric, led by `key_columns`, which
+    `keys_of(run)` fills) and `results.md` (`markdown`) into `out`."""
+    runs = results["runs"]
+    (out / "results.json").write_text(
+        json.dumps({**results, "runs": [vars(r) for r in runs]}, indent=2, default=str)
+    )
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*key_columns, "task", "metric", "value"])
+        for r in runs:
+            for task, scores in r.test.items():
+                for metric, value in scores.items():
+                    writer.writerow([*keys_of(r), task, metric, value])
+    (out / "results.md").write_text(markdown)
 
 
 def machine_info() -> dict[str, Any]:
