@@ -560,3 +560,66 @@ def advance_collective_instance_keys(keys: Any, start: int) -> None:
             following = max([start, *group.values()])
             for device in group:
                 group[device] = following
+
+
+# ---------------------------------------------------------------- torch
+def torch_compile_without_donated_buffers() -> Any:
+    """A context manager in which `torch.compile` compiles backward
+    functions without donated buffers (restored on exit).
+
+    Relies on `torch._functorch.config.donated_buffer` and the config
+    module's `patch` (private; the flag is read when AOTAutograd compiles
+    a graph, which happens inside the compiled call). Needed for
+    `jit_compile=True` on torch: a backward function compiled with donated
+    buffers frees the forward's saved tensors on its first run, so it
+    refuses `retain_graph=True`, and the multi-task step differentiates
+    one forward pass several times (a gradient per task)."""
+    try:
+        from torch._functorch import config
+    except ImportError:
+        config = None
+    patch = getattr(config, "patch", None)
+    if patch is None or not hasattr(config, "donated_buffer"):
+        import torch
+
+        raise _unsupported(
+            "torch._functorch.config.donated_buffer",
+            "compiled backward functions that allow retain_graph=True; torch "
+            f"{torch.__version__}",
+        )
+    return patch(donated_buffer=False)
+
+
+TORCH_OPTIMIZER_MODULES = "keras.src.backend.torch.optimizers."
+
+
+def portable_optimizer_config(config: Any) -> Any:
+    """`config` (a serialised compile config, or any part of one) with each
+    optimizer that Keras serialised under its torch implementation's module
+    named by the public class instead (`keras.optimizers.SGD`), so that the
+    `.keras` file compiles with that backend's own optimizer when loaded on
+    TensorFlow or JAX.
+
+    Relies on Keras' torch backend replacing a built-in optimizer by a
+    subclass in `keras.src.backend.torch.optimizers.torch_<name>` (same
+    class name) and `serialize_keras_object` recording that module. Needed
+    because Keras 3.15 loads such a file on another backend, where torch
+    is installed, with the torch optimizer, whose first update fails
+    ("expected Tensor as element 0 in argument 0, but got
+    ResourceVariable"), stock Keras models included. A config without such
+    an optimizer is returned unchanged (deliberately: nothing to port)."""
+    if isinstance(config, list):
+        return [portable_optimizer_config(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    ported = {key: portable_optimizer_config(value) for key, value in config.items()}
+    module = ported.get("module")
+    name = ported.get("class_name")
+    if (
+        isinstance(module, str)
+        and module.startswith(TORCH_OPTIMIZER_MODULES)
+        and isinstance(getattr(keras.optimizers, str(name), None), type)
+    ):
+        ported["module"] = "keras.optimizers"
+        ported["registered_name"] = None
+    return ported

@@ -27,6 +27,8 @@ def shared_variable_indices(
     """
     if keras.backend.backend() == "jax":
         return _jax_shared_variable_indices(net, variables, tasks, _feed(net, feed))
+    if keras.backend.backend() == "torch":
+        return _torch_shared_variable_indices(net, variables, tasks, _feed(net, feed))
     # Imported here: on JAX, importing keras_mtl must not import TensorFlow.
     import tensorflow as tf
 
@@ -162,6 +164,39 @@ def _jax_shared_variable_indices(
         _, used_inputs = _compat.dce_jaxpr(traced.jaxpr, used)
         for i, needed in enumerate(used_inputs):
             counts[i] += int(needed)
+    return [i for i, c in enumerate(counts) if c >= 2]
+
+
+def _torch_shared_variable_indices(
+    net: keras.Model, variables: Sequence[Any], tasks: Sequence[str], feed: Any
+) -> list[int]:
+    """The torch version of `shared_variable_indices`: as on TensorFlow, a
+    variable an output does not reach gets no gradient (`allow_unused`
+    gives None), one autograd call per task output."""
+    import torch
+
+    sources = [v.value for v in variables]
+    wanted = [i for i, s in enumerate(sources) if s.requires_grad]
+    if not wanted:
+        return []
+    counts = [0] * len(variables)
+    with torch.enable_grad():
+        outputs = net(feed, training=False)
+        if isinstance(outputs, (list, tuple)):
+            outputs = dict(zip(tasks, outputs))
+        for task in tasks:
+            total = ops.sum(ops.cast(outputs[task], "float32"))
+            if not total.requires_grad:
+                continue
+            grads = torch.autograd.grad(
+                total,
+                [sources[i] for i in wanted],
+                retain_graph=True,
+                allow_unused=True,
+            )
+            for i, g in zip(wanted, grads):
+                if g is not None:
+                    counts[i] += 1
     return [i for i, c in enumerate(counts) if c >= 2]
 
 

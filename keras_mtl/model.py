@@ -599,8 +599,26 @@ class MultiTaskModel(Trainer, keras.Model):
         self, filepath: str, format: str = "tf_saved_model", **kwargs: Any
     ) -> Any:
         """Exports the inference graph only (`serve` runs `predict`'s
-        computation); the weighting and its training state are left out."""
-        return self._inference_model().export(filepath, format=format, **kwargs)
+        computation); the weighting and its training state are left out.
+
+        On torch, Keras 3.15 writes no SavedModel (torch 2.13's
+        `torch.export` rejects the shapes Keras gives it, for any model):
+        export `format="onnx"` there, or load the `.keras` file on
+        TensorFlow and export that (docs/backends.md)."""
+        inference = self._inference_model()
+        if keras.backend.backend() != "torch" or format != "tf_saved_model":
+            return inference.export(filepath, format=format, **kwargs)
+        try:
+            return inference.export(filepath, format=format, **kwargs)
+        except Exception as error:
+            raise NotImplementedError(
+                "Exporting a SavedModel (format='tf_saved_model') from the torch "
+                f"backend failed in Keras {keras.version()}: "
+                f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]} "
+                "Export with format='onnx' on torch, or save the model "
+                "(model.save('model.keras')), load it with "
+                "KERAS_BACKEND=tensorflow and export it there."
+            ) from error
 
     def _inference_model(self) -> keras.Model:
         return _inference_net(self.net, self.task_names, _compat.build_shapes(self))

@@ -1,6 +1,6 @@
 """Backend-neutral helpers for the unit tests of the weightings and the
-aggregators: the same test runs under `KERAS_BACKEND=tensorflow` and
-`KERAS_BACKEND=jax`.
+aggregators: the same test runs under `KERAS_BACKEND=tensorflow`,
+`KERAS_BACKEND=jax` and `KERAS_BACKEND=torch`.
 
 - `to_numpy(x)`: a numpy array of a tensor or a Keras variable.
 - `tensor(value, dtype)`: a backend tensor (`tf.constant` on TensorFlow).
@@ -27,11 +27,17 @@ import pytest
 BACKEND = keras.backend.backend()
 TENSORFLOW = BACKEND == "tensorflow"
 JAX = BACKEND == "jax"
+TORCH = BACKEND == "torch"
 
 
 def tensorflow_only(reason: str) -> Any:
     """Skips a test on every backend but TensorFlow, with `reason`."""
     return pytest.mark.skipif(not TENSORFLOW, reason=f"TensorFlow only: {reason}")
+
+
+def not_on_torch(reason: str) -> Any:
+    """Skips a test on the torch backend, with `reason`."""
+    return pytest.mark.skipif(TORCH, reason=f"Not on torch: {reason}")
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -116,6 +122,8 @@ def value_and_gradient(
             outputs = layer(x, **kwargs)
         grads = tape.gradient(outputs[0], [x] + [v.value for v in variables])
         return outputs, grads[0], grads[1:]
+    if TORCH:
+        return _torch_value_and_gradient(layer, x, variables, **kwargs)
 
     import jax
 
@@ -139,6 +147,33 @@ def value_and_gradient(
     return outputs, grad_x, list(grad_values)
 
 
+def _torch_value_and_gradient(
+    layer: Any, x: Any, variables: list[Any], **kwargs: Any
+) -> tuple[Any, Any, list[Any]]:
+    """`value_and_gradient` on torch: `torch.autograd.grad` of the first
+    output of an eager call (`None` for what it does not reach, as the
+    tape gives)."""
+    import torch
+
+    x = keras.ops.convert_to_tensor(x).detach().requires_grad_(True)
+    with torch.enable_grad():
+        outputs = layer(x, **kwargs)
+        sources = [x] + [v.value for v in variables]
+        wanted = [i for i, s in enumerate(sources) if s.requires_grad]
+        grads: list[Any] = [None] * len(sources)
+        if outputs[0].requires_grad:
+            found = torch.autograd.grad(
+                outputs[0], [sources[i] for i in wanted], allow_unused=True
+            )
+            for i, g in zip(wanted, found):
+                grads[i] = g
+    # Values, as the tape's: cut from the graph.
+    outputs = keras.tree.map_structure(
+        lambda t: t.detach() if isinstance(t, torch.Tensor) else t, outputs
+    )
+    return outputs, grads[0], grads[1:]
+
+
 def compiled(
     fn: Any,
     state: Any = None,
@@ -152,6 +187,8 @@ def compiled(
     `jit_compile=True`; `input_shapes`, a list of float32 shapes with
     `None` for a dynamic size, gives the input signature). JAX: `jax.jit`
     (always XLA; one trace per input shape, `input_shapes` is ignored).
+    torch: `fn` itself, eager (Keras runs a torch step eagerly unless
+    `jit_compile=True`).
 
     `state`: the layer (or list of layers) whose variables `fn` reads or
     assigns. On JAX their values go into the compiled function through a
@@ -174,6 +211,9 @@ def compiled(
             input_signature=signature,
             autograph=autograph,
         )
+
+    if TORCH:
+        return fn
 
     import jax
 
@@ -208,6 +248,8 @@ def stateless_normal(shape: Any, seed: Any) -> np.ndarray:
         import tensorflow as tf
 
         return tf.random.stateless_normal(shape, seed=seed).numpy()
+    if TORCH:
+        return _torch_draw("normal", shape, seed)
     import jax
 
     key = jax.numpy.asarray(seed, dtype="uint32")
@@ -221,7 +263,25 @@ def stateless_uniform(shape: Any, seed: Any) -> np.ndarray:
         import tensorflow as tf
 
         return tf.random.stateless_uniform(shape, seed=seed).numpy()
+    if TORCH:
+        return _torch_draw("uniform", shape, seed)
     import jax
 
     key = jax.numpy.asarray(seed, dtype="uint32")
     return np.asarray(jax.random.uniform(key, shape=shape, dtype="float32"))
+
+
+def _torch_draw(kind: str, shape: Any, seed: Any) -> np.ndarray:
+    """Keras' torch draw for the seed pair `seed`: a `torch.Generator`
+    seeded with the pair's sum (modulo 2**32), as
+    `keras.src.backend.torch.random.torch_seed_generator` seeds it."""
+    import torch
+
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(int(np.sum(np.asarray(seed, np.int64))) & 0xFFFFFFFF)
+    if kind == "normal":
+        draw = torch.normal(0.0, 1.0, size=tuple(shape), generator=generator)
+    else:
+        draw = torch.rand(size=tuple(shape) or (1,), generator=generator)
+        draw = draw.reshape(tuple(shape))
+    return draw.numpy()

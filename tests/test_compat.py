@@ -561,3 +561,50 @@ def test_importing_keras_mtl_on_jax_does_not_import_tensorflow():
         f"`import keras_mtl` on JAX imported TensorFlow (importers in keras_mtl: "
         f"{importers}); import it inside the functions that use it."
     )
+
+
+# ---------------------------------------------------------------- torch
+def test_torch_compile_without_donated_buffers_turns_the_flag_off_inside():
+    pytest.importorskip("torch")
+    from torch._functorch import config
+
+    before = config.donated_buffer
+    with _compat.torch_compile_without_donated_buffers():
+        assert config.donated_buffer is False, broken(
+            "torch._functorch.config.donated_buffer", "the patch did not set it"
+        )
+    assert config.donated_buffer == before
+
+
+def test_portable_optimizer_config_names_the_public_class():
+    torch_sgd = {
+        "module": "keras.src.backend.torch.optimizers.torch_sgd",
+        "class_name": "SGD",
+        "config": {"learning_rate": 0.5},
+        "registered_name": None,
+    }
+    scaled = {
+        "module": "keras.optimizers",
+        "class_name": "LossScaleOptimizer",
+        "config": {"inner_optimizer": torch_sgd},
+        "registered_name": None,
+    }
+    ported = _compat.portable_optimizer_config({"optimizer": scaled, "loss": None})
+    inner = ported["optimizer"]["config"]["inner_optimizer"]
+    assert inner["module"] == "keras.optimizers" and inner["class_name"] == "SGD"
+    assert torch_sgd["module"].startswith("keras.src")  # the input is not changed
+    optimizer = keras.saving.deserialize_keras_object(inner)
+    assert type(optimizer).__name__ == "SGD" and optimizer.learning_rate == 0.5
+    # Another backend's own config, or a custom optimizer, is left as it is.
+    custom = {"module": "my_project", "class_name": "Mine", "config": {}}
+    assert _compat.portable_optimizer_config(custom) == custom
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="a torch trainer touchpoint")
+def test_keras_serialises_a_torch_optimizer_under_its_torch_module():
+    serialized = keras.saving.serialize_keras_object(keras.optimizers.Adam(0.1))
+    assert serialized["module"].startswith(_compat.TORCH_OPTIMIZER_MODULES), broken(
+        "the module Keras records for a torch optimizer", str(serialized["module"])
+    )
+    ported = _compat.portable_optimizer_config(serialized)
+    assert ported["module"] == "keras.optimizers"

@@ -64,6 +64,8 @@ def gramian(jacobian: Any) -> Any:
 def symmetric_part(matrix: Any) -> Any:
     """`(M + M.T) / 2`: a Gramian made exactly symmetric (a summed or
     rescaled one may differ from its transpose by rounding)."""
+    # A tensor first: on torch a numpy array plus a tensor raises.
+    matrix = ops.convert_to_tensor(matrix)
     return 0.5 * (matrix + ops.transpose(matrix))
 
 

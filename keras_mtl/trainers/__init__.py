@@ -6,10 +6,11 @@ once at import, as `keras/src/models/model.py` chooses Keras' own.
   what a backend trainer must provide;
 - `tensorflow_trainer.py`: `TensorFlowTrainer`, the `GradientTape` step and
   `tf.distribute`;
-- `jax_trainer.py`: `JaxTrainer`, the stateless `jax.vjp` step.
+- `jax_trainer.py`: `JaxTrainer`, the stateless `jax.vjp` step;
+- `torch_trainer.py`: `TorchTrainer`, the eager `torch.autograd` step.
 
 Only the chosen backend's module is imported (TensorFlow is not imported on
-JAX).
+JAX or torch).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import keras
 
 from keras_mtl.trainers.step import MultiTaskStep, StepGradients
 
-SUPPORTED_BACKENDS = ("tensorflow", "jax")
+SUPPORTED_BACKENDS = ("tensorflow", "jax", "torch")
 
 if keras.backend.backend() == "tensorflow":
     from keras_mtl.trainers.tensorflow_trainer import TensorFlowTrainer as Trainer
 elif keras.backend.backend() == "jax":
     from keras_mtl.trainers.jax_trainer import JaxTrainer as Trainer
+elif keras.backend.backend() == "torch":
+    from keras_mtl.trainers.torch_trainer import TorchTrainer as Trainer
 else:
 
     class Trainer(MultiTaskStep):  # type: ignore[no-redef]

@@ -38,6 +38,14 @@ def _derivative(fn: Callable[[Any], Any], x: Any) -> Any:
         import jax
 
         return jax.vmap(jax.grad(lambda v: fn(v)))(x)
+    if backend == "torch":
+        import torch
+
+        # Its only use is under `stop_gradient`: a detached input suffices.
+        source = ops.convert_to_tensor(x).detach().requires_grad_(True)
+        with torch.enable_grad():
+            (gradient,) = torch.autograd.grad(ops.sum(fn(source)), source)
+        return gradient
     raise NotImplementedError(
         f"BMTL with a user transform needs autodiff; backend {backend!r} is not supported."
     )
