@@ -200,6 +200,20 @@ class TaskLosses:
             counts.append(size if labelled is None else ops.sum(labelled))
         return ops.stack(values), ops.stack(counts), ops.stack(sizes)
 
+    def may_be_missing(self, y_true: Any, sample_weight: Any = None) -> list[bool]:
+        """Per task, whether a batch of this structure can leave it without
+        a labelled example, known when the step is traced: it has a sample
+        weight, float labels (NaN) or a `missing_label` value. Integer
+        labels without either are always labelled."""
+        targets = self.structure(y_true, "The targets (y)")
+        weights = self.sample_weights(sample_weight)
+        return [
+            weights[task] is not None
+            or _is_float(targets[task])
+            or task in self.missing_label
+            for task in self.tasks
+        ]
+
     def metric_inputs(
         self, y_true: Any, sample_weight: Any, masks_only: bool
     ) -> tuple[dict[str, Any], Any]:
@@ -270,7 +284,7 @@ class TaskLosses:
             per_example = ops.cast(weight, "float32") != 0.0
             labelled = _per_example(per_example, ops.any)
         missing = None
-        if "float" in str(target.dtype) or "bfloat" in str(target.dtype):
+        if _is_float(target):
             missing = ops.isnan(target)
         ignore = self.missing_label.get(task)
         if ignore is not None:
@@ -363,6 +377,14 @@ def _elementwise_losses() -> set[Any]:
         "categorical_hinge",
     )
     return {getattr(keras.losses, n) for n in names if hasattr(keras.losses, n)}
+
+
+def _is_float(target: Any) -> bool:
+    """Whether labels are floats (which mark a missing label by NaN)."""
+    dtype = getattr(target, "dtype", None)
+    if dtype is None:
+        dtype = ops.convert_to_tensor(target).dtype
+    return "float" in keras.backend.standardize_dtype(dtype)
 
 
 def _per_example(flags: Any, reduce: Any) -> Any:

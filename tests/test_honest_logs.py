@@ -12,7 +12,7 @@ import keras_mtl
 pytestmark = pytest.mark.backend_neutral
 
 
-def _model(aggregator=None, on_nonfinite="skip"):
+def _model(aggregator=None, on_nonfinite="skip", weighting="equal", optimizer="sgd"):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4,))
     h = keras.layers.Dense(8, activation="tanh")(inputs)
@@ -24,9 +24,9 @@ def _model(aggregator=None, on_nonfinite="skip"):
         },
     )
     model = keras_mtl.MultiTaskModel(
-        net, aggregator=aggregator, on_nonfinite=on_nonfinite
+        net, weighting=weighting, aggregator=aggregator, on_nonfinite=on_nonfinite
     )
-    model.compile(optimizer="sgd", loss="mse", jit_compile=False)
+    model.compile(optimizer=optimizer, loss="mse", jit_compile=False)
     return model
 
 
@@ -92,3 +92,60 @@ def test_per_task_losses_are_monitored_in_auto_mode(tmp_path):
     for callback in callbacks:
         assert callback.monitor_op is keras.ops.less
     assert (tmp_path / "best.keras").exists()
+
+
+def _mse(model, x, y):
+    """Each task's mean squared error over its labelled examples (numpy)."""
+    pred = model.predict(x, verbose=0)
+    out = {}
+    for task in ("a", "b"):
+        labelled = ~np.isnan(y[task])
+        if labelled.any():
+            error = pred[task][:, 0].astype("float64") - y[task]
+            out[task] = np.mean(error[labelled] ** 2)
+    return out
+
+
+def test_the_logged_loss_leaves_an_absent_task_out():
+    """Task b without labels: `loss` is the objective without b's
+    stand-in, here exp(-s_a) L_a + s_a + s_b for uncertainty weighting
+    with log-variances s (their terms do not depend on the data), in
+    training and evaluation; with every label it is the objective."""
+    x, y = _data()
+    absent = {"a": y["a"], "b": np.full(16, np.nan, "float32")}
+    uncertainty = keras_mtl.weighting.get("uncertainty", initial_log_variance=0.5)
+    model = _model(weighting=uncertainty)
+    # A fraction e^-0.5 of float32 losses of O(1): a few ulps.
+    losses = _mse(model, x, absent)
+    logs = model.test_on_batch(x, absent, return_dict=True)
+    assert logs["loss"] == pytest.approx(np.exp(-0.5) * losses["a"] + 1.0, rel=1e-5)
+    logs = model.train_on_batch(x, absent, return_dict=True)
+    assert logs["loss"] == pytest.approx(np.exp(-0.5) * losses["a"] + 1.0, rel=1e-5)
+    s = keras.ops.convert_to_numpy(model.weighting.log_variances)
+    losses = _mse(model, x, y)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    expected = np.sum(np.exp(-s) * [losses["a"], losses["b"]] + s)
+    assert logs["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("aggregator", [None, "upgrad"])
+def test_a_batch_without_any_label_changes_nothing_and_logs_nan(aggregator):
+    x, y = _data()
+    model = _model(aggregator=aggregator, optimizer="adam")
+    model.train_on_batch(x, y)  # Adam's moments are not 0 now
+    # Parameters, weighting and aggregator state (the step counters count
+    # every step) and the optimizer's moments.
+    state = list(model.trainable_variables) + list(model.optimizer.variables)
+    if aggregator is not None:
+        state += model.aggregator.variables
+    before = [np.array(keras.ops.convert_to_numpy(v)) for v in state]
+    iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    nothing = {t: np.full(16, np.nan, "float32") for t in ("a", "b")}
+    logs = model.train_on_batch(x, nothing, return_dict=True)
+    for key in ("loss", "a_loss", "b_loss", "a_weight", "b_weight"):
+        assert np.isnan(logs[key]), key
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == iterations
+    for value, variable in zip(before, state):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(variable), value, err_msg=variable.path
+        )

@@ -194,6 +194,206 @@ def test_absent_steps_do_not_enter_the_epoch_mean():
     assert b_loss == pytest.approx(ref_hist.history["b_loss"][0], rel=1e-5)
 
 
+# ------------------------------------ aggregators over the present rows only
+# Three tasks (a: 3 classes, b and c: regression). All three heads are
+# created in every model, so any subset of them starts from the same weights.
+THREE = ("a", "b", "c")
+
+
+def _data3(seed: int = 10):
+    x, y = _data(seed)
+    y["c"] = np.random.default_rng(seed + 1).standard_normal(N).astype("float32")
+    return x, y
+
+
+def _model3(tasks, aggregator, jit_compile="auto", representation=False, **kwargs):
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(8, activation="tanh", name="trunk")(inputs)
+    heads = {
+        "a": keras.layers.Dense(3, activation="softmax", name="a")(h),
+        "b": keras.layers.Dense(1, name="b")(h),
+        "c": keras.layers.Dense(1, name="c")(h),
+    }
+    net = keras.Model(inputs, {t: heads[t] for t in tasks})
+    if representation:
+        kwargs["representation"] = "trunk"
+    if isinstance(aggregator, tuple):  # (alias, options): a fresh instance
+        aggregator = keras_mtl.aggregation.get(aggregator[0], **aggregator[1])
+    model = keras_mtl.MultiTaskModel(net, aggregator=aggregator, **kwargs)
+    losses = {"a": "sparse_categorical_crossentropy", "b": "mse", "c": "mse"}
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss={t: losses[t] for t in tasks},
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def _layer_values(model, names):
+    return {
+        f"{name}/{v.name}": np.array(keras.ops.convert_to_numpy(v))
+        for name in names
+        for v in model.net.get_layer(name).variables
+    }
+
+
+def _assert_same_step(full, pair, names=("trunk", "a", "c")):
+    """The parameters of `full` (tasks a, b, c; b absent) equal those of
+    `pair` (tasks a and c). The same rows in a Gramian or Jacobian of
+    another size round differently in float32, and an iterative solver
+    returns its direction to ~1e-4 of its norm (measured between XLA and
+    op-by-op runs on one CPU): two steps of 0.1 x a direction of norm O(1)
+    differ by up to ~2e-5. Another direction (the sum of the rows instead
+    of the aggregator's) moves the trunk by ~1e-2 differently."""
+    got, want = _layer_values(full, names), _layer_values(pair, names)
+    for key in want:
+        np.testing.assert_allclose(
+            got[key], want[key], rtol=1e-5, atol=3e-5, err_msg=key
+        )
+
+
+def _assert_state_gathered(full, pair, before, absent=1):
+    """The aggregator's state: the entries of tasks a and c (along the
+    axes of length 3 in `full`, 2 in `pair`) are `pair`'s, those of the
+    absent task b are `before`; variables without a task axis are `pair`'s.
+    Normalised entries (weights on the simplex, or summing to the number of
+    tasks) are `pair`'s up to the share of a and c in `full`."""
+    kept = [i for i in range(3) if i != absent]
+    for variable, other, old in zip(
+        full.aggregator.variables, pair.aggregator.variables, before, strict=True
+    ):
+        value = np.array(keras.ops.convert_to_numpy(variable))
+        theirs = np.array(keras.ops.convert_to_numpy(other))
+        axes = [i for i, (k, m) in enumerate(zip(value.shape, theirs.shape)) if k != m]
+        assert all(value.shape[i] == 3 and theirs.shape[i] == 2 for i in axes)
+        present = value
+        for axis in axes:
+            present = np.take(present, kept, axis=axis)
+        total = full.aggregator.state_task_total(variable)
+        if total is not None:
+            present = present / present.sum() * (1.0 if total == "one" else 2.0)
+        # O(1) weights and gradients from the same solvers: ~1e-4 of them.
+        np.testing.assert_allclose(
+            present, theirs, rtol=1e-4, atol=1e-6, err_msg=variable.path
+        )
+        for axis in axes:
+            np.testing.assert_array_equal(
+                np.take(value, [absent], axis=axis),
+                np.take(old, [absent], axis=axis),
+                err_msg=variable.path,
+            )
+
+
+# Gramian route (MGDA, UPGrad, PCGrad and GradVac with their random orders,
+# CAGrad, IMTL-G, Nash-MTL with stored weights, SDMGrad's simplex weights)
+# and Jacobian route (MoCo's tracked gradients [K, D] and simplex weights,
+# GradNorm's losses and weights, which sum to the number of tasks).
+PRESENT_ROWS = {
+    "mgda": ("mgda", {}),
+    "upgrad": ("upgrad", {}),
+    "pcgrad": ("pcgrad", {"seed": 3}),
+    "cagrad": ("cagrad", {}),
+    "imtl_g": ("imtl_g", {}),
+    "nash_mtl": ("nash_mtl", {"update_every": 2}),
+    "gradvac": ("gradvac", {"seed": 3, "beta": 0.5}),
+    "sdmgrad": ("sdmgrad", {}),
+    "moco": ("moco", {}),
+    "gradnorm": ("gradnorm", {"learning_rate": 0.5}),
+}
+
+
+def _check_absent_task_left_out(name, **options):
+    """Task b without labels in two steps (the second uses the state of
+    the first): the model of tasks a, b, c takes the steps of the same
+    aggregator on the model of tasks a and c alone, and b's entries of the
+    aggregator's state are untouched."""
+    x, y = _data3()
+    absent = {**y, "b": np.full(N, np.nan, "float32")}
+    full = _model3(THREE, PRESENT_ROWS[name], **options)
+    pair = _model3(("a", "c"), PRESENT_ROWS[name], **options)
+    before = _values(full.aggregator.variables)
+    start = _layer_values(full, ["trunk"])
+    for _ in range(2):
+        full.train_on_batch(x, absent)
+        pair.train_on_batch(x, {t: y[t] for t in ("a", "c")})
+    _assert_same_step(full, pair)
+    _assert_state_gathered(full, pair, before)
+    moved = _layer_values(full, ["trunk"])
+    assert max(np.abs(moved[k] - start[k]).max() for k in start) > 1e-3
+
+
+@pytest.mark.parametrize("name", [n for n in PRESENT_ROWS if n != "upgrad"])
+def test_an_absent_task_is_left_out_of_the_aggregation(name):
+    _check_absent_task_left_out(name)
+
+
+@pytest.mark.parametrize(
+    "name, jit_compile, representation",
+    # "auto": XLA on JAX, not on TensorFlow on the CPU.
+    [("nash_mtl", True, False), ("pcgrad", "auto", True), ("upgrad", "auto", True)],
+    ids=["nash_mtl_xla", "pcgrad_representation", "upgrad_representation"],
+)
+def test_an_absent_task_under_xla_and_in_representation_mode(
+    name, jit_compile, representation
+):
+    _check_absent_task_left_out(
+        name, jit_compile=jit_compile, representation=representation
+    )
+
+
+def test_a_single_present_task_gets_the_aggregators_one_row_direction():
+    """Only task a labelled: MGDA's direction of one row is the row itself
+    (the trunk moves as with the plain sum), Nash-MTL's the row scaled to
+    norm 1."""
+    x, y = _data3(12)
+    nan = np.full(N, np.nan, "float32")
+    only_a = {**y, "b": nan, "c": nan}
+    steps = {}
+    for name in ("sum", "mgda", "nash_mtl"):
+        model = _model3(THREE, name)
+        start = _layer_values(model, ["trunk"])
+        model.train_on_batch(x, only_a)
+        after = _layer_values(model, ["trunk"])
+        steps[name] = np.concatenate([(after[k] - start[k]).ravel() for k in start])
+    # SGD(0.1): the step is -0.1 x the direction.
+    np.testing.assert_allclose(steps["mgda"], steps["sum"], rtol=1e-5, atol=1e-7)
+    gradient = steps["sum"] / -0.1
+    expected = -0.1 * gradient / np.linalg.norm(gradient)
+    np.testing.assert_allclose(steps["nash_mtl"], expected, rtol=1e-4, atol=1e-7)
+
+
+def test_an_aggregator_that_needs_more_rows_sums_them_and_warns():
+    """TrimmedMean(trim_number=1) combines at least 3 rows: with task b
+    absent the step sums the other two (as `sum` does) and says so."""
+    x, y = _data3(13)
+    absent = {**y, "b": np.full(N, np.nan, "float32")}
+    full = _model3(THREE, ("trimmed_mean", {"trim_number": 1}))
+    summed = _model3(("a", "c"), "sum")
+    with pytest.warns(
+        UserWarning, match=r"only 1 or 2 of them.*TrimmedMean combines at least 3 rows"
+    ):
+        full.train_on_batch(x, absent)
+    summed.train_on_batch(x, {t: y[t] for t in ("a", "c")})
+    _assert_same_step(full, summed)
+
+
+def test_more_absent_tasks_than_branches_sum_the_present_rows(monkeypatch):
+    from keras_mtl.trainers import step
+
+    x, y = _data3(14)
+    nan = np.full(N, np.nan, "float32")
+    only_a = {**y, "b": nan, "c": nan}
+    summed = _model3(THREE, "sum")
+    summed.train_on_batch(x, only_a)
+    # Read when the model's step is first built.
+    monkeypatch.setattr(step, "MAX_ABSENT_BRANCHES", 1)
+    full = _model3(THREE, "mgda")
+    with pytest.warns(UserWarning, match=r"3 tasks.*only 1 of them.*at most 1 absent"):
+        full.train_on_batch(x, only_a)
+    _assert_same_step(full, summed, names=("trunk", "a"))
+
+
 def test_missing_label_is_validated_and_saved():
     with pytest.raises(ValueError, match="unknown task"):
         _model(missing_label={"c": -1})
@@ -367,12 +567,12 @@ tf.config.set_logical_device_configuration(
 import keras
 import keras_mtl
 
-def build():
+def build(weighting="uncertainty", aggregator=None):
     keras.utils.set_random_seed(1)
     inputs = keras.Input((4,))
     h = keras.layers.Dense(8, activation="tanh", name="trunk")(inputs)
     net = keras.Model(inputs, {"a": keras.layers.Dense(3, activation="softmax", name="a")(h), "b": keras.layers.Dense(1, name="b")(h)})
-    model = keras_mtl.MultiTaskModel(net, weighting="uncertainty", missing_label={"a": -1})
+    model = keras_mtl.MultiTaskModel(net, weighting=weighting, aggregator=aggregator, missing_label={"a": -1})
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss={"a": "sparse_categorical_crossentropy", "b": "mse"})
     return model
 
@@ -384,18 +584,25 @@ y["b"][3:12] = np.nan
 y["a"][[0, 2, 9, 10, 11]] = -1
 # Batch 2: b labelled in its first half only (one replica has none).
 y["b"][24:32] = np.nan
+# Nash-MTL (stored weights): b labelled in batch 1 only, so batch 2 is
+# aggregated over a's row alone.
+y_nash = {"a": y["a"], "b": y["b"].copy()}
+y_nash["b"][16:32] = np.nan
+runs = {"uncertainty": ({}, y), "nash_mtl": ({"weighting": "equal", "aggregator": "nash_mtl"}, y_nash)}
 out = {}
-for name in ("single", "mirrored"):
-    if name == "mirrored":
-        with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
-            model = build()
-    else:
-        model = build()
-    history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
-    out[name] = {
-        "weights": [np.asarray(v).ravel().tolist() for v in model.get_weights()],
-        "history": {k: v[0] for k, v in history.history.items()},
-    }
+for run, (options, targets) in runs.items():
+    out[run] = {}
+    for name in ("single", "mirrored"):
+        if name == "mirrored":
+            with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+                model = build(**options)
+        else:
+            model = build(**options)
+        history = model.fit(x, targets, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        out[run][name] = {
+            "weights": [np.asarray(v).ravel().tolist() for v in model.get_weights()],
+            "history": {k: v[0] for k, v in history.history.items()},
+        }
 json.dump(out, open(sys.argv[1], "w"))
 """
 
@@ -406,7 +613,9 @@ json.dump(out, open(sys.argv[1], "w"))
 def test_two_replicas_give_the_one_device_masked_mean(tmp_path):
     """Each task's loss is the mean over the labelled examples of the
     global batch, also when the replicas hold different numbers of them
-    (and one holds none): the same training as on one device."""
+    (and one holds none): the same training as on one device; and with
+    an aggregator, a batch without b's labels is aggregated over the
+    present row on both replicas alike."""
     import json
     import os
     import subprocess
@@ -428,11 +637,11 @@ def test_two_replicas_give_the_one_device_masked_mean(tmp_path):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(out.read_text())
-    single, mirrored = result["single"], result["mirrored"]
-    assert set(single["history"]) == set(mirrored["history"])
-    for key, value in single["history"].items():
-        # Sums of 16 float32 terms split over 2 replicas: a few ulps.
-        assert mirrored["history"][key] == pytest.approx(value, rel=1e-5), key
-    for u, v in zip(single["weights"], mirrored["weights"], strict=True):
-        np.testing.assert_allclose(v, u, rtol=1e-5, atol=1e-6)
+    for run, result in json.loads(out.read_text()).items():
+        single, mirrored = result["single"], result["mirrored"]
+        assert set(single["history"]) == set(mirrored["history"]), run
+        for key, value in single["history"].items():
+            # Sums of 16 float32 terms split over 2 replicas: a few ulps.
+            assert mirrored["history"][key] == pytest.approx(value, rel=1e-5), key
+        for u, v in zip(single["weights"], mirrored["weights"], strict=True):
+            np.testing.assert_allclose(v, u, rtol=1e-5, atol=1e-6, err_msg=run)

@@ -146,6 +146,25 @@ class Aggregator(keras.layers.Layer):
         itself (the model then skips the re-weighting of the task heads)."""
         return losses
 
+    @property
+    def min_tasks(self) -> int:
+        """The fewest rows (tasks) the aggregator can combine: 1 unless a
+        method needs more (Krum, TrimmedMean). In a training step where
+        some tasks have no labelled example, `MultiTaskModel` applies the
+        aggregator to the present tasks' rows if there are at least this
+        many (see docs/missing_labels.md)."""
+        return 1
+
+    def state_task_total(self, variable: Any) -> str | None:
+        """How the task entries of `variable`, one of the aggregator's
+        state variables, are normalised: `"one"` if they sum to 1 (weights
+        on the simplex), `"tasks"` if they sum to the number of tasks,
+        None if they are not (the default). In a step where only n tasks
+        are present, `MultiTaskModel` gives the aggregator for n rows their
+        entries rescaled to the total of n tasks, and rescales its new
+        entries back to the share the present tasks had."""
+        return None
+
     def call(self, jacobian: Any, training: bool = True, losses: Any = None) -> Any:
         scaled, safe = max_abs_scaled(clean_jacobian(jacobian))
         if self.needs_losses:

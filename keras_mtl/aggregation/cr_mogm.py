@@ -86,6 +86,13 @@ class CRMOGM(GramianWeightedAggregator):
         self.inner = aggregator
         self.alpha = check_number(alpha, "alpha", "CRMOGM", 0.0, 1.0, low_open=True)
 
+    @property
+    def min_tasks(self) -> int:
+        return self.inner.min_tasks
+
+    def state_task_total(self, variable: Any) -> str | None:
+        return self.inner.state_task_total(variable)
+
     def build_state(self, num_tasks: int, dim: int | None) -> None:
         if not self.inner.built:
             self.inner.build((num_tasks, dim))

@@ -98,6 +98,9 @@ class ExcessMTL(RawStateAggregator):
         )
         self.step = self.step_variable()
 
+    def state_task_total(self, variable: Any) -> str | None:
+        return "tasks" if variable is getattr(self, "task_weights", None) else None
+
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
         num_tasks = jacobian.shape[0]
         magnitude = ops.abs(jacobian)

@@ -125,6 +125,9 @@ class GradNorm(Aggregator):
             name="has_initial_losses",
         )
 
+    def state_task_total(self, variable: Any) -> str | None:
+        return "tasks" if variable is getattr(self, "task_weights", None) else None
+
     def call(self, jacobian: Any, training: bool = True, losses: Any = None) -> Any:
         losses = ops.cast(losses, "float32")
         if tuple(losses.shape) != (self.num_tasks,):

@@ -67,6 +67,10 @@ class Krum(GramianWeightedAggregator):
         self.n_byzantine = check_int(n_byzantine, "n_byzantine", "Krum", low=0)
         self.n_selected = check_int(n_selected, "n_selected", "Krum", low=1)
 
+    @property
+    def min_tasks(self) -> int:
+        return max(self.n_byzantine + 3, self.n_selected)
+
     def _check_rows(self, num_tasks: int) -> None:
         if num_tasks < self.n_byzantine + 3:
             raise ValueError(

@@ -111,6 +111,9 @@ class MoCo(RawStateAggregator):
         )
         self.step = self.step_variable()
 
+    def state_task_total(self, variable: Any) -> str | None:
+        return "one" if variable is getattr(self, "lambdas", None) else None
+
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
         step = ops.convert_to_tensor(self.step) + 1
         t = ops.cast(step, "float32")

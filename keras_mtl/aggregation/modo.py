@@ -91,6 +91,9 @@ class MoDo(Aggregator):
             name="lambdas",
         )
 
+    def state_task_total(self, variable: Any) -> str | None:
+        return "one" if variable is getattr(self, "lambdas", None) else None
+
     def call(self, jacobian: Any, training: bool = True, losses: Any = None) -> Any:
         # The raw Jacobian: gamma is in its units (no rescaling by `call`).
         return self.aggregate(clean_jacobian(jacobian), training=training)

@@ -96,6 +96,9 @@ class SDMGrad(GramianWeightedAggregator):
             name="simplex_weights",
         )
 
+    def state_task_total(self, variable: Any) -> str | None:
+        return "one" if variable is getattr(self, "simplex_weights", None) else None
+
     def gramian_weights(self, gramian: Any) -> Any:
         """The evaluation-mode coefficients `c` (`[K]`): the update from the
         stored `w` (uniform before the layer is built), not stored."""

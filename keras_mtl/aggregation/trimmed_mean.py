@@ -55,6 +55,10 @@ class TrimmedMean(Aggregator):
         super().__init__(**kwargs)
         self.trim_number = check_int(trim_number, "trim_number", "TrimmedMean", low=0)
 
+    @property
+    def min_tasks(self) -> int:
+        return 2 * self.trim_number + 1
+
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
         num_tasks = jacobian.shape[0]
         trim = self.trim_number

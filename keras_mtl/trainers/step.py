@@ -3,13 +3,15 @@
 `MultiTaskStep` is the backend-neutral half of the model's trainer, as
 `keras/src/trainers/trainer.py` is Keras' own: the objective (task losses
 through the weighting), the aggregation of per-task gradient rows (the
-Jacobian or the Gramian route), the finishing of a training step (the
-non-finite check, the update applied only if finite, the rollback of the
-weighting's and aggregator's state, the step counters and trackers) and the
-evaluation step. One trainer per backend subclasses it and is chosen once,
-at import (`keras_mtl.trainers`): `tensorflow_trainer.TensorFlowTrainer`
-(a `GradientTape` step, `tf.distribute`) and `jax_trainer.JaxTrainer` (a
-stateless step under `jax.vjp`).
+Jacobian or the Gramian route; over the present tasks' rows alone in a step
+where some task has no labelled example, `_on_present_rows`), the finishing
+of a training step (the non-finite check, the update applied only if
+finite, the rollback of the weighting's and aggregator's state, the step
+counters and trackers) and the evaluation step. One trainer per backend
+subclasses it and is chosen once, at import (`keras_mtl.trainers`):
+`tensorflow_trainer.TensorFlowTrainer` (a `GradientTape` step,
+`tf.distribute`) and `jax_trainer.JaxTrainer` (a stateless step under
+`jax.vjp`).
 
 What a backend trainer provides (the methods below that raise
 `NotImplementedError`; the same names on every backend):
@@ -185,12 +187,26 @@ class MultiTaskStep:
         # constant: it adds nothing to the gradient, and the state it would
         # change is kept (`_finish_step`). The constant is the task's mean so
         # far this epoch (1 before any), which leaves epoch means unchanged.
-        seen = ops.where(present, losses, ops.stop_gradient(self._loss_fill()))
+        fill = ops.stop_gradient(self._loss_fill())
+        seen = ops.where(present, losses, fill)
         static = ops.convert_to_tensor(self.task_loss_weights)
         objective, weights = self.weighting(seen * static, training=training)
         total = ops.cast(objective, "float32") + self._regularization()
-        # Read by the rest of the step (same trace).
+        # The logged loss leaves an absent task out: its stand-in's term,
+        # its weight times the constant, is taken off. A constant, so the
+        # gradient is the objective's; 0 when every task is present.
+        stand_ins = ops.where(
+            present, 0.0, ops.cast(weights, "float32") * static * fill
+        )
+        total = total - ops.stop_gradient(ops.sum(stand_ins))
+        # Read by the rest of the step (same trace): which tasks are
+        # present, and which could be absent in a batch of this structure.
         object.__setattr__(self, "_step_present", present)
+        object.__setattr__(
+            self,
+            "_step_may_be_absent",
+            tuple(self._task_losses.may_be_missing(y, sample_weight)),
+        )
         weights = ops.where(present, weights * static, 0.0)
         return losses, total, weights
 
@@ -256,14 +272,17 @@ class MultiTaskStep:
     ) -> None:
         # A skipped (non-finite) step enters no epoch mean, nor does an
         # absent task (no labelled example): its mean is over the steps
-        # that observed it (NaN if none did).
-        keep = ops.cast(finite, "float32")
-        observed = ops.logical_and(finite, self._present())
+        # that observed it (NaN if none did); nor does the loss of a step
+        # without any labelled example.
+        present = self._present()
+        counted = ops.logical_and(finite, ops.any(present))
+        keep = ops.cast(counted, "float32")
+        observed = ops.logical_and(finite, present)
         zero = ops.zeros_like(losses)
         losses = ops.where(observed, losses, zero)
         weights = ops.where(observed, weights, zero)
         self._objective_mean.update_state(
-            ops.where(finite, total, 0.0),
+            ops.where(counted, total, 0.0),
             sample_weight=keep * ops.cast(batch_size, "float32"),
         )
         counts = ops.cast(observed, "float32")
@@ -313,14 +332,23 @@ class MultiTaskStep:
         else:
             finite = ops.logical_and(finite, grads_finite)
             updated = finite
+        # A batch without any labelled example updates nothing (with Adam a
+        # zero gradient would still move the parameters).
+        present = self._present()
+        labelled = ops.any(present)
+        updated = ops.logical_and(updated, labelled)
         pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
 
         if pairs:
-            self._apply_if_finite(finite, [g for g, _ in pairs], [v for _, v in pairs])
+            self._apply_if_finite(
+                ops.logical_and(finite, labelled),
+                [g for g, _ in pairs],
+                [v for _, v in pairs],
+            )
         # Roll the weighting's (and aggregator's) state back where the step
-        # was not applied, and an absent task's part of it (its rows along
-        # the task axes) where the task had no labelled example.
-        present = self._present()
+        # was not applied, and an absent task's part of the weighting's
+        # (its rows along the task axes) where the task had no labelled
+        # example (the aggregator's is kept by `_on_present_rows`).
         for variable, before in zip(state, state_before):
             keep = ops.logical_and(updated, self._state_mask(variable, present))
             variable.assign(ops.where(keep, variable.value, before))
@@ -344,11 +372,11 @@ class MultiTaskStep:
     def _state_mask(self, variable: Any, present: Any) -> Any:
         """Where `variable` (weighting or aggregator state) may take this
         step's value: along its task axes, the present tasks (the
-        weighting's `state_task_axes`); all of an aggregator's state only
-        if every task is present (else the aggregator was not used)."""
+        weighting's `state_task_axes`); all of an aggregator's state (an
+        absent task's entries are kept by `_on_present_rows`)."""
         weighting_ids = {id(v) for v in self.weighting.variables}
         if id(variable) not in weighting_ids:
-            return ops.all(present)
+            return ops.convert_to_tensor(True)
         mask = ops.convert_to_tensor(True)
         rank = len(variable.shape)
         for axis in self.weighting.state_task_axes(variable):
@@ -389,17 +417,34 @@ class MultiTaskStep:
         # `gramian` is that of J / unit for the unscaled Jacobian J; the
         # weights of J itself follow from the aggregator's scale degree.
         unit = divisor / loss_scale
-        combination = rescaled(
-            self.aggregator.direction_weights(gramian, training=True),
-            unit,
-            self.aggregator.scale_degree - 1,
-        )
+        state = self._aggregator_state()
+
+        def weights(aggregator: Any, rows: Any = None) -> Any:
+            block = gramian
+            if rows is not None:
+                block = ops.take(ops.take(gramian, rows, axis=0), rows, axis=1)
+            return rescaled(
+                aggregator.direction_weights(block, training=True),
+                unit,
+                aggregator.scale_degree - 1,
+            )
+
         # A task without a labelled example has a zero row, which is not a
-        # gradient: the step then sums the present rows (its state is kept).
-        combination = ops.where(
-            ops.all(self._present()), combination, ops.ones_like(combination)
+        # gradient: the weights are then those of the present rows alone.
+        combination = self._on_present_rows(
+            weights(self.aggregator),
+            weights,
+            ops.cast(self._present(), "float32"),  # the sum of the present rows
+            state,
+            per_task=True,
         )
-        self._cosine_tracker.update_state(gradients_lib.gramian_min_cosine(gramian))
+        # An absent task's zero row has cosine 0 with every row: the
+        # smallest cosine is that of the present rows.
+        self._cosine_tracker.update_state(
+            gradients_lib.gramian_min_cosine(
+                _absent_as_present(gramian, self._present(), square=True)
+            )
+        )
         # Loss-scaled like the rows. On overflow the rows hold inf and so
         # does the direction (c is finite): the optimizer lowers the scale.
         direction = gradients_lib.combine_blocks(combination, blocks, targets)
@@ -414,27 +459,156 @@ class MultiTaskStep:
         loss_scale = ops.cast(self.optimizer.scale_loss(1.0), "float32")
         if lso:
             jacobian = jacobian / loss_scale
-        direction = self.aggregator(jacobian, training=True, losses=losses)
-        # A task without a labelled example has a zero row, which is not a
-        # gradient (it would enter MGDA's hull): the step then sums the
-        # present rows (and keeps the aggregator's state).
-        direction = ops.where(
-            ops.all(self._present()),
-            direction,
-            ops.sum(ops.where(ops.isfinite(jacobian), jacobian, 0.0), axis=0),
-        )
+        state = self._aggregator_state()
+
+        def aggregate(aggregator: Any, rows: Any = None) -> Any:
+            if rows is None:
+                return aggregator(jacobian, training=True, losses=losses)
+            return aggregator(
+                ops.take(jacobian, rows, axis=0),
+                training=True,
+                losses=None if losses is None else ops.take(losses, rows, axis=0),
+            )
+
         # Logged only; an overflowing (loss-scaled) step has no finite Jacobian.
         finite_jacobian = ops.where(ops.isfinite(jacobian), jacobian, 0.0)
+        # A task without a labelled example has a zero row, which is not a
+        # gradient (it would enter MGDA's hull): the direction is then the
+        # aggregator's of the present rows alone.
+        direction = self._on_present_rows(
+            aggregate(self.aggregator),
+            aggregate,
+            ops.sum(finite_jacobian, axis=0),  # the sum of the present rows
+            state,
+            per_task=False,
+        )
         combination, cosine = gradients_lib.combination_weights_and_min_cosine(
             finite_jacobian, direction
         )
-        self._cosine_tracker.update_state(cosine)
+        # An absent task's zero row has cosine 0 with every row: the
+        # smallest cosine is that of the present rows (computed only then).
+        present = self._present()
+        self._cosine_tracker.update_state(
+            ops.cond(
+                ops.all(present),
+                lambda: cosine,
+                lambda: gradients_lib.min_cosine(
+                    _absent_as_present(finite_jacobian, present)
+                ),
+            )
+        )
         if lso:
             # The aggregator zeroes non-finite entries: an overflow must
             # still reach the optimizer, which then lowers the scale.
             overflow = ops.logical_not(ops.all(ops.isfinite(jacobian)))
             direction = ops.where(overflow, float("inf"), direction) * loss_scale
         return direction, combination, loss_scale
+
+    def _aggregator_state(self) -> list[Any]:
+        """The values of the aggregator's variables before it runs in this
+        step (copies: on TensorFlow a variable is read where it is used),
+        if a task can be absent (`_on_present_rows` needs them)."""
+        if not any(self._may_be_absent()):
+            return []
+        return [ops.copy(v.value) for v in self._row_subsets().variables]
+
+    def _may_be_absent(self) -> tuple[bool, ...]:
+        """Per task, whether a batch of this step's structure can leave it
+        without a labelled example (`TaskLosses.may_be_missing`)."""
+        flags = getattr(self, "_step_may_be_absent", None)
+        if flags is None:
+            return (True,) * len(self.task_names)
+        return flags
+
+    def _row_subsets(self) -> _RowSubsets:
+        """The aggregator built for fewer rows (`_RowSubsets`), made once,
+        after the aggregator is built: before a step is traced (in
+        `_symbolic_build`), or on TensorFlow in its first trace."""
+        subsets = getattr(self, "_subsets", None)
+        if (
+            subsets is None
+            or subsets.aggregator is not self.aggregator
+            or len(subsets.variables) != len(self.aggregator.variables)
+        ):
+            num_tasks = len(self.task_names)
+            dim = None
+            if not self.representation_mode:
+                dim = sum(math.prod(v.shape) for v in self._find_shared_variables())
+            with self._init_scope():
+                subsets = _RowSubsets(self.aggregator, num_tasks, dim)
+            # Not tracked: stand-ins, never saved.
+            object.__setattr__(self, "_subsets", subsets)
+        return subsets
+
+    def _on_present_rows(
+        self,
+        result: Any,
+        apply: Callable[[Any, Any], Any],
+        fallback: Any,
+        state: list[Any],
+        per_task: bool,
+    ) -> Any:
+        """The aggregator's `result` on all K rows where every task is
+        present; else `apply(aggregator, rows)` for the present tasks'
+        rows only (`rows`, their indices in task order), with the
+        aggregator built for that many rows (`_RowSubsets`) and its state
+        gathered at them: each variable then takes its new entries of the
+        present tasks and keeps those of the absent ones. A per-task
+        result (`per_task`, `[n]`) is returned as `[K]`, 0 for the absent
+        tasks. `state`: the aggregator's variables' values before it ran.
+
+        Where the present rows are fewer than the aggregator takes
+        (`min_tasks`), or more than `MAX_ABSENT_BRANCHES` tasks are absent,
+        the result is `fallback` (the sum of the present rows) and the
+        state is kept; without a labelled example at all, zeros. One
+        branch per number of present tasks that can occur (`ops.switch`:
+        static shapes, and the aggregator is compiled once per branch),
+        none if no task can be absent."""
+        may_be_absent = self._may_be_absent()
+        if not any(may_be_absent):
+            return result
+        num_tasks = len(may_be_absent)
+        fewest = num_tasks - sum(may_be_absent)
+        subsets = self._row_subsets()
+        sizes = subsets.sizes_for(fewest)
+        present = self._present()
+        order, inverse, count = _present_first(present)
+        variables = subsets.variables
+
+        def nothing() -> tuple[Any, list[Any]]:
+            return ops.zeros_like(result), list(state)
+
+        def summed() -> tuple[Any, list[Any]]:
+            return fallback, list(state)
+
+        def on_rows(n: int) -> Callable[[], tuple[Any, list[Any]]]:
+            def run() -> tuple[Any, list[Any]]:
+                rows = order[:n]
+                out, new_state = subsets.run(
+                    n, lambda a: apply(a, rows), state, order, inverse
+                )
+                if per_task:
+                    padded = ops.concatenate(
+                        [out, ops.zeros((num_tasks - n,), out.dtype)]
+                    )
+                    out = ops.take(padded, inverse, axis=0)
+                return out, new_state
+
+            return run
+
+        branches = [nothing, summed] + [on_rows(n) for n in sizes]
+        # Branch of each count of present tasks: 0 for none and for all
+        # (where `result` is used), 1 for the sum.
+        table = [1] * (num_tasks + 1)
+        table[0] = table[num_tasks] = 0
+        for i, n in enumerate(sizes):
+            table[n] = 2 + i
+        index = ops.take(ops.convert_to_tensor(table, "int32"), count, axis=0)
+        out, new_state = ops.switch(index, branches)
+        every = ops.all(present)
+        for variable, value in zip(variables, new_state):
+            variable.assign(ops.where(every, variable.value, value))
+        return ops.where(every, result, out)
 
     def _trunk_variables(self) -> list[Any]:
         """The trunk's trainable variables (read in the step: a subclassed
@@ -484,6 +658,13 @@ class MultiTaskStep:
             and self.net.built
         ):
             self._find_shared_variables()
+        # The aggregator for fewer rows, before a (JAX) step is traced.
+        if (
+            self.aggregator is not None
+            and self.task_names is not None
+            and (self.representation_mode or self.net.built)
+        ):
+            self._row_subsets()
         return result
 
     def _check_strategy_support(self, strategy: Any) -> None:
@@ -496,6 +677,223 @@ class MultiTaskStep:
             message = _replicas.representation_unsupported(replicas, loss_scaled)
             if message is not None:
                 raise NotImplementedError(message)
+
+
+# The most absent tasks a step can have and still be aggregated over its
+# present rows: every number of present tasks is a branch of the step, which
+# compiles the aggregator once more (`_RowSubsets`). A step with more absent
+# tasks sums the present rows' gradients (and warns when it is traced).
+MAX_ABSENT_BRANCHES = 4
+
+
+class _RowSubsets:
+    """The model's aggregator for steps where only n < K tasks are present
+    (have a labelled example): for each n from K - 1 down to
+    `max(aggregator.min_tasks, K - MAX_ABSENT_BRANCHES, 1)` a copy of it
+    (`from_config`) built for n rows, not tracked (never saved).
+
+    A copy's variables are stand-ins: `run` maps them (a
+    `keras.StatelessScope`) to the model aggregator's values gathered at
+    the present tasks along their task axes (the axes of length K that
+    have length n in the copy) and scatters their new values back; the
+    entries of the absent tasks are kept. Variables without a task axis
+    (step counters, random streams) take the new values. Entries that are
+    normalised (`Aggregator.state_task_total`: weights on the simplex, or
+    summing to the number of tasks) are rescaled to the total of n tasks
+    and their new values back to the present tasks' share. A copy
+    allocates its variables: n x D floats for the state of an aggregator
+    with the Jacobian's width (MoCo, DB-MTL, ExcessMTL).
+    """
+
+    def __init__(self, aggregator: Any, num_tasks: int, dim: int | None) -> None:
+        self.aggregator = aggregator
+        self.num_tasks = num_tasks
+        self.variables = list(aggregator.variables)
+        self.totals = [aggregator.state_task_total(v) for v in self.variables]
+        self.copies: dict[int, tuple[Any, list[list[int]]]] = {}
+        self.failure: str | None = None
+        self.warned = False
+        smallest = max(aggregator.min_tasks, num_tasks - MAX_ABSENT_BRANCHES, 1)
+        for n in range(num_tasks - 1, smallest - 1, -1):
+            try:
+                copy = type(aggregator).from_config(aggregator.get_config())
+                # Called inside the step only; eagerly (`run_eagerly`) its
+                # cached function would keep the stand-ins' first values.
+                copy.eager_function = False
+                copy.build((n, dim))
+                self.copies[n] = (copy, self._task_axes(copy, n))
+            except Exception as error:  # noqa: BLE001 - reported when traced
+                self.copies.clear()
+                self.failure = f"{type(error).__name__}: {error}"
+                break
+
+    def _task_axes(self, copy: Any, n: int) -> list[list[int]]:
+        """For each variable, the axes that have length K in the model's
+        aggregator and n in `copy`; raises if the two differ otherwise."""
+        variables = list(copy.variables)
+        if [v.name for v in variables] != [v.name for v in self.variables]:
+            raise ValueError(
+                f"built for {n} rows it has the variables "
+                f"{[v.name for v in variables]}, for {self.num_tasks} "
+                f"{[v.name for v in self.variables]}"
+            )
+        axes = []
+        for ours, theirs in zip(self.variables, variables):
+            if len(ours.shape) != len(theirs.shape) or ours.dtype != theirs.dtype:
+                raise ValueError(f"its variable {ours.name!r} changes rank or dtype")
+            task_axes = []
+            for axis, (k, m) in enumerate(zip(ours.shape, theirs.shape)):
+                if k == m:
+                    continue
+                if (k, m) != (self.num_tasks, n):
+                    raise ValueError(
+                        f"its variable {ours.name!r} has shape {tuple(ours.shape)} "
+                        f"for {self.num_tasks} rows and {tuple(theirs.shape)} for {n}"
+                    )
+                task_axes.append(axis)
+            total = self.aggregator.state_task_total(ours)
+            if total is not None and (len(task_axes) != 1 or len(ours.shape) != 1):
+                raise ValueError(
+                    f"its variable {ours.name!r} is normalised ({total!r}) but "
+                    "is not a vector of one entry per task"
+                )
+            axes.append(task_axes)
+        return axes
+
+    def sizes_for(self, fewest: int) -> list[int]:
+        """The numbers of present tasks, from `fewest` (at least 1) to
+        K - 1, that have a branch; warns (once) about those that do not."""
+        possible = range(max(fewest, 1), self.num_tasks)
+        sizes = [n for n in possible if n in self.copies]
+        others = [n for n in possible if n not in self.copies]
+        if others and not self.warned:
+            self.warned = True
+            warnings.warn(self._fallback_message(others), UserWarning, stacklevel=2)
+        return sizes
+
+    def _fallback_message(self, counts: list[int]) -> str:
+        aggregator = self.aggregator
+        name = type(aggregator).__name__
+        if self.failure is not None:
+            reasons = [f"no copy of it for fewer rows could be made: {self.failure}"]
+        else:
+            reasons = []
+            if min(counts) < aggregator.min_tasks:
+                reasons.append(f"{name} combines at least {aggregator.min_tasks} rows")
+            if max(counts) >= aggregator.min_tasks:
+                reasons.append(
+                    "the present rows are aggregated in a step with at most "
+                    f"{MAX_ABSENT_BRANCHES} absent tasks "
+                    "(keras_mtl.trainers.step.MAX_ABSENT_BRANCHES)"
+                )
+        shown = " or ".join(str(n) for n in counts)
+        if len(counts) > 2 and counts[-1] - counts[0] == len(counts) - 1:
+            shown = f"{counts[0]} to {counts[-1]}"
+        return (
+            f"With {self.num_tasks} tasks, a training step in which only {shown} "
+            f"of them have a labelled example sums their gradients instead of "
+            f"applying {name} to them, and keeps {name}'s state: "
+            f"{'; '.join(reasons)}. See docs/missing_labels.md."
+        )
+
+    def run(
+        self,
+        n: int,
+        call: Callable[[Any], Any],
+        state: list[Any],
+        order: Any,
+        inverse: Any,
+    ) -> tuple[Any, list[Any]]:
+        """`call(copy)` with the copy for n rows, its variables mapped to
+        `state` (the values of the model aggregator's variables) gathered at
+        the present tasks `order[:n]`; returns its result and each
+        variable's new value (the absent tasks' entries from `state`).
+        A pure function of its inputs, as a branch of `ops.switch` must be
+        on JAX."""
+        copy, axes = self.copies[n]
+        rows = order[:n]
+        mapping, shares = [], []
+        for variable, value, task_axes, total in zip(
+            copy.variables, state, axes, self.totals
+        ):
+            for axis in task_axes:
+                value = ops.take(value, rows, axis=axis)
+            share = None
+            if total is not None:
+                # The present tasks' entries as an n-task aggregator's.
+                share = ops.sum(value)
+                target = 1.0 if total == "one" else float(n)
+                positive = ops.where(share > 0.0, share, 1.0)
+                value = ops.where(share > 0.0, value * (target / positive), target / n)
+                share = share / target
+            mapping.append((variable, value))
+            shares.append(share)
+        with keras.StatelessScope(
+            state_mapping=mapping, initialize_variables=False
+        ) as scope:
+            result = call(copy)
+        new_state = []
+        for variable, before, task_axes, share in zip(
+            copy.variables, state, axes, shares
+        ):
+            value = scope.get_current_value(variable)
+            if share is not None:
+                value = value * share
+            if task_axes:
+                value = self._scattered(before, value, task_axes, order, inverse, n)
+            new_state.append(value)
+        return result, new_state
+
+    def _scattered(
+        self,
+        before: Any,
+        value: Any,
+        task_axes: list[int],
+        order: Any,
+        inverse: Any,
+        n: int,
+    ) -> Any:
+        """`before` with the entries of the present tasks `order[:n]`
+        (along `task_axes`) replaced by `value`'s."""
+        k = self.num_tasks
+        rank = len(before.shape)
+        permuted = before
+        padding = [(0, 0)] * rank
+        inside = ops.convert_to_tensor(True)
+        for axis in task_axes:
+            permuted = ops.take(permuted, order, axis=axis)
+            padding[axis] = (0, k - n)
+            shape = [1] * rank
+            shape[axis] = k
+            leading = ops.arange(k, dtype="int32") < n
+            inside = ops.logical_and(inside, ops.reshape(leading, shape))
+        merged = ops.where(inside, ops.pad(value, padding), permuted)
+        for axis in task_axes:
+            merged = ops.take(merged, inverse, axis=axis)
+        return merged
+
+
+def _present_first(present: Any) -> tuple[Any, Any, Any]:
+    """The tasks in the order present first (each group in task order),
+    `[K]` int32, its inverse permutation and the number present."""
+    k = present.shape[0]
+    tasks = ops.arange(k, dtype="int32")
+    order = ops.cast(ops.argsort(ops.where(present, tasks, tasks + k)), "int32")
+    inverse = ops.cast(ops.argsort(order), "int32")
+    return order, inverse, ops.sum(ops.cast(present, "int32"))
+
+
+def _absent_as_present(matrix: Any, present: Any, square: bool = False) -> Any:
+    """`matrix` (rows per task; and columns, `square`) with each absent
+    task's row replaced by a present task's, so that its pairwise cosines
+    are those of the present tasks (the identity where all are present)."""
+    tasks = ops.arange(present.shape[0], dtype="int32")
+    some_present = ops.cast(ops.argmax(ops.cast(present, "int32")), "int32")
+    index = ops.where(present, tasks, some_present)
+    matrix = ops.take(matrix, index, axis=0)
+    if square:
+        matrix = ops.take(matrix, index, axis=1)
+    return matrix
 
 
 def _batch_size(x: Any) -> Any:
