@@ -1,4 +1,4 @@
-"""Freezes small `.keras` files of this release for tests/test_saved_model_files.py.
+"""Freezes small `.keras` files of this release for tests/model/test_saved_model_files.py.
 
 Run once at each release, on the TensorFlow backend, into a new folder named
 by the version (the default, tests/saved_models/<keras_mtl.__version__>):

@@ -4,8 +4,14 @@
 # JAX (tests/conftest.py keeps only those under another backend). Each pass
 # runs in two pytest worker processes (pytest-xdist; a test file stays in
 # one worker, so its module-scoped fixtures run once). Extra arguments go to
-# both pytest runs, e.g. `-n 0` for one process or `tests/test_layers.py -x`;
+# both pytest runs, e.g. `-n 0` for one process or `tests/model -x`;
 # KERAS_MTL_BACKENDS="tensorflow" (or "jax") runs one pass only.
+# The suites that train methods in an environment (tf.distribute and
+# resume, mixed precision, JAX data parallelism, TensorFlow/JAX parity)
+# train one method per path of the step by default (tests/conftest.py,
+# `PATH_CASES`) and the zoo a fast slice; KERAS_MTL_FULL_MATRIX=1 trains
+# every method and the whole zoo (`KERAS_MTL_FULL_MATRIX=1 bash
+# scripts/test.sh` runs everything).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -24,11 +30,16 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
 # XLA (both backends, the worker processes too) compiles without LLVM's
 # optimisations: the tests run small programs for a few steps, and on JAX
-# the compile dominates (measured: tests/test_gramian_route.py 130 s ->
-# 79 s on JAX; TensorFlow's XLA tests ~15% faster). The same HLO is
-# compiled, only its machine code is less optimised; the benchmarks keep
-# XLA's defaults. XLA_FLAGS of your own are used as they are.
-export XLA_FLAGS=${XLA_FLAGS:---xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true}
+# the compile dominates (measured: tests/trainers/test_gramian_route.py 130 s ->
+# 79 s on JAX; TensorFlow's XLA tests ~15% faster). Its CPU backend also
+# emits fusions with its older elemental emitter instead of the MLIR fusion
+# emitters (`--xla_cpu_use_fusion_emitters=false`; measured: the CPU time
+# of tests/aggregation on JAX 231 s -> 127 s, a model's first XLA step
+# 3.5 s -> 2.3 s on TensorFlow, 3.0 s -> 1.3 s on JAX). The same HLO is
+# compiled, only its machine code differs; a compile with XLA's defaults
+# is tested in tests/trainers/test_gramian_route.py, and the benchmarks
+# keep the defaults. XLA_FLAGS of your own are used as they are.
+export XLA_FLAGS=${XLA_FLAGS:---xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false}
 status=0
 for backend in ${KERAS_MTL_BACKENDS:-tensorflow jax}; do
   echo "== tests on the $backend backend" >&2

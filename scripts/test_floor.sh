@@ -56,8 +56,8 @@ for backend in ${KERAS_MTL_BACKENDS:-tensorflow}; do
   echo "== floor tests on the $backend backend" >&2
   rc=0
   KERAS_BACKEND=$backend .venv/bin/python -m pytest -n 2 --dist loadfile \
-    tests/test_model_training.py tests/test_model_saving.py \
-    tests/test_model_aggregation.py \
+    tests/model/test_model_training.py tests/model/test_model_saving.py \
+    tests/model/test_model_aggregation.py \
     -k "not under_xla or uncertainty or moco" "$@" || rc=$?
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then status=$rc; fi
 done

@@ -136,13 +136,113 @@ def one_alias_per_class(registry) -> list[str]:
     return sorted({registry.ALIASES[n]: n for n in registry.names()}.values())
 
 
-# The methods without variables that stand for all of them in
-# `environment_cases` (the two the project was founded on, and UPGrad).
+# The methods without variables that stand for all of them in the full
+# matrix of `environment_cases` (the two the project was founded on, and
+# UPGrad).
 STATELESS_STAND_INS = ("adaptive", "bmtl", "upgrad")
 # The weightings that `environment_cases` also trains alone (the loss-level
 # step, no aggregator): the stand-ins, and Uncertainty, whose learned
 # parameters get their gradient from the loss-level objective itself.
 LOSS_LEVEL_CASES = ("adaptive", "bmtl", "uncertainty")
+
+# The suites that train methods in an environment (tf.distribute,
+# kill-and-resume, mixed precision, JAX data parallelism, the TensorFlow/JAX
+# parity) train by default one method per path of `step_paths` (what the
+# step and its state handling do differently for a method), and every
+# method with KERAS_MTL_FULL_MATRIX=1 (`full_matrix`). These take every
+# path between them (`uncovered_paths` is empty for them; checked by the
+# suites): Adaptive (no variables, epoch hooks), Uncertainty (trainable
+# variables), DWA (state, an epoch history) and RLW (a random stream);
+# Nash-MTL (the Gramian route with state), PCGrad (the Gramian route with
+# a random stream), DB-MTL (the Jacobian route with state of the
+# Jacobian's width and transformed task terms), GradDrop (the Jacobian
+# route with a random stream) and GradNorm (the Jacobian route with state,
+# reading the task losses).
+PATH_WEIGHTINGS = ("adaptive", "uncertainty", "dwa", "rlw")
+PATH_AGGREGATORS = ("nash_mtl", "pcgrad", "db_mtl", "graddrop", "gradnorm")
+# `environment_cases` by default: each path aggregator with a weighting,
+# a weighting with trainable variables beside an aggregator (its gradient
+# is then the heads' objective's, not the loss-level step's), and the
+# loss-level step with a weighting without and one with trainable
+# variables (their gradient is divided among replicas).
+PATH_CASES = (
+    ("adaptive", None),
+    ("uncertainty", None),
+    ("adaptive", "gradnorm"),
+    ("dwa", "db_mtl"),
+    ("equal", "graddrop"),
+    ("rlw", "nash_mtl"),
+    ("uncertainty", "pcgrad"),
+)
+
+
+def full_matrix() -> bool:
+    """Whether KERAS_MTL_FULL_MATRIX=1: the environment suites then train
+    every method (see `PATH_WEIGHTINGS`), not one per path of the step."""
+    return os.environ.get("KERAS_MTL_FULL_MATRIX", "") == "1"
+
+
+def step_paths(alias: str) -> set[str]:
+    """The paths a method (a weighting's or an aggregator's alias) takes
+    through the training step and its state handling, e.g. "Gramian
+    route: state".
+
+    A weighting: its trainable variables (learned through the objective),
+    other state (rolled back on a skipped step, kept for an absent task),
+    a random stream (a seed generator saved with the weights), epoch hooks
+    (`EpochDriver`) and an epoch history (`EpochLossHistory`, with its own
+    task axes). An aggregator: its route (the Gramian route for a
+    `uses_gramian` aggregator, else the Jacobian) and, on that route, its
+    state, random stream, state of the Jacobian's width, transformed task
+    terms (`task_terms`) and whether it reads the task losses.
+    """
+    from keras_mtl._compat import flatten_layers
+    from keras_mtl.aggregation.base import Aggregator, uses_gramian
+    from keras_mtl.weighting._epoch_history import EpochLossHistory
+    from keras_mtl.weighting.base import Weighting
+
+    if alias in keras_mtl.weighting.ALIASES:
+        method = weighting_for(alias)
+        method.build((2,))
+        part, paths = "weighting", set()
+        if type(method).on_epoch_begin is not Weighting.on_epoch_begin:
+            paths.add("epoch hooks")
+        sublayers = flatten_layers(method, include_self=False)
+        if any(isinstance(layer, EpochLossHistory) for layer in sublayers):
+            paths.add("epoch history")
+    else:
+        method = keras_mtl.aggregation.get(alias)
+        method.build((2, 8))
+        part = "Gramian route" if uses_gramian(method) else "Jacobian route"
+        paths = {""}
+        if method.state_has_jacobian_width:
+            paths.add("state of width D")
+        if type(method).task_terms is not Aggregator.task_terms:
+            paths.add("transformed task terms")
+        if method.needs_losses:
+            paths.add("reads the losses")
+    generator = getattr(method, "seed_generator", None)
+    seed_state = set() if generator is None else {id(generator.state)}
+    if generator is not None:
+        paths.add("random stream")
+    if method.trainable_variables:
+        paths.add("trainable variables")
+    if any(id(v) not in seed_state for v in method.non_trainable_variables):
+        paths.add("state")
+    return {f"{part}: {p}" if p else part for p in paths}
+
+
+def uncovered_paths(aliases) -> dict[str, str]:
+    """The paths of `step_paths` that a method of the registries takes and
+    none of `aliases` does, each with such a method (empty if they take
+    every path)."""
+    taken = set().union(*(step_paths(alias) for alias in aliases))
+    missing = {}
+    for registry in (keras_mtl.weighting, keras_mtl.aggregation):
+        for alias in one_alias_per_class(registry):
+            for path in sorted(step_paths(alias) - taken):
+                missing.setdefault(path, alias)
+    return missing
 
 
 def _has_variables(method, shape) -> bool:
@@ -150,28 +250,39 @@ def _has_variables(method, shape) -> bool:
     return bool(method.variables)
 
 
-def environment_cases() -> list[tuple[str, str | None]]:
+def environment_cases(full: bool | None = None) -> list[tuple[str, str | None]]:
     """The (weighting, aggregator) cases of the suites that train methods in
     an environment: `tf.distribute`, kill-and-resume, mixed precision.
 
-    Every method that owns variables (histories, counters, learned
-    parameters, random-generator states) trains in a case: each aggregator
-    with a weighting (cycling through all of them, so each weighting with
+    By default `PATH_CASES`: one method per path of `step_paths`, which is
+    what the environment can treat differently. Every other method is a
+    function of the task losses or gradients and of variables like those
+    of a method in the cases; the model computes its inputs (all-reduced
+    across replicas, cast to float32), applies its result and saves,
+    restores and rolls back its variables by the same code for every
+    method, so the path's method stands for it. Each method's maths has
+    its own tests on both backends.
+
+    With `full` (default: `full_matrix()`, KERAS_MTL_FULL_MATRIX=1) every
+    method that owns variables (histories, counters, learned parameters,
+    random-generator states) trains in a case: each aggregator with a
+    weighting (cycling through all of them, so each weighting with
     variables is in a pair), and `LOSS_LEVEL_CASES` alone, for the
     loss-level step (a weighting with variables left out of the pairs
-    would train alone too). Of the methods without variables only
-    `STATELESS_STAND_INS`: such a method is a pure function of the task
-    losses or gradients, which the model computes (all-reduced across
-    replicas, cast to float32) in one place for every method, so one of
-    them stands for all. A weighting's state is updated by the same code
-    with or without an aggregator, so its pair covers it. Each method's
-    maths has its own tests, and tests/test_backend_parity.py trains every
-    method on both backends.
+    would train alone too); of the methods without variables only
+    `STATELESS_STAND_INS`; then the default cases not among those. A
+    weighting's state is updated by the same code with or without an
+    aggregator, so its pair covers it.
     """
     weightings = one_alias_per_class(keras_mtl.weighting)
     aggregators = one_alias_per_class(keras_mtl.aggregation)
     assert set(STATELESS_STAND_INS) <= set(weightings) | set(aggregators)
     assert set(LOSS_LEVEL_CASES) <= set(weightings)
+    path_methods = {m for case in PATH_CASES for m in case if m is not None}
+    missing = uncovered_paths(path_methods)
+    assert not missing, f"no case of PATH_CASES takes these paths: {missing}"
+    if not (full_matrix() if full is None else full):
+        return list(PATH_CASES)
 
     def kept(alias: str, method, shape) -> bool:
         return alias in STATELESS_STAND_INS or _has_variables(method, shape)
@@ -189,7 +300,8 @@ def environment_cases() -> list[tuple[str, str | None]]:
         if w in LOSS_LEVEL_CASES
         or (w not in paired and kept(w, weighting_for(w), (2,)))
     ]
-    return alone + pairs
+    cases = alone + pairs
+    return cases + [case for case in PATH_CASES if case not in cases]
 
 
 def aggregator_for(alias: str | None):

@@ -7,7 +7,7 @@ a release that needs another net adds a new class here.
 
 Imported from its file path (the same module whatever the importer's
 `sys.path`) by scripts/freeze_saved_models.py, which writes the files, and by
-tests/test_saved_model_files.py, which loads them, before
+tests/model/test_saved_model_files.py, which loads them, before
 `keras.models.load_model`.
 """
 

@@ -36,7 +36,7 @@ def test_shared_parameters_are_the_trunk_only():
 # compilation per aggregator (64 divides the 512 examples, so every batch has
 # the same shape).
 # Krum and TrimmedMean need at least three tasks (these models have two);
-# tests/test_jax_distribution.py and tests/test_backend_parity.py train them
+# tests/trainers/test_jax_distribution.py and tests/trainers/test_backend_parity.py train them
 # with three.
 _NEED_THREE_TASKS = ("krum", "trimmed_mean")
 _ONE_ALIAS_EACH = [

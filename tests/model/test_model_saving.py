@@ -91,6 +91,12 @@ def test_save_load_restores_weighting_and_training_state(
 
 
 @pytest.mark.backend_neutral
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch",
+    reason="Keras 3.15 exports no SavedModel from torch 2.13, for any model "
+    "(torch.export rejects its dynamic_shapes); the routes from torch are "
+    "tested in tests/trainers/test_torch_export.py",
+)
 @pytest.mark.parametrize("outputs", ["dict", "list", "subclassed"])
 def test_export_serves_the_inference_net_only(
     outputs, digits, make_net, make_subclassed_net, task_losses, tmp_path

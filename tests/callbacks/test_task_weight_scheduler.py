@@ -1,13 +1,11 @@
-"""The callbacks through a real `fit`."""
-
-import glob
+"""`TaskWeightScheduler` (keras_mtl/callbacks/task_weight_scheduler.py)
+through a real `fit`."""
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from keras_mtl.callbacks import EpochDriver, TaskWeightScheduler
+from keras_mtl.callbacks import TaskWeightScheduler
 
 pytestmark = pytest.mark.backend_neutral
 
@@ -102,79 +100,3 @@ def test_task_weight_scheduler_rejects_a_bad_schedule(
             verbose=0,
             callbacks=[TaskWeightScheduler(schedule)],
         )
-
-
-def test_epoch_driver_drives_dwa(digits, make_model):
-    model = make_model("dwa")
-    history = model.fit(digits.x, digits.y, epochs=4, batch_size=64, verbose=0)
-    digit = np.array(history.history["digit_weight"])
-    parity = np.array(history.history["parity_weight"])
-    # Exactly 1 until two epochs have completed.
-    np.testing.assert_array_equal(digit[:2], 1.0)
-    np.testing.assert_array_equal(parity[:2], 1.0)
-    assert np.all(np.abs(digit[2:] - 1.0) > 1e-4)
-    # Epoch 3 uses 2 * softmax(r / T), r = the ratio of the epoch means of
-    # epochs 2 and 1, which are the logged `<task>_loss`.
-    ratios = np.array(
-        [
-            history.history[f"{task}_loss"][1] / history.history[f"{task}_loss"][0]
-            for task in ("digit", "parity")
-        ]
-    )
-    temperature = model.weighting.temperature
-    expected = 2.0 * np.exp(ratios / temperature) / np.sum(np.exp(ratios / temperature))
-    np.testing.assert_allclose([digit[2], parity[2]], expected, rtol=1e-4)
-
-
-def test_epoch_driver_is_added_once(digits, make_model):
-    class CountingDriver(EpochDriver):
-        epochs = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            type(self).epochs.append(epoch)
-            super().on_epoch_begin(epoch, logs)
-
-    model = make_model("dwa")
-    model.fit(
-        digits.x[:128],
-        {k: v[:128] for k, v in digits.y.items()},
-        epochs=3,
-        batch_size=64,
-        verbose=0,
-        callbacks=[CountingDriver()],
-    )
-    assert CountingDriver.epochs == [0, 1, 2]
-    assert int(model.weighting.epoch_history.epoch.numpy()) == 2
-
-
-def test_tensorboard_writes_task_weight_scalars(digits, make_model, tmp_path):
-    # tf.summary's implementation comes from the `tensorboard` package, which
-    # TensorFlow 2.21 no longer installs.
-    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
-    model = make_model("dwa")
-    history = model.fit(
-        digits.x,
-        digits.y,
-        epochs=3,
-        batch_size=64,
-        verbose=0,
-        callbacks=[keras.callbacks.TensorBoard(log_dir=str(tmp_path))],
-    )
-    files = glob.glob(str(tmp_path / "train" / "events.out.tfevents.*"))
-    assert files
-    scalars = {}
-    for path in files:
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                number = float(tf.make_ndarray(value.tensor))
-                scalars.setdefault(value.tag, {})[event.step] = number
-    for tag in (
-        "epoch_loss",
-        "epoch_digit_loss",
-        "epoch_parity_loss",
-        "epoch_digit_weight",
-        "epoch_parity_weight",
-    ):
-        assert tag in scalars, sorted(scalars)
-    logged = [scalars["epoch_digit_weight"][step] for step in range(3)]
-    np.testing.assert_allclose(logged, history.history["digit_weight"], rtol=1e-6)

@@ -1,13 +1,15 @@
-"""Worker processes of tests/test_scaling.py (run as `python scale_worker.py
+"""Worker processes of tests/trainers/test_scaling.py (run as `python scale_worker.py
 MODE OUT_DIR`; the tests start them with a timeout).
 
 Logical devices and `TF_CONFIG` must be set before TensorFlow initialises,
 and a killed process must be a real one, so these runs cannot share the
 pytest process. Every mode trains the cases of
-`conftest.environment_cases`: every method of the registries that has
-state (each weighting alone, each aggregator with a weighting) and
-stand-ins for the stateless ones, so methods added to a registry are
-covered without a change here.
+`conftest.environment_cases`: by default one method per path of the step
+and its state handling (`conftest.PATH_CASES`); with
+KERAS_MTL_FULL_MATRIX=1 every method of the registries that has state
+(each weighting alone, each aggregator with a weighting) and stand-ins for
+the stateless ones, so methods added to a registry are covered without a
+change here.
 
 Modes:
     mirrored: 2 logical CPU devices; for each case, the variables after a
@@ -37,7 +39,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), HERE]  # this checkout's keras_mtl
+TESTS = os.path.dirname(HERE)
+# This checkout's keras_mtl, tests/conftest.py and the workers beside this one.
+sys.path[:0] = [os.path.dirname(TESTS), TESTS, HERE]
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -48,8 +52,9 @@ STEPS = 2  # per epoch
 
 
 def cases() -> list[tuple[str, str | None]]:
-    """(weighting, aggregator): every method with state and stand-ins for
-    those without (`conftest.environment_cases`)."""
+    """(weighting, aggregator): one method per path of the step, or with
+    KERAS_MTL_FULL_MATRIX=1 every method with state and stand-ins for those
+    without (`conftest.environment_cases`)."""
     from conftest import environment_cases
 
     out = environment_cases()

@@ -20,7 +20,7 @@ import keras_mtl
 
 pytestmark = pytest.mark.backend_neutral
 
-SAVED_MODELS = Path(__file__).resolve().parent / "saved_models"
+SAVED_MODELS = Path(__file__).resolve().parents[1] / "saved_models"
 # The cases every later version must load (those of the first release).
 FIRST_RELEASE = "0.1.0"
 FIRST_CASES = {

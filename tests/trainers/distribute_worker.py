@@ -1,4 +1,4 @@
-"""Worker process of tests/test_distribute_sequence.py (run as
+"""Worker process of tests/trainers/test_distribute_sequence.py (run as
 `python distribute_worker.py OUT_DIR`; the test starts it with a timeout).
 
 Logical CPU devices must be set before TensorFlow initialises, so this run
@@ -28,7 +28,9 @@ import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), HERE]  # this checkout's keras_mtl
+TESTS = os.path.dirname(HERE)
+# This checkout's keras_mtl, tests/conftest.py and the workers beside this one.
+sys.path[:0] = [os.path.dirname(TESTS), TESTS, HERE]
 
 import scale_worker  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -6,7 +6,7 @@ keys, and TensorFlow keeps the shape the first op at a key declared: a
 model trained under a second strategy failed ("Shape mismatch in the
 collective instance 100") when an earlier model, stock Keras included,
 had another shape at that key. The run is a subprocess of
-`tests/distribute_worker.py` (logical devices must be set before TensorFlow
+`tests/trainers/distribute_worker.py` (logical devices must be set before TensorFlow
 starts) that trains a stock model, then MultiTaskModels with a weighting
 and with aggregators, each under a new strategy (see its docstring).
 """
@@ -73,7 +73,7 @@ def test_aggregator_under_a_later_strategy_trains_as_one_device(sequence, case):
     result = sequence[case]
     assert _finite(result["losses"]) and math.isfinite(result["evaluate_loss"])
     assert result["steps"] > 0
-    # The tolerance of tests/test_scaling.py (measured about 1e-7).
+    # The tolerance of tests/trainers/test_scaling.py (measured about 1e-7).
     assert result["difference"] <= 1e-5, result["difference"]
 
 

@@ -1,6 +1,19 @@
-"""tf.distribute and fault tolerance for the methods of the registries:
-every method with state and stand-ins for the stateless ones
+"""tf.distribute and fault tolerance for the methods of the registries
 (`conftest.environment_cases`).
+
+By default the cases take one method per path of the step and its state
+handling (`conftest.PATH_CASES`: the loss-level step with and without
+trainable weighting variables; the Gramian and the Jacobian route, each
+with aggregator state and with a random stream; state of the Jacobian's
+width, transformed task terms, an aggregator reading the losses; a
+weighting's state, epoch history and random stream; trainable weighting
+variables beside an aggregator). That suffices: what a strategy, a kill
+or a checkpoint can do differently for a method is decided by those paths
+(how its inputs are all-reduced, how its gradient is shared among the
+replicas, how its variables are mirrored, saved, restored and rolled
+back), the same code for every method on a path; each method's maths has
+its own tests. KERAS_MTL_FULL_MATRIX=1 trains every method with state and
+stand-ins for the stateless ones (about twice as long).
 
 `MirroredStrategy` on 2 logical CPU devices and a 2-process
 `MultiWorkerMirroredStrategy` on localhost must train exactly as one device
@@ -10,7 +23,7 @@ variables of an uninterrupted run (weights, optimizer, every piece of
 weighting and aggregator state, step counters, random-generator states);
 `ModelCheckpoint` files (full and weights-only) must restore all of it.
 
-The runs are subprocesses of `tests/scale_worker.py` (logical devices and
+The runs are subprocesses of `tests/trainers/scale_worker.py` (logical devices and
 `TF_CONFIG` must be set before TensorFlow starts; a kill must be real), each
 bounded by a timeout. One process runs every method, to keep the cost down,
 and the mirrored run goes on while the interrupted, resumed and

@@ -1,9 +1,9 @@
 """Saves or loads a trained MultiTaskModel on one backend, for the
-cross-backend `.keras` test (tests/test_backends.py).
+cross-backend `.keras` test (tests/trainers/test_backends.py).
 
-    KERAS_BACKEND=jax python tests/portability_worker.py save DIR
-    KERAS_BACKEND=tensorflow python tests/portability_worker.py load DIR
-    KERAS_BACKEND=jax python tests/portability_worker.py load DIR1 save DIR2
+    KERAS_BACKEND=jax python tests/trainers/portability_worker.py save DIR
+    KERAS_BACKEND=tensorflow python tests/trainers/portability_worker.py load DIR
+    KERAS_BACKEND=jax python tests/trainers/portability_worker.py load DIR1 save DIR2
 
 (modes and directories in pairs, run in order; the test calls the
 functions of its own backend in its own process).

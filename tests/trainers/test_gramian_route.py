@@ -20,7 +20,7 @@ from keras_mtl.aggregation.base import GramianWeightedAggregator, uses_gramian
 
 pytestmark = pytest.mark.backend_neutral
 
-_PERFORMANCE = Path(__file__).parents[1] / "benchmarks" / "performance.py"
+_PERFORMANCE = Path(__file__).parents[2] / "benchmarks" / "performance.py"
 
 # Every Gramian-weighted aggregator; Nash-MTL with its stored weights and
 # clipping, FairGrad with a fractional scale degree, PCGrad and GradVac

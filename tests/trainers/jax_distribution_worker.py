@@ -1,7 +1,7 @@
 """Trains methods on JAX with `keras.distribution.DataParallel` over two host
-devices and on one device, for tests/test_jax_distribution.py.
+devices and on one device, for tests/trainers/test_jax_distribution.py.
 
-    python tests/jax_distribution_worker.py out.npz METHOD [METHOD ...]
+    python tests/trainers/jax_distribution_worker.py out.npz METHOD [METHOD ...]
 
 Runs on the JAX backend with two forced host devices
 (`--xla_force_host_platform_device_count=2`, appended to `XLA_FLAGS`

@@ -1,11 +1,11 @@
 """TensorFlow and JAX train every method to the same numbers.
 
 Two processes, one per backend, run the same short training of every
-method (tests/backend_worker.py: real digits data, the same initial
+method (tests/trainers/backend_worker.py: real digits data, the same initial
 weights, plain SGD). JAX compiles with XLA; TensorFlow runs a `tf.function`
 graph without XLA, in a third of the time (the ~40 XLA compiles took ~4 min
 of CI); every method's XLA step on TensorFlow is trained by
-tests/test_model_training.py and tests/test_model_aggregation.py. Each
+tests/model/test_model_training.py and tests/model/test_model_aggregation.py. Each
 method's per-epoch task losses, task weights and loss, its evaluation (the
 models without an aggregator and one with: `backend_worker.evaluated`) and
 every parameter of the net must agree to 1e-4 (relative). Runs in the
@@ -16,6 +16,16 @@ them from each backend's own generator, so their runs differ by design;
 they are trained on both and checked for finite results only. PCGrad and
 GradVac visit the tasks in a random order: with two tasks the order does
 not matter, so they run on two (`@k2`).
+
+By default the runs take one method per path of the step and its state
+handling (`DEFAULT`: the paths of `conftest.step_paths`, a weighting with
+an aggregator, representation mode, regularisers in each mode, the
+evaluation step): what the two trainers (tensorflow_trainer.py,
+jax_trainer.py) do differently for a method is decided by those paths,
+the same code for every method on a path, and every method's maths is
+checked against its reference values on both backends by its own tests
+(tests/aggregation/, tests/weighting/, marked backend_neutral).
+KERAS_MTL_FULL_MATRIX=1 compares every method (`EXACT`, `RANDOM`).
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ import backend_worker
 import keras
 import numpy as np
 import pytest
-from conftest import one_alias_per_class
+from conftest import full_matrix, one_alias_per_class, uncovered_paths
 
 import keras_mtl
 
@@ -92,10 +102,41 @@ EXACT = [
     "upgrad@trunk@reg",
 ]
 RANDOM = ["rlw", "graddrop"]
+# One method per path (`conftest.step_paths`; checked below) and every
+# option: Equal (no variables), Uncertainty (trainable variables), DWA
+# (state, epoch history), RLW (a random stream); Nash-MTL and PCGrad (the
+# Gramian route with state, with a random stream), DB-MTL, GradDrop and
+# GradNorm (the Jacobian route with state of width D and transformed task
+# terms, a random stream, the losses read); UPGrad, evaluated with an
+# aggregator (`backend_worker.EVALUATED_WITH_AGGREGATOR`).
+DEFAULT = {
+    "equal",
+    "uncertainty",
+    "dwa",
+    "upgrad",
+    "nash_mtl",
+    "pcgrad@k2",
+    "db_mtl",
+    "grad_norm",
+    "adaptive+upgrad",
+    "upgrad@trunk",
+    "equal@reg",
+    "upgrad@reg",
+    "upgrad@trunk@reg",
+    "rlw",
+    "graddrop",
+}
+COMPARED = [s for s in EXACT if full_matrix() or s in DEFAULT]
+TRAINED = [s for s in RANDOM if full_matrix() or s in DEFAULT]
 
 
 def _name(spec: str) -> str:
     return spec.split("@")[0].split("+")[-1].split(":")[0]
+
+
+def _names(spec: str) -> list[str]:
+    """The aliases of a spec's weighting and aggregator."""
+    return [part.split(":")[0] for part in spec.split("@")[0].split("+")]
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +149,8 @@ def runs(tmp_path_factory) -> dict[str, dict]:
         env["PARITY_JIT_COMPILE"] = "1" if backend == "jax" else "0"
         processes[backend] = subprocess.Popen(
             [sys.executable, str(WORKER), str(out / f"{backend}.json")]
-            + EXACT
-            + RANDOM,
+            + COMPARED
+            + TRAINED,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -132,6 +173,12 @@ def test_every_method_is_compared():
             cls = registry.ALIASES[alias]
             assert any(registry.ALIASES.get(n) is cls for n in covered), alias
     assert backend_worker.EVALUATED_WITH_AGGREGATOR in EXACT
+    # The default runs: specs of the lists, every path and option among them.
+    assert DEFAULT <= set(EXACT + RANDOM)
+    assert backend_worker.EVALUATED_WITH_AGGREGATOR in DEFAULT
+    assert not uncovered_paths({n for spec in DEFAULT for n in _names(spec)})
+    options = {o for spec in EXACT for o in spec.split("@")[1:]}
+    assert options == {o for spec in DEFAULT for o in spec.split("@")[1:]}
 
 
 def _close(a, b, what: str) -> None:
@@ -140,7 +187,7 @@ def _close(a, b, what: str) -> None:
     )
 
 
-@pytest.mark.parametrize("spec", EXACT)
+@pytest.mark.parametrize("spec", COMPARED)
 def test_same_numbers_on_both_backends(runs, spec):
     tf_run, jax_run = runs["tensorflow"][spec], runs["jax"][spec]
     assert "error" not in tf_run, tf_run.get("error")
@@ -158,7 +205,7 @@ def test_same_numbers_on_both_backends(runs, spec):
         _close(values, jax_run["weights"][path], f"{spec}: parameter {path}")
 
 
-@pytest.mark.parametrize("spec", RANDOM)
+@pytest.mark.parametrize("spec", TRAINED)
 def test_random_methods_train_on_both_backends(runs, spec):
     for backend in ("tensorflow", "jax"):
         run = runs[backend][spec]

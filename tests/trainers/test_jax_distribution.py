@@ -1,11 +1,19 @@
 """Every method trains the same under `keras.distribution.DataParallel` on
 JAX as on one device.
 
-One JAX process with two forced host devices (tests/jax_distribution_worker.py)
-trains every weighting and aggregator class (parameter mode) and one
-aggregator in representation mode twice from the same initial weights on
-the same global batch: data-parallel over both devices, and with no
-distribution. Under `DataParallel` the batch is sharded over the devices
+One JAX process with two forced host devices (tests/trainers/jax_distribution_worker.py)
+trains weightings and aggregators (parameter mode) and one aggregator in
+representation mode twice from the same initial weights on the same global
+batch: data-parallel over both devices, and with no distribution. By
+default one method per path of the step and its state handling
+(`conftest.PATH_WEIGHTINGS`, `conftest.PATH_AGGREGATORS`: no variables,
+trainable variables, state, an epoch history, random streams; the Gramian
+and the Jacobian route with state, a random stream, state of the
+Jacobian's width, transformed task terms, the losses read): the step is
+one jitted SPMD program whose sharding of inputs, state and gradients
+depends on those paths, the same code for every method on a path, and
+each method's maths has its own tests on JAX. KERAS_MTL_FULL_MATRIX=1
+trains every weighting and aggregator class. Under `DataParallel` the batch is sharded over the devices
 and the step is one jitted SPMD program, so every batch mean is the
 global one; only the order of the floating-point additions differs (each
 device sums its half, then the halves are added). The per-step logs (task
@@ -30,7 +38,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import STATELESS_STAND_INS, one_alias_per_class, weighting_for
+from conftest import (
+    PATH_AGGREGATORS,
+    PATH_WEIGHTINGS,
+    full_matrix,
+    one_alias_per_class,
+    uncovered_paths,
+)
 
 import keras_mtl
 
@@ -94,33 +108,18 @@ AGGREGATORS = [
 
 
 def _methods() -> list[str]:
-    """Every method that owns variables (state the devices must agree on)
-    and the stand-ins of the stateless ones, as in the other environment
-    suites (`conftest.environment_cases`): a method without variables is a
-    pure function of the task losses or gradients, which the step computes
-    in one place for every method. `KERAS_MTL_JAX_DISTRIBUTION=all` (or
-    `bash scripts/zoo.sh`-style full runs) trains every method."""
-    if os.environ.get("KERAS_MTL_JAX_DISTRIBUTION") == "all":
-        chosen = WEIGHTINGS + AGGREGATORS
-    else:
-        chosen = [
-            spec
-            for spec in WEIGHTINGS + AGGREGATORS
-            if _name(spec) in STATELESS_STAND_INS or _stateful(_name(spec))
-        ]
+    """One method per path of the step (`conftest.PATH_WEIGHTINGS` and
+    `PATH_AGGREGATORS`, as in the other environment suites) or, with
+    KERAS_MTL_FULL_MATRIX=1, every weighting and aggregator class; and
+    representation mode."""
+    chosen = [
+        spec
+        for spec in WEIGHTINGS + AGGREGATORS
+        if full_matrix() or _name(spec) in PATH_WEIGHTINGS + PATH_AGGREGATORS
+    ]
     # SDMGrad at LibMTL's step amplifies rounding (docs/aggregation/sdmgrad.md).
     chosen = ["sdmgrad:step_size=1.0" if s == "sdmgrad" else s for s in chosen]
     return [*chosen, "upgrad@trunk"]
-
-
-def _stateful(name: str) -> bool:
-    if name in keras_mtl.weighting.ALIASES:
-        method = weighting_for(name)
-        method.build((2,))
-    else:
-        method = keras_mtl.aggregation.get(name)
-        method.build((2, 8))
-    return bool(method.variables)
 
 
 def _name(spec: str) -> str:
@@ -157,6 +156,8 @@ def test_every_method_is_compared():
     """A new weighting or aggregator class must join the lists."""
     assert [_name(s) for s in WEIGHTINGS] == one_alias_per_class(keras_mtl.weighting)
     assert AGGREGATORS == one_alias_per_class(keras_mtl.aggregation)
+    # The default methods take every path of the step between them.
+    assert not uncovered_paths({_name(s) for s in _methods()})
 
 
 @pytest.mark.parametrize("spec", _methods())

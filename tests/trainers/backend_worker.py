@@ -1,7 +1,7 @@
 """Trains every method for a few steps on one Keras backend and writes what
-it saw, for the TensorFlow/JAX parity test (tests/test_backend_parity.py).
+it saw, for the TensorFlow/JAX parity test (tests/trainers/test_backend_parity.py).
 
-    KERAS_BACKEND=jax python tests/backend_worker.py out.json METHOD [METHOD ...]
+    KERAS_BACKEND=jax python tests/trainers/backend_worker.py out.json METHOD [METHOD ...]
 
 Each METHOD is a benchmark method specification (`adaptive`, `pcgrad`,
 `adaptive+upgrad`), optionally with `@trunk` for representation mode and
