@@ -379,7 +379,7 @@ def test_an_aggregator_that_needs_more_rows_sums_them_and_warns():
 
 
 def test_more_absent_tasks_than_branches_sum_the_present_rows(monkeypatch):
-    from keras_mtl.trainers import step
+    from keras_mtl.trainers import present_rows
 
     x, y = _data3(14)
     nan = np.full(N, np.nan, "float32")
@@ -387,7 +387,7 @@ def test_more_absent_tasks_than_branches_sum_the_present_rows(monkeypatch):
     summed = _model3(THREE, "sum")
     summed.train_on_batch(x, only_a)
     # Read when the model's step is first built.
-    monkeypatch.setattr(step, "MAX_ABSENT_BRANCHES", 1)
+    monkeypatch.setattr(present_rows, "MAX_ABSENT_BRANCHES", 1)
     full = _model3(THREE, "mgda")
     with pytest.warns(UserWarning, match=r"3 tasks.*only 1 of them.*at most 1 absent"):
         full.train_on_batch(x, only_a)

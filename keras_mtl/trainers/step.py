@@ -10,8 +10,10 @@ finite, the rollback of the weighting's and aggregator's state, the step
 counters and trackers) and the evaluation step. One trainer per backend
 subclasses it and is chosen once, at import (`keras_mtl.trainers`):
 `tensorflow_trainer.TensorFlowTrainer` (a `GradientTape` step,
-`tf.distribute`) and `jax_trainer.JaxTrainer` (a stateless step under
-`jax.vjp`).
+`tf.distribute`), `jax_trainer.JaxTrainer` (a stateless step under
+`jax.vjp`) and `torch_trainer.TorchTrainer` (`torch.autograd.grad` on
+one forward pass). `present_rows.py` holds the aggregator built for fewer
+rows, for steps where some task has no labelled example.
 
 What a backend trainer provides (the methods below that raise
 `NotImplementedError`; the same names on every backend):
@@ -51,6 +53,7 @@ from keras import ops
 from keras_mtl import _compat, _replicas, net_structure
 from keras_mtl import gradients as gradients_lib
 from keras_mtl.aggregation.base import rescaled, uses_gramian
+from keras_mtl.trainers import present_rows
 
 
 class StepGradients(NamedTuple):
@@ -442,7 +445,7 @@ class MultiTaskStep:
         # smallest cosine is that of the present rows.
         self._cosine_tracker.update_state(
             gradients_lib.gramian_min_cosine(
-                _absent_as_present(gramian, self._present(), square=True)
+                present_rows.absent_as_present(gramian, self._present(), square=True)
             )
         )
         # Loss-scaled like the rows. On overflow the rows hold inf and so
@@ -493,7 +496,7 @@ class MultiTaskStep:
                 ops.all(present),
                 lambda: cosine,
                 lambda: gradients_lib.min_cosine(
-                    _absent_as_present(finite_jacobian, present)
+                    present_rows.absent_as_present(finite_jacobian, present)
                 ),
             )
         )
@@ -520,8 +523,8 @@ class MultiTaskStep:
             return (True,) * len(self.task_names)
         return flags
 
-    def _row_subsets(self) -> _RowSubsets:
-        """The aggregator built for fewer rows (`_RowSubsets`), made once,
+    def _row_subsets(self) -> present_rows.RowSubsets:
+        """The aggregator built for fewer rows (`present_rows.RowSubsets`), made once,
         after the aggregator is built: before a step is traced (in
         `_symbolic_build`), or on TensorFlow in its first trace."""
         subsets = getattr(self, "_subsets", None)
@@ -535,7 +538,7 @@ class MultiTaskStep:
             if not self.representation_mode:
                 dim = sum(math.prod(v.shape) for v in self._find_shared_variables())
             with self._init_scope():
-                subsets = _RowSubsets(self.aggregator, num_tasks, dim)
+                subsets = present_rows.RowSubsets(self.aggregator, num_tasks, dim)
             # Not tracked: stand-ins, never saved.
             object.__setattr__(self, "_subsets", subsets)
         return subsets
@@ -551,14 +554,14 @@ class MultiTaskStep:
         """The aggregator's `result` on all K rows where every task is
         present; else `apply(aggregator, rows)` for the present tasks'
         rows only (`rows`, their indices in task order), with the
-        aggregator built for that many rows (`_RowSubsets`) and its state
+        aggregator built for that many rows (`present_rows.RowSubsets`) and its state
         gathered at them: each variable then takes its new entries of the
         present tasks and keeps those of the absent ones. A per-task
         result (`per_task`, `[n]`) is returned as `[K]`, 0 for the absent
         tasks. `state`: the aggregator's variables' values before it ran.
 
         Where the present rows are fewer than the aggregator takes
-        (`min_tasks`), or more than `MAX_ABSENT_BRANCHES` tasks are absent,
+        (`min_tasks`), or more than `present_rows.MAX_ABSENT_BRANCHES` tasks are absent,
         the result is `fallback` (the sum of the present rows) and the
         state is kept; without a labelled example at all, zeros. One
         branch per number of present tasks that can occur (`ops.switch`:
@@ -572,7 +575,7 @@ class MultiTaskStep:
         subsets = self._row_subsets()
         sizes = subsets.sizes_for(fewest)
         present = self._present()
-        order, inverse, count = _present_first(present)
+        order, inverse, count = present_rows.present_first(present)
         variables = subsets.variables
 
         def nothing() -> tuple[Any, list[Any]]:
@@ -677,223 +680,6 @@ class MultiTaskStep:
             message = _replicas.representation_unsupported(replicas, loss_scaled)
             if message is not None:
                 raise NotImplementedError(message)
-
-
-# The most absent tasks a step can have and still be aggregated over its
-# present rows: every number of present tasks is a branch of the step, which
-# compiles the aggregator once more (`_RowSubsets`). A step with more absent
-# tasks sums the present rows' gradients (and warns when it is traced).
-MAX_ABSENT_BRANCHES = 4
-
-
-class _RowSubsets:
-    """The model's aggregator for steps where only n < K tasks are present
-    (have a labelled example): for each n from K - 1 down to
-    `max(aggregator.min_tasks, K - MAX_ABSENT_BRANCHES, 1)` a copy of it
-    (`from_config`) built for n rows, not tracked (never saved).
-
-    A copy's variables are stand-ins: `run` maps them (a
-    `keras.StatelessScope`) to the model aggregator's values gathered at
-    the present tasks along their task axes (the axes of length K that
-    have length n in the copy) and scatters their new values back; the
-    entries of the absent tasks are kept. Variables without a task axis
-    (step counters, random streams) take the new values. Entries that are
-    normalised (`Aggregator.state_task_total`: weights on the simplex, or
-    summing to the number of tasks) are rescaled to the total of n tasks
-    and their new values back to the present tasks' share. A copy
-    allocates its variables: n x D floats for the state of an aggregator
-    with the Jacobian's width (MoCo, DB-MTL, ExcessMTL).
-    """
-
-    def __init__(self, aggregator: Any, num_tasks: int, dim: int | None) -> None:
-        self.aggregator = aggregator
-        self.num_tasks = num_tasks
-        self.variables = list(aggregator.variables)
-        self.totals = [aggregator.state_task_total(v) for v in self.variables]
-        self.copies: dict[int, tuple[Any, list[list[int]]]] = {}
-        self.failure: str | None = None
-        self.warned = False
-        smallest = max(aggregator.min_tasks, num_tasks - MAX_ABSENT_BRANCHES, 1)
-        for n in range(num_tasks - 1, smallest - 1, -1):
-            try:
-                copy = type(aggregator).from_config(aggregator.get_config())
-                # Called inside the step only; eagerly (`run_eagerly`) its
-                # cached function would keep the stand-ins' first values.
-                copy.eager_function = False
-                copy.build((n, dim))
-                self.copies[n] = (copy, self._task_axes(copy, n))
-            except Exception as error:  # noqa: BLE001 - reported when traced
-                self.copies.clear()
-                self.failure = f"{type(error).__name__}: {error}"
-                break
-
-    def _task_axes(self, copy: Any, n: int) -> list[list[int]]:
-        """For each variable, the axes that have length K in the model's
-        aggregator and n in `copy`; raises if the two differ otherwise."""
-        variables = list(copy.variables)
-        if [v.name for v in variables] != [v.name for v in self.variables]:
-            raise ValueError(
-                f"built for {n} rows it has the variables "
-                f"{[v.name for v in variables]}, for {self.num_tasks} "
-                f"{[v.name for v in self.variables]}"
-            )
-        axes = []
-        for ours, theirs in zip(self.variables, variables):
-            if len(ours.shape) != len(theirs.shape) or ours.dtype != theirs.dtype:
-                raise ValueError(f"its variable {ours.name!r} changes rank or dtype")
-            task_axes = []
-            for axis, (k, m) in enumerate(zip(ours.shape, theirs.shape)):
-                if k == m:
-                    continue
-                if (k, m) != (self.num_tasks, n):
-                    raise ValueError(
-                        f"its variable {ours.name!r} has shape {tuple(ours.shape)} "
-                        f"for {self.num_tasks} rows and {tuple(theirs.shape)} for {n}"
-                    )
-                task_axes.append(axis)
-            total = self.aggregator.state_task_total(ours)
-            if total is not None and (len(task_axes) != 1 or len(ours.shape) != 1):
-                raise ValueError(
-                    f"its variable {ours.name!r} is normalised ({total!r}) but "
-                    "is not a vector of one entry per task"
-                )
-            axes.append(task_axes)
-        return axes
-
-    def sizes_for(self, fewest: int) -> list[int]:
-        """The numbers of present tasks, from `fewest` (at least 1) to
-        K - 1, that have a branch; warns (once) about those that do not."""
-        possible = range(max(fewest, 1), self.num_tasks)
-        sizes = [n for n in possible if n in self.copies]
-        others = [n for n in possible if n not in self.copies]
-        if others and not self.warned:
-            self.warned = True
-            warnings.warn(self._fallback_message(others), UserWarning, stacklevel=2)
-        return sizes
-
-    def _fallback_message(self, counts: list[int]) -> str:
-        aggregator = self.aggregator
-        name = type(aggregator).__name__
-        if self.failure is not None:
-            reasons = [f"no copy of it for fewer rows could be made: {self.failure}"]
-        else:
-            reasons = []
-            if min(counts) < aggregator.min_tasks:
-                reasons.append(f"{name} combines at least {aggregator.min_tasks} rows")
-            if max(counts) >= aggregator.min_tasks:
-                reasons.append(
-                    "the present rows are aggregated in a step with at most "
-                    f"{MAX_ABSENT_BRANCHES} absent tasks "
-                    "(keras_mtl.trainers.step.MAX_ABSENT_BRANCHES)"
-                )
-        shown = " or ".join(str(n) for n in counts)
-        if len(counts) > 2 and counts[-1] - counts[0] == len(counts) - 1:
-            shown = f"{counts[0]} to {counts[-1]}"
-        return (
-            f"With {self.num_tasks} tasks, a training step in which only {shown} "
-            f"of them have a labelled example sums their gradients instead of "
-            f"applying {name} to them, and keeps {name}'s state: "
-            f"{'; '.join(reasons)}. See docs/missing_labels.md."
-        )
-
-    def run(
-        self,
-        n: int,
-        call: Callable[[Any], Any],
-        state: list[Any],
-        order: Any,
-        inverse: Any,
-    ) -> tuple[Any, list[Any]]:
-        """`call(copy)` with the copy for n rows, its variables mapped to
-        `state` (the values of the model aggregator's variables) gathered at
-        the present tasks `order[:n]`; returns its result and each
-        variable's new value (the absent tasks' entries from `state`).
-        A pure function of its inputs, as a branch of `ops.switch` must be
-        on JAX."""
-        copy, axes = self.copies[n]
-        rows = order[:n]
-        mapping, shares = [], []
-        for variable, value, task_axes, total in zip(
-            copy.variables, state, axes, self.totals
-        ):
-            for axis in task_axes:
-                value = ops.take(value, rows, axis=axis)
-            share = None
-            if total is not None:
-                # The present tasks' entries as an n-task aggregator's.
-                share = ops.sum(value)
-                target = 1.0 if total == "one" else float(n)
-                positive = ops.where(share > 0.0, share, 1.0)
-                value = ops.where(share > 0.0, value * (target / positive), target / n)
-                share = share / target
-            mapping.append((variable, value))
-            shares.append(share)
-        with keras.StatelessScope(
-            state_mapping=mapping, initialize_variables=False
-        ) as scope:
-            result = call(copy)
-        new_state = []
-        for variable, before, task_axes, share in zip(
-            copy.variables, state, axes, shares
-        ):
-            value = scope.get_current_value(variable)
-            if share is not None:
-                value = value * share
-            if task_axes:
-                value = self._scattered(before, value, task_axes, order, inverse, n)
-            new_state.append(value)
-        return result, new_state
-
-    def _scattered(
-        self,
-        before: Any,
-        value: Any,
-        task_axes: list[int],
-        order: Any,
-        inverse: Any,
-        n: int,
-    ) -> Any:
-        """`before` with the entries of the present tasks `order[:n]`
-        (along `task_axes`) replaced by `value`'s."""
-        k = self.num_tasks
-        rank = len(before.shape)
-        permuted = before
-        padding = [(0, 0)] * rank
-        inside = ops.convert_to_tensor(True)
-        for axis in task_axes:
-            permuted = ops.take(permuted, order, axis=axis)
-            padding[axis] = (0, k - n)
-            shape = [1] * rank
-            shape[axis] = k
-            leading = ops.arange(k, dtype="int32") < n
-            inside = ops.logical_and(inside, ops.reshape(leading, shape))
-        merged = ops.where(inside, ops.pad(value, padding), permuted)
-        for axis in task_axes:
-            merged = ops.take(merged, inverse, axis=axis)
-        return merged
-
-
-def _present_first(present: Any) -> tuple[Any, Any, Any]:
-    """The tasks in the order present first (each group in task order),
-    `[K]` int32, its inverse permutation and the number present."""
-    k = present.shape[0]
-    tasks = ops.arange(k, dtype="int32")
-    order = ops.cast(ops.argsort(ops.where(present, tasks, tasks + k)), "int32")
-    inverse = ops.cast(ops.argsort(order), "int32")
-    return order, inverse, ops.sum(ops.cast(present, "int32"))
-
-
-def _absent_as_present(matrix: Any, present: Any, square: bool = False) -> Any:
-    """`matrix` (rows per task; and columns, `square`) with each absent
-    task's row replaced by a present task's, so that its pairwise cosines
-    are those of the present tasks (the identity where all are present)."""
-    tasks = ops.arange(present.shape[0], dtype="int32")
-    some_present = ops.cast(ops.argmax(ops.cast(present, "int32")), "int32")
-    index = ops.where(present, tasks, some_present)
-    matrix = ops.take(matrix, index, axis=0)
-    if square:
-        matrix = ops.take(matrix, index, axis=1)
-    return matrix
 
 
 def _batch_size(x: Any) -> Any:
