@@ -178,7 +178,8 @@ PATH_CASES = (
 
 def full_matrix() -> bool:
     """Whether KERAS_MTL_FULL_MATRIX=1: the environment suites then train
-    every method (see `PATH_WEIGHTINGS`), not one per path of the step."""
+    every method (see `PATH_WEIGHTINGS`), not one per path of the step,
+    and tests/test_zoo.py runs its whole matrix."""
     return os.environ.get("KERAS_MTL_FULL_MATRIX", "") == "1"
 
 

@@ -119,10 +119,14 @@ def assert_homogeneous(factory: Any, claims: Claims, num_tasks: int = 4) -> None
     calls = sequence(num_tasks, calls=3 if claims.homogeneous == "always" else 1)
     factors = [(c, 8 * EPS32) for c in EXACT_FACTORS]
     factors += [(c, claims.accuracy) for c in ROUNDING_FACTORS]
+    # The unscaled sequence (a fresh instance, the same calls) is the same
+    # for every factor: computed once.
+    base = factory()
+    unscaled = [call(base, j, losses) for j, losses in calls]
     for factor, rtol in factors:
-        base, scaled = factory(), factory()
-        for n, (j, losses) in enumerate(calls):
-            expected = call(base, j, losses) * factor**degree
+        scaled = factory()
+        for n, ((j, losses), direction) in enumerate(zip(calls, unscaled)):
+            expected = direction * factor**degree
             got = call(scaled, (j * np.float32(factor)).astype(np.float32), losses)
             assert_close(got, expected, rtol, (factor, n))
 

@@ -1,6 +1,6 @@
 """TensorFlow and JAX train every method to the same numbers.
 
-Two processes, one per backend, run the same short training of every
+Two processes, one per backend, run the same short training of each
 method (tests/trainers/backend_worker.py: real digits data, the same initial
 weights, plain SGD). JAX compiles with XLA; TensorFlow runs a `tf.function`
 graph without XLA, in a third of the time (the ~40 XLA compiles took ~4 min
