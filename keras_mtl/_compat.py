@@ -15,6 +15,7 @@ importing keras_mtl on the JAX backend must not import TensorFlow.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -61,6 +62,14 @@ def _attribute(obj: Any, name: str, touchpoint: str, why: str) -> Any:
         raise _unsupported(touchpoint, why) from None
 
 
+def _private_import(module: str, name: str, why: str) -> Any:
+    """`name` from the private `module`, or a loud `UnsupportedVersionError`."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise _unsupported(f"{module}.{name}", why) from None
+
+
 # --------------------------------------------------------------- layers
 def own_variables(layer: keras.layers.Layer) -> list[Any]:
     """The variables `layer` created itself, trainable ones first, without
@@ -71,16 +80,11 @@ def own_variables(layer: keras.layers.Layer) -> list[Any]:
     a layer's random-generator state after exactly the variables Keras
     saves for it (`_seed_state.SavesSeedGeneratorState`)."""
     why = "the variables a layer created itself, as Keras saves them"
-    trainable = _attribute(
-        layer, "_trainable_variables", "keras.layers.Layer._trainable_variables", why
-    )
-    non_trainable = _attribute(
-        layer,
-        "_non_trainable_variables",
-        "keras.layers.Layer._non_trainable_variables",
-        why,
-    )
-    return list(trainable) + list(non_trainable)
+    return [
+        variable
+        for name in ("_trainable_variables", "_non_trainable_variables")
+        for variable in _attribute(layer, name, f"keras.layers.Layer.{name}", why)
+    ]
 
 
 def direct_sublayers(layer: Any) -> list[Any]:
@@ -115,13 +119,8 @@ def clear_activity_losses(layer: keras.layers.Layer) -> None:
     call) leaves the other part's layers with ids of freed tensors, which
     Python may give to this pass's losses: `model.losses` then counts a
     loss twice."""
-    clear = _attribute(
-        layer,
-        "_clear_losses",
-        "keras.layers.Layer._clear_losses",
-        "the reset of the activity losses a layer recorded",
-    )
-    clear()
+    why = "the reset of the activity losses a layer recorded"
+    _attribute(layer, "_clear_losses", "keras.layers.Layer._clear_losses", why)()
 
 
 def flatten_layers(
@@ -133,11 +132,9 @@ def flatten_layers(
     find the sublayers of a layer that are not in `Model.layers` (layers
     held as attributes of a layer, nested sub-models): a weighting's epoch
     history, the shared-parameter names of `MultiTaskModel(shared=...)`."""
+    why = "Keras' walk of the layers tracked under a layer"
     walk = _attribute(
-        layer,
-        "_flatten_layers",
-        "keras.layers.Layer._flatten_layers",
-        "Keras' walk of the layers tracked under a layer",
+        layer, "_flatten_layers", "keras.layers.Layer._flatten_layers", why
     )
     return list(walk(include_self=include_self, recursive=recursive))
 
@@ -198,13 +195,9 @@ def layer_inbound_nodes(layer: keras.layers.Layer) -> list[Any]:
     Relies on `Operation._inbound_nodes` and `Node.output_tensors`. Needed
     to split a functional net at one layer's output (representation
     mode)."""
+    why = "the calls of a layer in functional graphs"
     return list(
-        _attribute(
-            layer,
-            "_inbound_nodes",
-            "keras.Operation._inbound_nodes",
-            "the calls of a layer in functional graphs",
-        )
+        _attribute(layer, "_inbound_nodes", "keras.Operation._inbound_nodes", why)
     )
 
 
@@ -228,14 +221,10 @@ def functional_nodes_by_depth(net: Any) -> dict[int, list[Any]]:
 
 
 def _is_functional(net: Any) -> bool:
-    try:
-        from keras.src.models.functional import Functional
-    except ImportError:
-        raise _unsupported(
-            "keras.src.models.functional.Functional",
-            "the class of functional models",
-        ) from None
-    return isinstance(net, Functional)
+    functional = _private_import(
+        "keras.src.models.functional", "Functional", "the class of functional models"
+    )
+    return isinstance(net, functional)
 
 
 def keras_tensor_operation(tensor: Any) -> Any | None:
@@ -279,12 +268,8 @@ def set_loss_tracker(model: keras.Model, tracker: keras.metrics.Metric) -> None:
     Relies on `Trainer._loss_tracker`, which `compile` sets and `metrics`
     lists first. Needed so the logged loss is NaN, not 0, for an epoch of
     skipped steps (`MultiTaskModel.compile`)."""
-    _attribute(
-        model,
-        "_loss_tracker",
-        "keras.Model._loss_tracker",
-        "the metric a model logs as its loss",
-    )
+    why = "the metric a model logs as its loss"
+    _attribute(model, "_loss_tracker", "keras.Model._loss_tracker", why)
     # `object.__setattr__`: through Keras' `__setattr__` it would be
     # tracked, and then listed twice in `model.metrics`.
     object.__setattr__(model, "_loss_tracker", tracker)
@@ -316,12 +301,8 @@ def requested_jit_compile(model: keras.Model) -> Any:
     resolves an unset value). Needed to turn off an explicit
     `jit_compile=True` where XLA is known to fail; turning it off goes
     through the public setter (`model.jit_compile = False`)."""
-    return _attribute(
-        model,
-        "_jit_compile",
-        "keras.Model._jit_compile",
-        "the jit_compile setting a model was compiled with",
-    )
+    why = "the jit_compile setting a model was compiled with"
+    return _attribute(model, "_jit_compile", "keras.Model._jit_compile", why)
 
 
 def metrics_list_base() -> type:
@@ -331,14 +312,11 @@ def metrics_list_base() -> type:
 
     Relies on `keras.src.trainers.compile_utils.MetricsList`. Needed for
     the per-task trackers (`<task>_loss`) to be found by those callbacks."""
-    try:
-        from keras.src.trainers.compile_utils import MetricsList
-    except ImportError:
-        raise _unsupported(
-            "keras.src.trainers.compile_utils.MetricsList",
-            "the metric list Keras' callbacks search in mode 'auto'",
-        ) from None
-    return MetricsList
+    return _private_import(
+        "keras.src.trainers.compile_utils",
+        "MetricsList",
+        "the metric list Keras' callbacks search in mode 'auto'",
+    )
 
 
 METRIC_DIRECTIONS = ("up", "down")
@@ -459,21 +437,13 @@ def dce_jaxpr(jaxpr: Any, used_outputs: Sequence[bool]) -> tuple[Any, list[bool]
     `jax.interpreters.partial_eval`). Needed to find the parameters two or
     more task outputs depend on: JAX differentiates an unconnected
     parameter to zeros, so dependence is read from the program."""
+    why = "which inputs of a traced program each output depends on"
     try:
-        from jax.interpreters import partial_eval
-    except ImportError:
-        partial_eval = None
-    function = getattr(partial_eval, "dce_jaxpr", None)
-    if function is None:
-        try:
-            from jax._src.interpreters import partial_eval as private
-        except ImportError:
-            private = None
-        function = getattr(private, "dce_jaxpr", None)
-    if function is None:
-        raise _unsupported(
-            "jax.interpreters.partial_eval.dce_jaxpr",
-            "which inputs of a traced program each output depends on",
+        function = _private_import("jax.interpreters.partial_eval", "dce_jaxpr", why)
+    except UnsupportedVersionError:
+        # Where the public module no longer re-exports it.
+        function = _private_import(
+            "jax._src.interpreters.partial_eval", "dce_jaxpr", why
         )
     pruned, used_inputs = function(jaxpr, list(used_outputs))
     return pruned, [bool(u) for u in used_inputs]

@@ -1,16 +1,16 @@
 """MultiTaskModel: construction, `compile`, `call`, config and export.
 
 The training and evaluation steps come from the backend's trainer
-(`keras_mtl.trainers`: `step.py` the algorithm, `tensorflow_trainer.py` and
-`jax_trainer.py` one per backend); the per-task trackers from
-`task_metrics.py`; shared-parameter selection and the trunk/heads split
-from `net_structure.py`.
+(`keras_mtl.trainers`: `step.py` the algorithm, `tensorflow_trainer.py`,
+`jax_trainer.py` and `torch_trainer.py` one per backend), the wrappers of
+`evaluate` and the one-batch calls from `trainers/loops.py`; the per-task
+trackers from `task_metrics.py`; shared-parameter selection and the
+trunk/heads split from `net_structure.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -32,13 +32,13 @@ from keras_mtl.net_structure import (
 )
 from keras_mtl.task_metrics import (
     _EpochMean,
-    _python_numbers,
     _SkippedEpochWarning,
     _TaskMean,
     metrics_for_keras,
 )
 from keras_mtl.tasks import TaskLosses, loss_weight_vector, missing_label_values
 from keras_mtl.trainers import Trainer
+from keras_mtl.trainers.loops import MultiTaskLoops
 
 NONFINITE_MODES = ("raise", "skip")
 # Constructor arguments of MultiTaskModel itself (serialised by get_config).
@@ -59,7 +59,7 @@ _MODEL_ARGS = (
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class MultiTaskModel(Trainer, keras.Model):
+class MultiTaskModel(MultiTaskLoops, Trainer, keras.Model):
     """A Keras model that trains several tasks with a balanced objective.
 
     `MultiTaskModel` wraps any multi-output Keras model (dict outputs, or
@@ -482,59 +482,6 @@ class MultiTaskModel(Trainer, keras.Model):
             if not any(isinstance(c, cls) for c in callbacks):
                 callbacks.insert(0, cls())
         return super().fit(*args, callbacks=callbacks, **kwargs)
-
-    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
-        self._check_labels(args, kwargs)
-        with self._evaluating():
-            return super().evaluate(*args, **kwargs)
-
-    @contextlib.contextmanager
-    def _evaluating(self) -> Iterator[None]:
-        """Evaluation logs hold losses and metrics only (see
-        `get_metrics_result`)."""
-        before = getattr(self, "_in_evaluation", False)
-        object.__setattr__(self, "_in_evaluation", True)
-        try:
-            yield
-        finally:
-            object.__setattr__(self, "_in_evaluation", before)
-
-    def get_metrics_result(self) -> dict[str, Any]:
-        logs = super().get_metrics_result()
-        if getattr(self, "_in_evaluation", False) and self.task_names:
-            # A weight and a gradient cosine belong to a training step.
-            dropped = {f"{t}_weight" for t in self.task_names} | {"grad_cosine_min"}
-            logs = {k: v for k, v in logs.items() if k not in dropped}
-        return logs
-
-    def train_on_batch(self, *args: Any, **kwargs: Any) -> Any:
-        before = int(ops.convert_to_numpy(self.skipped_steps)) if self.task_names else 0
-        self._check_labels(args, kwargs)
-        self._reset_metrics_for_one_batch()
-        logs = super().train_on_batch(*args, **kwargs)
-        if self.on_nonfinite == "raise":
-            self.check_nonfinite(before)
-        return _python_numbers(logs)
-
-    def test_on_batch(self, *args: Any, **kwargs: Any) -> Any:
-        self._check_labels(args, kwargs)
-        self._reset_metrics_for_one_batch()
-        with self._evaluating():
-            return _python_numbers(super().test_on_batch(*args, **kwargs))
-
-    def _check_labels(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """String labels passed as arrays fail in Keras' data adapter,
-        before the step, without the task's name: checked here first."""
-        y = kwargs.get("y", args[1] if len(args) > 1 else None)
-        if y is not None and self._task_losses is not None:
-            self._task_losses.check_labels(y)
-
-    def _reset_metrics_for_one_batch(self) -> None:
-        # `train_on_batch`/`test_on_batch` log this batch alone: Keras 3.15
-        # resets the metrics first, Keras before 3.15 logged running means
-        # over every earlier call (and the last fit/evaluate epoch).
-        if getattr(self, "compiled", False):
-            self.reset_metrics()
 
     def check_nonfinite(self, skipped_before: int, where: str = "") -> int:
         """Raises `FloatingPointError` if steps were skipped since the count

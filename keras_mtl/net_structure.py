@@ -5,12 +5,14 @@ heads of representation mode (`representation=`, or `trunk=` and `heads=`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import keras
 
 from keras_mtl import _compat
+from keras_mtl import gradients as gradients_lib
 
 
 def _output_task_names(net: keras.Model) -> list[str] | None:
@@ -330,3 +332,52 @@ def _split_functional(net: keras.layers.Layer, name: str) -> _Split:
             f"may use only the representation. Keras: {error}"
         ) from None
     return _Split(trunk, heads)
+
+
+def _shared_variable_indices(
+    net: keras.Model, variables: list[Any], task_names: list[str]
+) -> list[int]:
+    """The indices in `variables` (the net's trainable variables) of those
+    used by two or more of the tasks `task_names`, found from a forward
+    pass of a zero batch (`gradients.shared_variable_indices`); the net's
+    own error, if it fails, with what was fed and the way out."""
+    feed = gradients_lib.zero_batch(net)
+    try:
+        # Warnings about the synthetic batch (a softmax over a sequence of
+        # length 1) are not the user's to act on.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return gradients_lib.shared_variable_indices(
+                net, variables, task_names, feed=feed
+            )
+    except Exception as error:
+        shapes = keras.tree.map_structure(lambda t: tuple(t.shape), feed)
+        raise ValueError(
+            "The shared parameters are found from a forward pass of "
+            f"a zero batch shaped {shapes} (unknown dimensions set "
+            f"to 1) through the net {net.name!r}, which failed: "
+            f"{type(error).__name__}: {error}. Name them with "
+            "`shared=` (layer or nested model names, or variable "
+            "paths) instead."
+        ) from error
+
+
+def _trunk_variables(split: _Split) -> list[Any]:
+    """The trainable variables of representation mode's trunk; raises if
+    it has none or shares one with the heads."""
+    trunk = list(split.trunk.trainable_variables)
+    if not trunk:
+        raise ValueError(
+            f"The trunk {split.trunk.name!r} has no trainable parameters: "
+            "there is nothing for the aggregator to balance in representation "
+            "mode."
+        )
+    trunk_ids = {id(v) for v in trunk}
+    both = [v.path for v in split.heads.trainable_variables if id(v) in trunk_ids]
+    if both:
+        raise ValueError(
+            f"Variables {both} are used both before and after the "
+            "representation (in the trunk and in the heads); representation "
+            "mode needs them on one side only."
+        )
+    return trunk

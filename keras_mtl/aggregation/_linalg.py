@@ -1,6 +1,7 @@
 """The linear algebra the aggregators share, each piece written once:
 cleaning a Jacobian, scale-safe division and scaling, row norms, the
-Gramian and its normalisation, and the projection onto the simplex.
+Gramian and its normalisation, the projection onto the simplex and the
+regularised gradient step on simplex weights (MoCo, MoDo).
 
 All of it is `keras.ops` (traceable, XLA-compatible, float32 in, float32
 out for float32 inputs).
@@ -102,3 +103,22 @@ def project_onto_simplex(v: Any) -> Any:
     rho = ops.maximum(ops.max(ops.where(condition, index, 0.0)), 1.0)
     theta = ops.take(cumulative, ops.cast(rho, "int32") - 1) / rho
     return ops.maximum(v - theta, 0.0)
+
+
+# The largest effective step gamma * max|M|^2 of `regularised_gramian_step`:
+# a larger one only overflows, the projection onto the simplex that follows
+# being a vertex or an edge then.
+MAX_GRAMIAN_STEP = 1e6
+
+
+def regularised_gramian_step(matrix: Any, lambdas: Any, gamma: Any, rho: Any) -> Any:
+    """`lambdas - gamma (G lambdas + rho lambdas)`, one gradient step of
+    size `gamma` on `1/2 l^T G l + rho/2 |l|^2` for the Gramian `G` of
+    `matrix` (`[K, D]`), before the projection onto the simplex (MoCo,
+    MoDo). `G = s^2 Gn` with `Gn` the Gramian of `matrix / s`, `s` its
+    largest absolute entry (no overflow): `gamma s^2` is capped at
+    `MAX_GRAMIAN_STEP` (`s^2` may be inf); a zero `matrix` has `s = 1` and
+    `G = 0`, so no step from it."""
+    unit, scale = max_abs_scaled(matrix)
+    step = ops.minimum(gamma * scale * scale, MAX_GRAMIAN_STEP)
+    return lambdas - (step * ops.matmul(gramian(unit), lambdas) + gamma * rho * lambdas)

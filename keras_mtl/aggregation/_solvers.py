@@ -43,6 +43,7 @@ therefore run through a cached `tf.function` (`Aggregator.__call__`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from keras import ops
@@ -160,13 +161,11 @@ def _active_set_simplex(g: Any, w: Any, rounds: int) -> Any:
     the support (`w_S ∝ G_SS^{-1} 1`), step towards that point as far as
     `w >= 0` allows, and when it is feasible add the most violated
     coordinate."""
-    num = g.shape[0]
     if rounds == 0:
         return w
     ridge = _ridge(g)
 
-    def body(_: Any, state: tuple[Any, Any]) -> tuple[Any, Any]:
-        w, support = state
+    def one_round(w: Any, support: Any) -> tuple[Any, Any]:
         system, ridge_part = _support_system(g, support[None], ridge)
         x = _refined_solve(system, support[None, :, None], ridge_part)[0, :, 0]
         x = x * support
@@ -180,16 +179,13 @@ def _active_set_simplex(g: Any, w: Any, rounds: int) -> Any:
         # conditions (G w)_j >= w^T G w.
         grad = ops.matmul(g, moved)
         value = ops.sum(moved * grad)
-        entering = ops.one_hot(ops.argmin(grad), num, dtype="float32")
         violated = ops.min(grad) < value - _KKT_TOL
-        grow = ops.cast(ops.logical_and(feasible, violated), "float32")
-        kept = ops.maximum(kept, grow * entering)
+        kept = _add_most_violated(kept, grad, feasible, violated)
         w = ops.where(usable, moved, w)
         support = ops.where(usable, kept, support)
         return w, support
 
-    support = ops.cast(w > 0.0, "float32")
-    w, _ = ops.fori_loop(0, rounds, body, (w, support))
+    w = _active_set_rounds(one_round, w, rounds)
     return w / ops.maximum(ops.sum(w), 1e-30)
 
 
@@ -264,13 +260,11 @@ def nonneg_qp(
 def _active_set_nonneg(g: Any, b: Any, w: Any, rounds: int) -> Any:
     """Row-wise primal active-set rounds for `min_{w >= 0} 1/2 w^T G w +
     w^T b` (Lawson & Hanson's NNLS, written with masks) from `w`."""
-    num = g.shape[0]
     if rounds == 0:
         return w
     ridge = _ridge(g)
 
-    def body(_: Any, state: tuple[Any, Any]) -> tuple[Any, Any]:
-        w, support = state
+    def one_round(w: Any, support: Any) -> tuple[Any, Any]:
         system, ridge_part = _support_system(g, support, ridge)
         rhs = -(b * support)[:, :, None]
         candidate = _refined_solve(system, rhs, ridge_part)[:, :, 0] * support
@@ -278,15 +272,30 @@ def _active_set_nonneg(g: Any, b: Any, w: Any, rounds: int) -> Any:
         candidate = ops.where(usable, candidate, w)
         moved, kept, feasible = _ratio_step(w, candidate, support)
         grad = ops.matmul(moved, g) + b
-        entering = ops.one_hot(ops.argmin(grad, axis=-1), num, dtype="float32")
         violated = ops.min(grad, axis=-1, keepdims=True) < -_KKT_TOL
-        grow = ops.cast(ops.logical_and(feasible, violated), "float32")
-        kept = ops.maximum(kept, grow * entering)
+        kept = _add_most_violated(kept, grad, feasible, violated)
         return ops.where(usable, moved, w), ops.where(usable, kept, support)
 
+    return _active_set_rounds(one_round, w, rounds)
+
+
+def _active_set_rounds(
+    one_round: Callable[[Any, Any], tuple[Any, Any]], w: Any, rounds: int
+) -> Any:
+    """`rounds` rounds of `one_round(w, support) -> (w, support)` from `w`,
+    its support the coordinates where it is positive; returns `w`."""
     support = ops.cast(w > 0.0, "float32")
-    w, _ = ops.fori_loop(0, rounds, body, (w, support))
+    w, _ = ops.fori_loop(0, rounds, lambda _, state: one_round(*state), (w, support))
     return w
+
+
+def _add_most_violated(kept: Any, grad: Any, feasible: Any, violated: Any) -> Any:
+    """The support `kept` (`[..., K]`) with the coordinate of the smallest
+    gradient `grad` added where the candidate was `feasible` (optimal on
+    its support) and the KKT conditions are `violated`."""
+    entering = ops.one_hot(ops.argmin(grad, axis=-1), grad.shape[-1], dtype="float32")
+    grow = ops.cast(ops.logical_and(feasible, violated), "float32")
+    return ops.maximum(kept, grow * entering)
 
 
 def _refined_solve(system: Any, rhs: Any, ridge_part: Any) -> Any:

@@ -9,17 +9,12 @@ from keras import ops
 
 from keras_mtl._validation import check_number
 from keras_mtl.aggregation._linalg import (
-    gramian,
-    max_abs_scaled,
     project_onto_simplex,
+    regularised_gramian_step,
     unit_rows,
 )
 from keras_mtl.aggregation._rows import combine_rows
 from keras_mtl.aggregation._stateful import RawStateAggregator
-
-# Largest effective lambda step (gamma_t * max|Y|^2) for huge raw gradients
-# (the projection is then a vertex or an edge anyway).
-_MAX_STEP = 1e6
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -123,14 +118,8 @@ class MoCo(RawStateAggregator):
         tracked = ops.convert_to_tensor(self.tracked)
         # A convex combination (beta_t <= 1): finite whenever both are.
         tracked = tracked - beta_t * (tracked - target)
-        scaled, peak = max_abs_scaled(tracked)
-        gram = gramian(scaled)
         lambdas = ops.convert_to_tensor(self.lambdas)
-        effective = ops.minimum(gamma_t * peak * peak, _MAX_STEP)
-        step_vector = effective * ops.matmul(gram, lambdas) + (
-            gamma_t * self.rho * lambdas
-        )
-        candidate = lambdas - step_vector
+        candidate = regularised_gramian_step(tracked, lambdas, gamma_t, self.rho)
         # The projection commutes with adding a constant; shifting the
         # largest entry to 0 keeps it exact in float32 for large steps.
         lambdas = project_onto_simplex(candidate - ops.max(candidate))

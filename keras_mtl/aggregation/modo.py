@@ -11,16 +11,11 @@ from keras import ops
 from keras_mtl._validation import check_number
 from keras_mtl.aggregation._linalg import (
     clean_jacobian,
-    gramian,
-    max_abs_scaled,
     project_onto_simplex,
+    regularised_gramian_step,
 )
 from keras_mtl.aggregation._rows import combine_rows
 from keras_mtl.aggregation.base import Aggregator
-
-# The largest effective step gamma * max|J|^2 (as MoCo's guard): a
-# larger one only overflows, the projection being a vertex or an edge then.
-_MAX_STEP = 1e6
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -99,17 +94,10 @@ class MoDo(Aggregator):
         return self.aggregate(clean_jacobian(jacobian), training=training)
 
     def aggregate(self, jacobian: Any, training: bool = True) -> Any:
-        # G = s^2 Gn with Gn the Gramian of J / s (no overflow); s^2 may be
-        # inf, which the cap turns into the largest step.
-        unit, scale = max_abs_scaled(jacobian)
-        unit_gramian = gramian(unit)
         lambdas = ops.convert_to_tensor(self.lambdas)
-        # A zero Jacobian has scale 1 and a zero Gramian: no step from it.
-        step = ops.minimum(self.gamma * scale * scale, _MAX_STEP)
-        update = (
-            step * ops.matmul(unit_gramian, lambdas) + self.gamma * self.rho * lambdas
+        lambdas = project_onto_simplex(
+            regularised_gramian_step(jacobian, lambdas, self.gamma, self.rho)
         )
-        lambdas = project_onto_simplex(lambdas - update)
         if training:
             self.lambdas.assign(lambdas)
         return combine_rows(lambdas, jacobian)

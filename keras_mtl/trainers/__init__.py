@@ -7,7 +7,12 @@ once at import, as `keras/src/models/model.py` chooses Keras' own.
 - `tensorflow_trainer.py`: `TensorFlowTrainer`, the `GradientTape` step and
   `tf.distribute`;
 - `jax_trainer.py`: `JaxTrainer`, the stateless `jax.vjp` step;
-- `torch_trainer.py`: `TorchTrainer`, the eager `torch.autograd` step.
+- `torch_trainer.py`: `TorchTrainer`, the eager `torch.autograd` step;
+- `single_device.py`: the replica hooks of the JAX and torch trainers
+  (one replica, reductions the identity);
+- `present_rows.py`: the aggregator on the present tasks' rows, in a step
+  where some task has no labelled example;
+- `loops.py`: the model's wrappers of `evaluate` and the one-batch calls.
 
 Only the chosen backend's module is imported (TensorFlow is not imported on
 JAX or torch).

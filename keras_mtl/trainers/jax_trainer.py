@@ -42,10 +42,11 @@ import keras
 from keras import ops
 
 from keras_mtl import _compat
+from keras_mtl.trainers.single_device import SingleDevice
 from keras_mtl.trainers.step import MultiTaskStep, StepGradients
 
 
-class JaxTrainer(MultiTaskStep):
+class JaxTrainer(SingleDevice, MultiTaskStep):
     """`MultiTaskStep` on JAX (the model's base on that backend)."""
 
     # Step counters: 64-bit integers are off on JAX by default (a saved
@@ -89,21 +90,6 @@ class JaxTrainer(MultiTaskStep):
             variable.assign(value)
         for variable, value in zip(optimizer.variables, new_optimizer):
             variable.assign(value)
-
-    def _num_replicas(self) -> int:
-        return 1
-
-    def _all_reduce_sum(self, value: Any) -> Any:
-        return value
-
-    def _all_true(self, flag: Any) -> Any:
-        return flag
-
-    def _global_losses(self, local: Any) -> Any:
-        return local
-
-    def _init_scope(self) -> contextlib.AbstractContextManager[Any]:
-        return contextlib.nullcontext()
 
     def _traced_only(self, fn: Callable[[], Any]) -> Any:
         # No separate graph to keep `fn` out of: it runs where it is called

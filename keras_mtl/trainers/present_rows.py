@@ -1,8 +1,10 @@
 """Aggregating the present tasks' rows of a step where some tasks have no
 labelled example (docs/missing_labels.md): the aggregator built again for
-fewer rows, its state gathered at the present tasks and scattered back, and
-the row ordering that puts present tasks first. `MultiTaskStep` (step.py)
-switches between these on the number of present tasks.
+fewer rows (`RowSubsets`), its state gathered at the present tasks and
+scattered back, the row ordering that puts present tasks first, and
+`on_present_rows`, the switch on the number of present tasks that
+`MultiTaskStep` (step.py) calls: plain functions of tensors, the
+aggregator's state passed in and its new values returned.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 import keras
 from keras import ops
+
+from keras_mtl import gradients as gradients_lib
 
 # The most absent tasks a step can have and still be aggregated over its
 # present rows: every number of present tasks is a branch of the step, which
@@ -229,3 +233,109 @@ def absent_as_present(matrix: Any, present: Any, square: bool = False) -> Any:
     if square:
         matrix = ops.take(matrix, index, axis=1)
     return matrix
+
+
+def made_for(subsets: RowSubsets | None, aggregator: Any) -> bool:
+    """Whether `subsets` was made for `aggregator` as it is now (the same
+    object, with the same variables); False for None."""
+    return (
+        subsets is not None
+        and subsets.aggregator is aggregator
+        and len(subsets.variables) == len(aggregator.variables)
+    )
+
+
+def state_values(subsets: RowSubsets) -> list[Any]:
+    """The values of the model aggregator's variables now, as copies (on
+    TensorFlow a variable is otherwise read where it is used)."""
+    return [ops.copy(v.value) for v in subsets.variables]
+
+
+def on_present_rows(
+    result: Any,
+    apply: Callable[[Any, Any], Any],
+    fallback: Any,
+    *,
+    subsets: RowSubsets,
+    state: list[Any],
+    state_after: list[Any],
+    present: Any,
+    may_be_absent: tuple[bool, ...],
+    per_task: bool,
+) -> tuple[Any, list[Any]]:
+    """The aggregator's `result` on all K rows where every task is
+    `present` (`[K]` bool); else `apply(aggregator, rows)` for the present
+    tasks' rows only (`rows`, their indices in task order), with the
+    aggregator built for that many rows (`subsets`) and its state gathered
+    at them. Returns the result and the new value of each of
+    `subsets.variables`: `state_after` (their values after `result`) where
+    every task is present, else the present tasks' new entries and the
+    absent tasks' from `state` (their values before `result`). A per-task
+    result (`per_task`, `[n]`) is returned as `[K]`, 0 for the absent tasks.
+
+    Where the present rows are fewer than the aggregator takes
+    (`min_tasks`), or more than `MAX_ABSENT_BRANCHES` tasks are absent, the
+    result is `fallback` (the sum of the present rows) and the state is
+    `state`; without a labelled example at all, zeros. One branch per number
+    of present tasks that can occur (`may_be_absent`, per task; `ops.switch`:
+    static shapes, and the aggregator is compiled once per branch)."""
+    num_tasks = len(may_be_absent)
+    fewest = num_tasks - sum(may_be_absent)
+    sizes = subsets.sizes_for(fewest)
+    order, inverse, count = present_first(present)
+
+    def nothing() -> tuple[Any, list[Any]]:
+        return ops.zeros_like(result), list(state)
+
+    def summed() -> tuple[Any, list[Any]]:
+        return fallback, list(state)
+
+    def on_rows(n: int) -> Callable[[], tuple[Any, list[Any]]]:
+        def run() -> tuple[Any, list[Any]]:
+            rows = order[:n]
+            out, new_state = subsets.run(
+                n, lambda a: apply(a, rows), state, order, inverse
+            )
+            if per_task:
+                padded = ops.concatenate([out, ops.zeros((num_tasks - n,), out.dtype)])
+                out = ops.take(padded, inverse, axis=0)
+            return out, new_state
+
+        return run
+
+    branches = [nothing, summed] + [on_rows(n) for n in sizes]
+    # Branch of each count of present tasks: 0 for none and for all
+    # (where `result` is used), 1 for the sum.
+    table = [1] * (num_tasks + 1)
+    table[0] = table[num_tasks] = 0
+    for i, n in enumerate(sizes):
+        table[n] = 2 + i
+    index = ops.take(ops.convert_to_tensor(table, "int32"), count, axis=0)
+    out, new_state = ops.switch(index, branches)
+    every = ops.all(present)
+    new_state = [
+        ops.where(every, after, value) for after, value in zip(state_after, new_state)
+    ]
+    return ops.where(every, result, out), new_state
+
+
+def present_min_cosine(jacobian: Any, present: Any, cosine: Any) -> Any:
+    """The smallest cosine between the `present` tasks' rows of `jacobian`:
+    `cosine` (that of all rows) where every task is present, else computed
+    (an absent task's zero row has cosine 0 with every row)."""
+    return ops.cond(
+        ops.all(present),
+        lambda: cosine,
+        lambda: gradients_lib.min_cosine(absent_as_present(jacobian, present)),
+    )
+
+
+def present_mask(present: Any, task_axes: list[int], rank: int) -> Any:
+    """Where a state variable of rank `rank` with task axes `task_axes`
+    belongs to a `present` task (`[K]` bool), broadcastable to its shape."""
+    mask = ops.convert_to_tensor(True)
+    for axis in task_axes:
+        shape = [1] * rank
+        shape[axis] = -1
+        mask = ops.logical_and(mask, ops.reshape(present, shape))
+    return mask

@@ -13,7 +13,8 @@ subclasses it and is chosen once, at import (`keras_mtl.trainers`):
 `tf.distribute`), `jax_trainer.JaxTrainer` (a stateless step under
 `jax.vjp`) and `torch_trainer.TorchTrainer` (`torch.autograd.grad` on
 one forward pass). `present_rows.py` holds the aggregator built for fewer
-rows, for steps where some task has no labelled example.
+rows and the functions that run it, for steps where some task has no
+labelled example.
 
 What a backend trainer provides (the methods below that raise
 `NotImplementedError`; the same names on every backend):
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -117,58 +117,32 @@ class MultiTaskStep:
         variables in its first call) in the first trace of the step. There
         the test is traced only (which gradients are None is known from the
         graph) and the aggregator's variables are created outside it."""
-        if self._shared_variables is None and self.shared is not None:
-            object.__setattr__(
-                self,
-                "_shared_variables",
-                net_structure._select_shared(self.net, self.shared),
-            )
-            dim = sum(math.prod(v.shape) for v in self._shared_variables)
-            if not self.aggregator.built:
-                with self._init_scope():
-                    self.aggregator.build((len(self.task_names), dim))
-        if self._shared_variables is None:
+        if self._shared_variables is not None:
+            return self._shared_variables
+        if self.shared is not None:
+            shared = net_structure._select_shared(self.net, self.shared)
+        else:
             variables = list(self.net.trainable_variables)
-
-            def find() -> list[int]:
-                feed = gradients_lib.zero_batch(self.net)
-                try:
-                    # Warnings about the synthetic batch (a softmax over a
-                    # sequence of length 1) are not the user's to act on.
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", UserWarning)
-                        return gradients_lib.shared_variable_indices(
-                            self.net, variables, self.task_names, feed=feed
-                        )
-                except Exception as error:
-                    # The net's own error, with what was fed and the way out.
-                    shapes = keras.tree.map_structure(lambda t: tuple(t.shape), feed)
-                    raise ValueError(
-                        "The shared parameters are found from a forward pass of "
-                        f"a zero batch shaped {shapes} (unknown dimensions set "
-                        f"to 1) through the net {self.net.name!r}, which failed: "
-                        f"{type(error).__name__}: {error}. Name them with "
-                        "`shared=` (layer or nested model names, or variable "
-                        "paths) instead."
-                    ) from error
-
-            indices = self._traced_only(find)
+            indices = self._traced_only(
+                lambda: net_structure._shared_variable_indices(
+                    self.net, variables, self.task_names
+                )
+            )
             if not indices:
                 raise ValueError(
                     "No parameter is shared by two or more tasks: there is nothing "
                     "for the aggregator to balance."
                 )
-            # Not tracked by Keras: they are the net's variables (tracked, the
-            # model would own and save them twice), and this may happen in the
-            # first trace, after the model is built.
-            object.__setattr__(
-                self, "_shared_variables", [variables[i] for i in indices]
-            )
-            dim = sum(math.prod(v.shape) for v in self._shared_variables)
-            if not self.aggregator.built:
-                with self._init_scope():
-                    self.aggregator.build((len(self.task_names), dim))
-        return self._shared_variables
+            shared = [variables[i] for i in indices]
+        # Not tracked by Keras: they are the net's variables (tracked, the
+        # model would own and save them twice), and this may happen in the
+        # first trace, after the model is built.
+        object.__setattr__(self, "_shared_variables", shared)
+        dim = sum(math.prod(v.shape) for v in shared)
+        if not self.aggregator.built:
+            with self._init_scope():
+                self.aggregator.build((len(self.task_names), dim))
+        return shared
 
     def _objective(
         self, y: Any, y_pred: Any, sample_weight: Any, training: bool
@@ -380,13 +354,9 @@ class MultiTaskStep:
         weighting_ids = {id(v) for v in self.weighting.variables}
         if id(variable) not in weighting_ids:
             return ops.convert_to_tensor(True)
-        mask = ops.convert_to_tensor(True)
-        rank = len(variable.shape)
-        for axis in self.weighting.state_task_axes(variable):
-            shape = [1] * rank
-            shape[axis] = -1
-            mask = ops.logical_and(mask, ops.reshape(present, shape))
-        return mask
+        return present_rows.present_mask(
+            present, self.weighting.state_task_axes(variable), len(variable.shape)
+        )
 
     def _aggregate_rows(
         self, rows: list[list[Any]], targets: list[Any], losses: Any
@@ -420,7 +390,6 @@ class MultiTaskStep:
         # `gramian` is that of J / unit for the unscaled Jacobian J; the
         # weights of J itself follow from the aggregator's scale degree.
         unit = divisor / loss_scale
-        state = self._aggregator_state()
 
         def weights(aggregator: Any, rows: Any = None) -> Any:
             block = gramian
@@ -435,10 +404,8 @@ class MultiTaskStep:
         # A task without a labelled example has a zero row, which is not a
         # gradient: the weights are then those of the present rows alone.
         combination = self._on_present_rows(
-            weights(self.aggregator),
             weights,
             ops.cast(self._present(), "float32"),  # the sum of the present rows
-            state,
             per_task=True,
         )
         # An absent task's zero row has cosine 0 with every row: the
@@ -462,7 +429,6 @@ class MultiTaskStep:
         loss_scale = ops.cast(self.optimizer.scale_loss(1.0), "float32")
         if lso:
             jacobian = jacobian / loss_scale
-        state = self._aggregator_state()
 
         def aggregate(aggregator: Any, rows: Any = None) -> Any:
             if rows is None:
@@ -479,26 +445,15 @@ class MultiTaskStep:
         # gradient (it would enter MGDA's hull): the direction is then the
         # aggregator's of the present rows alone.
         direction = self._on_present_rows(
-            aggregate(self.aggregator),
             aggregate,
             ops.sum(finite_jacobian, axis=0),  # the sum of the present rows
-            state,
             per_task=False,
         )
         combination, cosine = gradients_lib.combination_weights_and_min_cosine(
             finite_jacobian, direction
         )
-        # An absent task's zero row has cosine 0 with every row: the
-        # smallest cosine is that of the present rows (computed only then).
-        present = self._present()
         self._cosine_tracker.update_state(
-            ops.cond(
-                ops.all(present),
-                lambda: cosine,
-                lambda: gradients_lib.min_cosine(
-                    present_rows.absent_as_present(finite_jacobian, present)
-                ),
-            )
+            present_rows.present_min_cosine(finite_jacobian, self._present(), cosine)
         )
         if lso:
             # The aggregator zeroes non-finite entries: an overflow must
@@ -506,14 +461,6 @@ class MultiTaskStep:
             overflow = ops.logical_not(ops.all(ops.isfinite(jacobian)))
             direction = ops.where(overflow, float("inf"), direction) * loss_scale
         return direction, combination, loss_scale
-
-    def _aggregator_state(self) -> list[Any]:
-        """The values of the aggregator's variables before it runs in this
-        step (copies: on TensorFlow a variable is read where it is used),
-        if a task can be absent (`_on_present_rows` needs them)."""
-        if not any(self._may_be_absent()):
-            return []
-        return [ops.copy(v.value) for v in self._row_subsets().variables]
 
     def _may_be_absent(self) -> tuple[bool, ...]:
         """Per task, whether a batch of this step's structure can leave it
@@ -524,116 +471,54 @@ class MultiTaskStep:
         return flags
 
     def _row_subsets(self) -> present_rows.RowSubsets:
-        """The aggregator built for fewer rows (`present_rows.RowSubsets`), made once,
-        after the aggregator is built: before a step is traced (in
+        """The aggregator built for fewer rows (`present_rows.RowSubsets`),
+        made once the aggregator is built: before a step is traced (in
         `_symbolic_build`), or on TensorFlow in its first trace."""
         subsets = getattr(self, "_subsets", None)
-        if (
-            subsets is None
-            or subsets.aggregator is not self.aggregator
-            or len(subsets.variables) != len(self.aggregator.variables)
-        ):
-            num_tasks = len(self.task_names)
+        if not present_rows.made_for(subsets, self.aggregator):
             dim = None
             if not self.representation_mode:
                 dim = sum(math.prod(v.shape) for v in self._find_shared_variables())
             with self._init_scope():
-                subsets = present_rows.RowSubsets(self.aggregator, num_tasks, dim)
+                subsets = present_rows.RowSubsets(
+                    self.aggregator, len(self.task_names), dim
+                )
             # Not tracked: stand-ins, never saved.
             object.__setattr__(self, "_subsets", subsets)
         return subsets
 
     def _on_present_rows(
-        self,
-        result: Any,
-        apply: Callable[[Any, Any], Any],
-        fallback: Any,
-        state: list[Any],
-        per_task: bool,
+        self, apply: Callable[[Any, Any], Any], fallback: Any, per_task: bool
     ) -> Any:
-        """The aggregator's `result` on all K rows where every task is
-        present; else `apply(aggregator, rows)` for the present tasks'
-        rows only (`rows`, their indices in task order), with the
-        aggregator built for that many rows (`present_rows.RowSubsets`) and its state
-        gathered at them: each variable then takes its new entries of the
-        present tasks and keeps those of the absent ones. A per-task
-        result (`per_task`, `[n]`) is returned as `[K]`, 0 for the absent
-        tasks. `state`: the aggregator's variables' values before it ran.
-
-        Where the present rows are fewer than the aggregator takes
-        (`min_tasks`), or more than `present_rows.MAX_ABSENT_BRANCHES` tasks are absent,
-        the result is `fallback` (the sum of the present rows) and the
-        state is kept; without a labelled example at all, zeros. One
-        branch per number of present tasks that can occur (`ops.switch`:
-        static shapes, and the aggregator is compiled once per branch),
-        none if no task can be absent."""
+        """`apply(aggregator, None)`, the aggregator on all K rows; in a step
+        where a task can be absent, the aggregator on the present tasks'
+        rows where some are (`present_rows.on_present_rows`, `fallback` the
+        sum of the present rows), its new state assigned."""
         may_be_absent = self._may_be_absent()
         if not any(may_be_absent):
-            return result
-        num_tasks = len(may_be_absent)
-        fewest = num_tasks - sum(may_be_absent)
+            return apply(self.aggregator, None)
         subsets = self._row_subsets()
-        sizes = subsets.sizes_for(fewest)
-        present = self._present()
-        order, inverse, count = present_rows.present_first(present)
-        variables = subsets.variables
-
-        def nothing() -> tuple[Any, list[Any]]:
-            return ops.zeros_like(result), list(state)
-
-        def summed() -> tuple[Any, list[Any]]:
-            return fallback, list(state)
-
-        def on_rows(n: int) -> Callable[[], tuple[Any, list[Any]]]:
-            def run() -> tuple[Any, list[Any]]:
-                rows = order[:n]
-                out, new_state = subsets.run(
-                    n, lambda a: apply(a, rows), state, order, inverse
-                )
-                if per_task:
-                    padded = ops.concatenate(
-                        [out, ops.zeros((num_tasks - n,), out.dtype)]
-                    )
-                    out = ops.take(padded, inverse, axis=0)
-                return out, new_state
-
-            return run
-
-        branches = [nothing, summed] + [on_rows(n) for n in sizes]
-        # Branch of each count of present tasks: 0 for none and for all
-        # (where `result` is used), 1 for the sum.
-        table = [1] * (num_tasks + 1)
-        table[0] = table[num_tasks] = 0
-        for i, n in enumerate(sizes):
-            table[n] = 2 + i
-        index = ops.take(ops.convert_to_tensor(table, "int32"), count, axis=0)
-        out, new_state = ops.switch(index, branches)
-        every = ops.all(present)
-        for variable, value in zip(variables, new_state):
-            variable.assign(ops.where(every, variable.value, value))
-        return ops.where(every, result, out)
+        state = present_rows.state_values(subsets)
+        result = apply(self.aggregator, None)
+        result, new_state = present_rows.on_present_rows(
+            result,
+            apply,
+            fallback,
+            subsets=subsets,
+            state=state,
+            state_after=[v.value for v in subsets.variables],
+            present=self._present(),
+            may_be_absent=may_be_absent,
+            per_task=per_task,
+        )
+        for variable, value in zip(subsets.variables, new_state):
+            variable.assign(value)
+        return result
 
     def _trunk_variables(self) -> list[Any]:
         """The trunk's trainable variables (read in the step: a subclassed
         trunk creates them in its first call)."""
-        trunk = list(self._split.trunk.trainable_variables)
-        if not trunk:
-            raise ValueError(
-                f"The trunk {self._split.trunk.name!r} has no trainable parameters: "
-                "there is nothing for the aggregator to balance in representation "
-                "mode."
-            )
-        trunk_ids = {id(v) for v in trunk}
-        both = [
-            v.path for v in self._split.heads.trainable_variables if id(v) in trunk_ids
-        ]
-        if both:
-            raise ValueError(
-                f"Variables {both} are used both before and after the "
-                "representation (in the trunk and in the heads); representation "
-                "mode needs them on one side only."
-            )
-        return trunk
+        return net_structure._trunk_variables(self._split)
 
     def _test_body(self, data: Any) -> dict[str, Any]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

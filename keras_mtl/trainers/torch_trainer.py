@@ -44,7 +44,6 @@ turned off with a warning.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -54,10 +53,11 @@ import numpy as np
 import torch
 
 from keras_mtl import _compat
+from keras_mtl.trainers.single_device import SingleDevice
 from keras_mtl.trainers.step import MultiTaskStep, StepGradients
 
 
-class TorchTrainer(MultiTaskStep):
+class TorchTrainer(SingleDevice, MultiTaskStep):
     """`MultiTaskStep` on PyTorch (the model's base on that backend)."""
 
     # Step counters; a saved int64 value loads into either backend's.
@@ -138,21 +138,6 @@ class TorchTrainer(MultiTaskStep):
         if bool(finite):
             with torch.no_grad():
                 self.optimizer.apply(gradients, variables)
-
-    def _num_replicas(self) -> int:
-        return 1
-
-    def _all_reduce_sum(self, value: Any) -> Any:
-        return value
-
-    def _all_true(self, flag: Any) -> Any:
-        return flag
-
-    def _global_losses(self, local: Any) -> Any:
-        return local
-
-    def _init_scope(self) -> contextlib.AbstractContextManager[Any]:
-        return contextlib.nullcontext()
 
     def _traced_only(self, fn: Callable[[], Any]) -> Any:
         # The step is eager: `fn` (the search for the shared parameters,

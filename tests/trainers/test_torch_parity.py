@@ -1,7 +1,7 @@
 """torch trains to TensorFlow's numbers, and `.keras` files move between
 torch and the other two backends.
 
-Worker processes (tests/torch_parity_worker.py: real digits data, the same
+Worker processes (tests/trainers/torch_parity_worker.py: real digits data, the same
 initial weights, plain SGD, eager steps) train a method on each backend:
 
 - parity: for each of `COMPARED` (one method per kind of step: no
@@ -44,7 +44,7 @@ pytestmark = [
     ),
 ]
 
-WORKER = Path(__file__).parents[1] / "torch_parity_worker.py"
+WORKER = Path(__file__).with_name("torch_parity_worker.py")
 RTOL, ATOL = 1e-4, 1e-6
 COMPARED = [
     "equal",

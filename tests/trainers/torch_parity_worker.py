@@ -1,10 +1,10 @@
 """Trains a few methods on one Keras backend and writes what it saw, for
 the torch parity tests (tests/trainers/test_torch_parity.py).
 
-    KERAS_BACKEND=torch python tests/torch_parity_worker.py train OUT DIR SPEC...
-    KERAS_BACKEND=jax python tests/torch_parity_worker.py resume OUT DIRS SPEC...
+    KERAS_BACKEND=torch python tests/trainers/torch_parity_worker.py train OUT DIR SPEC...
+    KERAS_BACKEND=jax python tests/trainers/torch_parity_worker.py resume OUT DIRS SPEC...
 
-`train`: each SPEC (a benchmark method specification, `upgrad`,
+`train`: each SPEC (a method specification of `parity_specs.py`, `upgrad`,
 `adaptive+upgrad`; `@k2` for the first two tasks only, `@trunk` for
 representation mode) trains `EPOCHS` epochs from the same initial weights;
 its per-epoch logs and final parameters are written to OUT. After
@@ -16,9 +16,10 @@ epochs are the saving backend's own continuation.
 epochs on the same batches; its logs and parameters are written to OUT, to
 be compared with the saving backend's continuation.
 
-Everything that could differ between backends is fixed here: the data
-(scikit-learn digits), the initial weights (numpy), the optimizer (plain
-SGD) and eager steps (`jit_compile=False`; on torch the default).
+Everything that could differ between backends is fixed: the data
+(scikit-learn digits) and the initial weights (numpy), both from
+`parity_specs.py`, the optimizer (plain SGD) and eager steps
+(`jit_compile=False`; on torch the default).
 """
 
 from __future__ import annotations
@@ -32,71 +33,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
+from parity_specs import BATCH_SIZE, TASK_LOSSES, build_net, data, parse  # noqa: E402
 
 import keras_mtl  # noqa: E402
 
-NUM_SAMPLES = 256
-BATCH_SIZE = 64
 EPOCHS = 3
 SAVED_AFTER = 2
-TASK_LOSSES = {
-    "digit": "sparse_categorical_crossentropy",
-    "parity": "binary_crossentropy",
-    "ink": "mse",
-}
-
-
-def method_kwargs(method: str) -> dict:
-    """`weighting=` and `aggregator=` of a method specification
-    (`"dwa+nash_mtl"`, `"pcgrad:seed=7"`; an aggregator alone has equal
-    weighting). Parsed here, not by `keras_mtl.bench.runner.parse_method`,
-    which imports TensorFlow (the benchmark's data pipelines)."""
-    kwargs: dict = {"weighting": "equal", "aggregator": None}
-    for part in method.split("+"):
-        name, *arguments = part.split(":")
-        config = {
-            key: json.loads(value)
-            for key, value in (argument.split("=", 1) for argument in arguments)
-        }
-        if name in keras_mtl.weighting.names():
-            kwargs["weighting"] = keras_mtl.weighting.get(name, **config)
-        else:
-            kwargs["aggregator"] = keras_mtl.aggregation.get(name, **config)
-    return kwargs
-
-
-def _tasks(options: list[str]) -> list[str]:
-    return list(TASK_LOSSES)[:2] if "k2" in options else list(TASK_LOSSES)
-
-
-def data(tasks: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    digits = load_digits()
-    x = (digits.data[:NUM_SAMPLES] / 16.0).astype("float32")
-    labels = digits.target[:NUM_SAMPLES]
-    y = {
-        "digit": labels.astype("int32"),
-        "parity": (labels % 2).astype("float32")[:, None],
-        "ink": (x.mean(axis=1, keepdims=True) * 4.0).astype("float32"),
-    }
-    return x, {t: y[t] for t in tasks}
-
-
-def build_net(tasks: list[str]) -> keras.Model:
-    inputs = keras.Input((64,), name="pixels")
-    hidden = keras.layers.Dense(16, activation="tanh", name="trunk")(inputs)
-    heads = {
-        "digit": keras.layers.Dense(10, activation="softmax", name="digit"),
-        "parity": keras.layers.Dense(1, activation="sigmoid", name="parity"),
-        "ink": keras.layers.Dense(1, name="ink"),
-    }
-    net = keras.Model(inputs, {t: heads[t](hidden) for t in tasks}, name="net")
-    # The same initial values on every backend (their RNGs differ).
-    rng = np.random.RandomState(0)
-    for variable in net.weights:
-        value = rng.uniform(-0.3, 0.3, size=tuple(variable.shape))
-        variable.assign(value.astype("float32"))
-    return net
 
 
 def _fit(model: keras.Model, tasks: list[str], epochs: int, initial: int) -> dict:
@@ -133,13 +75,10 @@ def _state(model: keras.Model) -> dict[str, list[float]]:
 
 
 def train(spec: str, directory: str) -> dict:
-    method, *options = spec.split("@")
-    tasks = _tasks(options)
     keras.utils.set_random_seed(0)
-    kwargs = method_kwargs(method)
-    if "trunk" in options:
-        kwargs["representation"] = "trunk"
-    model = keras_mtl.MultiTaskModel(build_net(tasks), **kwargs)
+    parsed = parse(spec)
+    tasks = parsed.tasks
+    model = keras_mtl.MultiTaskModel(build_net(tasks), **parsed.build())
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.02),
         loss={t: TASK_LOSSES[t] for t in tasks},
@@ -161,10 +100,9 @@ def train(spec: str, directory: str) -> dict:
 
 
 def resume(spec: str, directory: str) -> dict:
-    _, *options = spec.split("@")
     model = keras.saving.load_model(os.path.join(directory, f"{spec}.keras"))
     loaded = _state(model)
-    rest = _fit(model, _tasks(options), EPOCHS, SAVED_AFTER)
+    rest = _fit(model, parse(spec).tasks, EPOCHS, SAVED_AFTER)
     return {"continued": rest, "loaded_state": loaded, "weights": _parameters(model)}
 
 
