@@ -14,6 +14,10 @@ from keras_mtl.aggregation._stateful import RawStateAggregator
 
 # Cap of the relative excess risk (keeps exp-weights finite).
 _MAX_RATIO = 1e30
+# `initial_risk` of a task not observed yet (risks are >= 0). Files of
+# keras_mtl 0.1.0 have zeros there before the first call (`step` 0);
+# `load_own_variables` converts them.
+NOT_OBSERVED = -1.0
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -47,6 +51,14 @@ class ExcessMTL(RawStateAggregator):
     of the gradients. The accumulator is kept as the running root-sum of
     squares (never the sum of squares, which would overflow), in the
     Jacobian's own units; the exponent is capped at $10^{30}\\eta$.
+
+    **Tasks without labels.** In a step where some tasks have no labelled
+    example `MultiTaskModel` applies the aggregator to the present tasks'
+    rows and keeps the absent tasks' state. A task first observed after
+    the first call (its `initial_risk` is still -1, not a risk) records
+    $r^{(1)}_i$ at that call, from a curvature accumulator that starts
+    there too: its ratio is then 1, the value $r_i / r^{(1)}_i$ has at a
+    first call, while the others follow their own ratios.
 
     Positively homogeneous (`scale_degree = 1`) for a fixed sequence of
     scales. State: `root_sum_squares` (`[K, D]`), `initial_risk` (`[K]`),
@@ -89,7 +101,7 @@ class ExcessMTL(RawStateAggregator):
         )
         self.initial_risk = self.add_weight(
             shape=(num_tasks,),
-            initializer="zeros",
+            initializer=keras.initializers.Constant(NOT_OBSERVED),
             trainable=False,
             name="initial_risk",
         )
@@ -113,7 +125,9 @@ class ExcessMTL(RawStateAggregator):
         risk = ops.sum(magnitude * safe_divide(magnitude, root), axis=1)
         step = ops.convert_to_tensor(self.step)
         first = ops.equal(step, 0)
-        initial = ops.where(first, risk, self.initial_risk.value)
+        # Recorded at the first call that observes the task.
+        unrecorded = ops.logical_or(first, self.initial_risk.value < 0.0)
+        initial = ops.where(unrecorded, risk, self.initial_risk.value)
         ratio = ops.minimum(safe_divide(risk, initial), _MAX_RATIO)
         weights = ops.convert_to_tensor(self.task_weights)
         logits = ops.log(ops.maximum(weights, 1e-38)) + self.step_size * ratio
@@ -126,6 +140,16 @@ class ExcessMTL(RawStateAggregator):
             self.task_weights.assign(weights)
             self.step.assign(step + 1)
         return combine_rows(weights, jacobian)
+
+    def load_own_variables(self, store: Any) -> None:
+        super().load_own_variables(store)
+        # Before the first call a 0.1.0 file holds zeros as the initial
+        # risks, which would read as recorded once `step` is advanced by a
+        # step that lacks a task.
+        if int(ops.convert_to_numpy(self.step)) == 0:
+            self.initial_risk.assign(
+                ops.full((self.num_tasks,), NOT_OBSERVED, "float32")
+            )
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "step_size": self.step_size}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_mtl._validation import check_number
@@ -22,6 +23,11 @@ from keras_mtl.aggregation.base import Aggregator
 # gradient step would push to 0 or below keeps a (tiny) positive weight, so
 # its gradient norm, and with it its L_grad gradient, never vanishes for good.
 _MIN_WEIGHT = 1e-4
+# `initial_losses` of a task not observed yet: the lowest float32, which no
+# finite loss a call records takes in practice (a non-finite call changes
+# no state). Files of keras_mtl 0.1.0 have ones there before the first call
+# (`has_initial_losses` 0); `load_own_variables` converts them.
+NOT_OBSERVED = float(np.finfo(np.float32).min)
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -55,6 +61,13 @@ class GradNorm(Aggregator):
     $L_i(0)$ (variable `initial_losses`) are the losses of the first
     training call (flag `has_initial_losses`). A call whose losses or
     Jacobian are not finite changes no state.
+
+    **Tasks without labels.** In a step where some tasks have no labelled
+    example `MultiTaskModel` applies the aggregator to the present tasks'
+    rows and keeps the absent tasks' state. A task first observed after
+    the first call (its `initial_losses` entry still the lowest float32,
+    not a loss) records its $L_i(0)$ at that call: its loss ratio there is
+    1, as every task's is at a first call.
 
     The losses $L_i$ are the unweighted task losses, passed as
     `agg(jacobian, losses=losses)` (`MultiTaskModel` does it); they are
@@ -113,7 +126,7 @@ class GradNorm(Aggregator):
         )
         self.initial_losses = self.add_weight(
             shape=(num_tasks,),
-            initializer="ones",
+            initializer=keras.initializers.Constant(NOT_OBSERVED),
             trainable=False,
             name="initial_losses",
         )
@@ -160,10 +173,12 @@ class GradNorm(Aggregator):
     def updated_weights(self, weights: Any, norms: Any, losses: Any) -> tuple[Any, Any]:
         """`(new weights, L(0))` after one step on L_grad, for the current
         weights `[K]`, task-gradient norms `[K]` and losses `[K]`."""
-        first = ops.equal(self.has_initial_losses, 0)
-        initial = ops.where(
-            first, losses, ops.convert_to_tensor(self.initial_losses.value)
+        stored = ops.convert_to_tensor(self.initial_losses.value)
+        # Recorded at the first call that observes the task.
+        first = ops.logical_or(
+            ops.equal(self.has_initial_losses, 0), ops.equal(stored, NOT_OBSERVED)
         )
+        initial = ops.where(first, losses, stored)
         ratios = losses / positive_or_one(initial)
         relative = ratios / positive_or_one(ops.mean(ratios))
         norms_weighted = weights * norms
@@ -172,6 +187,16 @@ class GradNorm(Aggregator):
         stepped = ops.maximum(weights - self.learning_rate * gradient, _MIN_WEIGHT)
         num_tasks = ops.cast(self.num_tasks, "float32")
         return num_tasks * stepped / ops.sum(stepped), initial
+
+    def load_own_variables(self, store: Any) -> None:
+        super().load_own_variables(store)
+        # Before the first call a 0.1.0 file holds ones as the initial
+        # losses, which would read as recorded once the flag is set by a
+        # step that lacks a task.
+        if int(ops.convert_to_numpy(self.has_initial_losses)) == 0:
+            self.initial_losses.assign(
+                ops.full((self.num_tasks,), NOT_OBSERVED, "float32")
+            )
 
     def get_config(self) -> dict[str, Any]:
         return {

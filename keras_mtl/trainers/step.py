@@ -167,7 +167,14 @@ class MultiTaskStep:
         fill = ops.stop_gradient(self._loss_fill())
         seen = ops.where(present, losses, fill)
         static = ops.convert_to_tensor(self.task_loss_weights)
-        objective, weights = self.weighting(seen * static, training=training)
+        may_be_absent = tuple(self._task_losses.may_be_missing(y, sample_weight))
+        # Presence only where a task can be absent: otherwise the weighting's
+        # graph is the one of a fully labelled model.
+        objective, weights = self.weighting(
+            seen * static,
+            training=training,
+            present=present if any(may_be_absent) else None,
+        )
         total = ops.cast(objective, "float32") + self._regularization()
         # The logged loss leaves an absent task out: its stand-in's term,
         # its weight times the constant, is taken off. A constant, so the
@@ -179,11 +186,7 @@ class MultiTaskStep:
         # Read by the rest of the step (same trace): which tasks are
         # present, and which could be absent in a batch of this structure.
         object.__setattr__(self, "_step_present", present)
-        object.__setattr__(
-            self,
-            "_step_may_be_absent",
-            tuple(self._task_losses.may_be_missing(y, sample_weight)),
-        )
+        object.__setattr__(self, "_step_may_be_absent", may_be_absent)
         weights = ops.where(present, weights * static, 0.0)
         return losses, total, weights
 

@@ -80,13 +80,28 @@ class Weighting(keras.layers.Layer):
     def build_state(self, num_tasks: int) -> None:
         """Creates the method's state variables (none by default)."""
 
-    def call(self, losses: Any, training: bool = True) -> tuple[Any, Any]:
+    def call(
+        self, losses: Any, training: bool = True, present: Any = None
+    ) -> tuple[Any, Any]:
         losses = ops.cast(losses, "float32")
         if losses.shape[0] != self.num_tasks:
             raise ValueError(
                 f"{type(self).__name__} was built for {self.num_tasks} tasks; "
                 f"got {losses.shape[0]} losses."
             )
+        if present is None:
+            return self.combine(losses, training=training)
+        return self.combine_present(losses, present, training=training)
+
+    def combine_present(
+        self, losses: Any, present: Any, training: bool = True
+    ) -> tuple[Any, Any]:
+        """`combine` in a step that observed only the tasks where `present`
+        (`[K]` bool) is true: the other entries of `losses` are stand-ins
+        (constants), and `MultiTaskModel` keeps those tasks' entries of the
+        state (`state_task_axes`). By default `combine`; a method whose
+        update of the present tasks' state reads the other tasks' losses
+        (FAMO's softmax over every task) overrides it."""
         return self.combine(losses, training=training)
 
     def combine(self, losses: Any, training: bool = True) -> tuple[Any, Any]:
@@ -96,7 +111,7 @@ class Weighting(keras.layers.Layer):
         )
 
     def compute_output_spec(
-        self, losses: Any, training: bool = True
+        self, losses: Any, training: bool = True, present: Any = None
     ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
         return (
             keras.KerasTensor((), dtype="float32"),

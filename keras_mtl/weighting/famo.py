@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_mtl._validation import check_lower_bound
@@ -18,6 +19,11 @@ _EPSILON = 1e-8
 _BETA_1 = 0.9
 _BETA_2 = 0.999
 _ADAM_EPSILON = 1e-8
+# `previous_losses` of a task not observed yet: the lowest float32, which
+# no finite loss a step stores takes in practice (non-finite steps are
+# rolled back). Files of keras_mtl 0.1.0 have zeros there before the first
+# step (`has_previous` 0); `load_own_variables` converts them.
+NOT_OBSERVED = float(np.finfo(np.float32).min)
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -59,6 +65,18 @@ class FAMO(Weighting):
     step $t$ follow the same information as the paper's, with batch noise
     in $\\delta$ and no extra cost. The first step uses $\\xi = 0$; a new
     `fit` continues from the last stored losses.
+
+    **Tasks without labels.** In a step where a task has no labelled
+    example `MultiTaskModel` keeps its entries of `logits`,
+    `previous_losses`, `adam_m` and `adam_v`, so its previous loss is that
+    of the last step that observed it. Until a task has been observed
+    once, its previous loss holds the lowest float32 (not a loss); such a
+    task takes no logit update (the step it is first observed stores its
+    loss) and the update of the others is FAMO's over them alone: the
+    softmax and $z^\\top\\delta$ over the tasks with a $\\delta$, their
+    logits, moments and weight decay only. The Adam step count is shared
+    (one per update). When every task has a previous loss (every step of
+    a model whose tasks are all labelled) this is the update above.
 
     `training=False` forms the weights from the current logits and
     changes nothing. The losses are assumed to be non-negative (gaps below
@@ -127,7 +145,12 @@ class FAMO(Weighting):
             )
 
         self.logits = variable("logits")
-        self.previous_losses = variable("previous_losses")
+        self.previous_losses = self.add_weight(
+            shape=(num_tasks,),
+            initializer=keras.initializers.Constant(NOT_OBSERVED),
+            trainable=False,
+            name="previous_losses",
+        )
         self.adam_m = variable("adam_m")
         self.adam_v = variable("adam_v")
         self.has_previous = self.add_weight(
@@ -150,24 +173,50 @@ class FAMO(Weighting):
         minimum = ops.convert_to_tensor(self.min_losses, dtype="float32")
         return ops.maximum(losses - minimum, 0.0) + _EPSILON
 
-    def logit_update(self, losses: Any) -> tuple[Any, Any, Any, Any]:
+    def observed_before(self) -> Any:
+        """`[K]` bool: the tasks with a previous loss (observed at an
+        earlier training step)."""
+        stored = ops.not_equal(self.previous_losses, NOT_OBSERVED)
+        return ops.logical_and(ops.equal(self.has_previous, 1), stored)
+
+    def logit_update(
+        self, losses: Any, present: Any = None
+    ) -> tuple[Any, Any, Any, Any]:
         """`(logits, adam_m, adam_v, adam_step)` after the update for the
-        loss decrease from `previous_losses` to `losses` (unchanged on the
-        first step)."""
+        loss decrease from `previous_losses` to `losses`, over the tasks
+        observed now (`present`, `[K]` bool; all if `None`) with a previous
+        loss (unchanged if there is none, as on the first step)."""
         logits = ops.convert_to_tensor(self.logits)
-        z = ops.softmax(logits)
+        valid = self.observed_before()
+        if present is not None:
+            valid = ops.logical_and(valid, present)
+        update = ops.any(valid)
+        # The softmax over the tasks with a delta (all of them, when there
+        # is none: its values are then not used).
+        z = ops.softmax(
+            ops.where(ops.logical_or(valid, ops.logical_not(update)), logits, -np.inf)
+        )
         delta = ops.log(self.gaps(self.previous_losses)) - ops.log(self.gaps(losses))
+        delta = ops.where(valid, delta, 0.0)
         gradient = z * (delta - ops.sum(z * delta)) + self.weight_decay * logits
         step = self.adam_step + 1
         t = ops.cast(step, "float32")
-        m = _BETA_1 * self.adam_m + (1.0 - _BETA_1) * gradient
-        v = _BETA_2 * self.adam_v + (1.0 - _BETA_2) * gradient * gradient
+        # A task without a delta keeps its moments and logit: its decay
+        # rates are 1 and its learning rate 0 (exactly its old values).
+        # Rates, not a per-task select of the results: with every delta
+        # XLA then compiles the arithmetic as before, bit for bit.
+        beta_1 = ops.where(valid, _BETA_1, 1.0)
+        beta_2 = ops.where(valid, _BETA_2, 1.0)
+        m = beta_1 * self.adam_m + ops.where(valid, 1.0 - _BETA_1, 0.0) * gradient
+        v = (
+            beta_2 * self.adam_v
+            + ops.where(valid, 1.0 - _BETA_2, 0.0) * gradient * gradient
+        )
         m_hat = m / (1.0 - ops.power(_BETA_1, t))
         v_hat = v / (1.0 - ops.power(_BETA_2, t))
-        stepped = logits - self.learning_rate * m_hat / (
+        stepped = logits - ops.where(valid, self.learning_rate, 0.0) * m_hat / (
             ops.sqrt(v_hat) + _ADAM_EPSILON
         )
-        update = ops.equal(self.has_previous, 1)
         return (
             ops.where(update, stepped, logits),
             ops.where(update, m, self.adam_m.value),
@@ -176,9 +225,16 @@ class FAMO(Weighting):
         )
 
     def combine(self, losses: Any, training: bool = True) -> tuple[Any, Any]:
+        return self.combine_present(losses, None, training=training)
+
+    def combine_present(
+        self, losses: Any, present: Any, training: bool = True
+    ) -> tuple[Any, Any]:
+        # An absent task's stand-in loss is no delta: it stays out of the
+        # present tasks' update (the model keeps its own entries).
         observed = ops.stop_gradient(losses)
         if training:
-            logits, m, v, step = self.logit_update(observed)
+            logits, m, v, step = self.logit_update(observed, present)
             self.logits.assign(logits)
             self.adam_m.assign(m)
             self.adam_v.assign(v)
@@ -193,6 +249,16 @@ class FAMO(Weighting):
         scale = ops.stop_gradient(c * z)
         objective = ops.sum(scale * ops.log(gaps))
         return objective, scale / ops.stop_gradient(gaps)
+
+    def load_own_variables(self, store: Any) -> None:
+        super().load_own_variables(store)
+        # Before the first step a 0.1.0 file holds zeros as the previous
+        # losses, which would read as observed once `has_previous` is set
+        # by a step that lacks a task.
+        if int(ops.convert_to_numpy(self.has_previous)) == 0:
+            self.previous_losses.assign(
+                ops.full((self.num_tasks,), NOT_OBSERVED, "float32")
+            )
 
     def get_config(self) -> dict[str, Any]:
         return {
