@@ -627,7 +627,7 @@ def test_two_replicas_give_the_one_device_masked_mean(tmp_path):
     out = tmp_path / "out.json"
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     done = subprocess.run(
         [sys.executable, str(script), str(out)],
         env=env,
