@@ -9,6 +9,7 @@ import keras
 from keras import ops
 
 from keras_mtl import _compat
+from keras_mtl.aggregation import _linalg
 from keras_mtl.aggregation._rows import combine_rows
 
 
@@ -228,36 +229,19 @@ def task_blocks(rows: Sequence[Sequence[Any]], like: Sequence[Any]) -> list[list
     return blocks
 
 
-# On JAX a block of at least this many columns gets its Gramian as
-# K(K+1)/2 fused multiply-and-sum loops instead of one `[K, n] @ [n, K]`
-# dot of the stacked rows: measured on XLA's CPU backend (jaxlib 0.10),
-# the dot is 6x slower at K = 3, n = 1M, 3x at K = 8 and 2x at K = 40,
-# n = 262k (memory-bound), but 4x faster at K = 40, n = 16k (in cache).
-_PAIRWISE_FROM = 65536
-
-
-def _block_gramian(block: Any) -> Any:
-    """`B @ B.T` of one block, given as its K rows (or, on TensorFlow, as
-    the stacked `[K, n]` tensor)."""
-    if not isinstance(block, (list, tuple)):
-        return ops.matmul(block, ops.transpose(block))
-    num = len(block)
-    if keras.backend.backend() == "jax" and block[0].shape[0] >= _PAIRWISE_FROM:
-        entries = [[None] * num for _ in range(num)]
-        for i in range(num):
-            for j in range(i, num):
-                entries[i][j] = entries[j][i] = ops.sum(block[i] * block[j])
-        return ops.stack([ops.stack(row) for row in entries])
-    stacked = ops.stack(block)
-    return ops.matmul(stacked, ops.transpose(stacked))
+def takes_pairwise(block: Sequence[Any]) -> bool:
+    """Whether a block's Gramian is summed pair by pair, its rows then kept
+    apart (`_linalg.takes_pairwise`)."""
+    return _linalg.takes_pairwise(len(block), block[0].shape[0])
 
 
 def blocks_gramian(blocks: Sequence[Any]) -> Any:
     """`J @ J.T` of the Jacobian whose columns are the blocks', the sum of
-    the blocks' Gramians (each block as in `_block_gramian`)."""
+    the blocks' Gramians (`_linalg.gramian` of each block: its K rows, or
+    on TensorFlow a small block stacked as `[K, n]`)."""
     total = None
     for block in blocks:
-        part = _block_gramian(block)
+        part = _linalg.gramian(block)
         total = part if total is None else total + part
     return total
 
@@ -312,10 +296,12 @@ def rescaled_gramian(blocks: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
     K rows' cleaning, reductions and divisions into kernels whose LLVM
     compile grew exponentially with K (the `a:sum` training step of the
     width-128 MLP: 10 s at K = 3, over 3 minutes at K = 4; stacked, 5 s
-    at K = 4 and 9 s at K = 8). JAX keeps the rows, for the pairwise
-    products of large blocks (`_block_gramian`)."""
+    at K = 4 and 9 s at K = 8), except the blocks whose Gramian is taken
+    pair by pair (`takes_pairwise`): those are cleaned and divided row by
+    row, each product's fusion holding two rows. JAX keeps the rows of
+    every block."""
     if keras.backend.backend() != "jax":
-        blocks = [ops.stack(list(b)) for b in blocks]
+        blocks = [list(b) if takes_pairwise(b) else ops.stack(list(b)) for b in blocks]
     # Each leaf (a stacked block, or a row on JAX) cleaned and measured.
     clean = keras.tree.map_structure(
         lambda t: ops.where(ops.isfinite(t), t, 0.0), blocks
@@ -394,7 +380,7 @@ def _scaled_gram(jacobian: Any) -> tuple[Any, Any, Any]:
     cannot overflow), that scale and the Gramian of the scaled Jacobian."""
     scale = ops.maximum(ops.max(ops.abs(jacobian)), 1e-30)
     j = jacobian / scale
-    return j, scale, ops.matmul(j, ops.transpose(j))
+    return j, scale, _linalg.gramian(j)
 
 
 def _combination(j: Any, scale: Any, gram: Any, direction: Any, ridge: float) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 from keras import ops
 
 
@@ -56,10 +57,49 @@ def unit_rows(matrix: Any) -> Any:
     return safe_divide(scaled, norms)
 
 
+# A matrix of at least this many columns gets its Gramian as K(K+1)/2
+# fused multiply-and-sum loops over its rows instead of one
+# `[K, n] @ [n, K]` dot. Measured on XLA's CPU backend (docs/performance.md,
+# Profile):
+# - JAX (jaxlib 0.10): the dot is 6x slower at K = 3, n = 1M, 3x at K = 8
+#   and 2x at K = 40, n = 262k (memory-bound), but 4x faster at K = 40,
+#   n = 16k (in cache);
+# - TensorFlow (2.21): at n = 1M the pairwise sums take 3-9 ms against
+#   11-13 ms for the dot at K = 2 and 3, and the dot's sums are less
+#   accurate (largest error 5e-4 of the largest entry, against 6e-8, of a
+#   float64 reference); from K = 4 XLA runs the dot faster (6 ms at K = 4)
+#   while the pairs grow as K^2, so TensorFlow takes pairs only up to
+#   `TENSORFLOW_PAIRWISE_ROWS` rows.
+PAIRWISE_FROM = 65536
+TENSORFLOW_PAIRWISE_ROWS = 3
+
+
+def takes_pairwise(num_rows: int, columns: int | None) -> bool:
+    """Whether `gramian` sums a `[num_rows, columns]` matrix's Gramian pair
+    by pair: its column count is known when tracing (representation mode's
+    rows have a batch size known only at run time) and large enough."""
+    if columns is None or columns < PAIRWISE_FROM:
+        return False
+    return keras.backend.backend() == "jax" or num_rows <= TENSORFLOW_PAIRWISE_ROWS
+
+
 def gramian(jacobian: Any) -> Any:
-    """`J @ J.T` in float32."""
-    jacobian = ops.cast(jacobian, "float32")
-    return ops.matmul(jacobian, ops.transpose(jacobian))
+    """`J @ J.T` in float32, of a `[K, n]` matrix or of its K rows (a list
+    of `[n]` tensors, which need not be stacked): one dot, or its
+    K(K+1)/2 entries as sums of products of two rows (`takes_pairwise`)."""
+    listed = isinstance(jacobian, (list, tuple))
+    num = len(jacobian) if listed else jacobian.shape[0]
+    columns = jacobian[0].shape[0] if listed else jacobian.shape[1]
+    if num is None or not takes_pairwise(num, columns):
+        matrix = ops.stack(list(jacobian)) if listed else jacobian
+        matrix = ops.cast(matrix, "float32")
+        return ops.matmul(matrix, ops.transpose(matrix))
+    rows = [ops.cast(jacobian[i], "float32") for i in range(num)]
+    entries: list[list[Any]] = [[None] * num for _ in range(num)]
+    for i in range(num):
+        for j in range(i, num):
+            entries[i][j] = entries[j][i] = ops.sum(rows[i] * rows[j])
+    return ops.stack([ops.stack(row) for row in entries])
 
 
 def symmetric_part(matrix: Any) -> Any:

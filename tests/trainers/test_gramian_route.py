@@ -184,7 +184,8 @@ def test_route_in_representation_mode_with_a_run_time_batch_size(digits):
 @pytest.mark.parametrize("scale", [1.0, 1e25, 1e-25])
 def test_safe_gramian_is_the_gramian_of_the_rows_over_its_divisor(scale):
     rng = np.random.default_rng(0)
-    # A large block too: on JAX its Gramian is summed pair by pair.
+    # A large block too: its Gramian is summed pair by pair on JAX, and on
+    # TensorFlow at K <= 3 (aggregation._linalg.takes_pairwise).
     rows = [rng.normal(size=(3, 7)), rng.normal(size=(3, 4, 2))]
     rows.append(rng.normal(size=(3, 70_000)))
     blocks = [
@@ -204,7 +205,8 @@ def test_safe_gramian_is_the_gramian_of_the_rows_over_its_divisor(scale):
         np.testing.assert_allclose(divisor, np.abs(jacobian).max() * scale, rtol=1e-6)
 
 
-# A small block and a large one (on JAX its products are taken pair by pair).
+# A small block and a large one (its products taken pair by pair on JAX,
+# and on TensorFlow at K <= 3).
 @pytest.mark.parametrize("columns", [5, 70_000])
 def test_safe_gramian_of_non_finite_rows_is_finite(columns):
     block = np.ones((2, columns), "float32")

@@ -1,0 +1,45 @@
+"""`aggregation._linalg.gramian`: one dot for a small matrix, sums of
+products of two rows for a wide one (`takes_pairwise`); the same Gramian
+either way, of a stacked matrix or of its rows."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_mtl.aggregation import _linalg
+
+pytestmark = pytest.mark.backend_neutral
+
+
+@pytest.mark.parametrize("num_rows", [2, 3, 5])
+@pytest.mark.parametrize("columns", [40, _linalg.PAIRWISE_FROM + 3])
+def test_gramian_of_a_matrix_and_of_its_rows_is_the_float64_gramian(num_rows, columns):
+    rng = np.random.default_rng(num_rows * columns)
+    # Rows of different sizes and signs, so the entries differ in scale.
+    matrix = rng.normal(size=(num_rows, columns)) * np.arange(1, num_rows + 1)[:, None]
+    stacked = keras.ops.convert_to_tensor(matrix, "float32")
+    rows = [keras.ops.convert_to_tensor(r, "float32") for r in matrix]
+    expected = matrix.astype(np.float32).astype(np.float64)
+    expected = expected @ expected.T
+    # Any order of summing n float32 products is within n * eps of the sum
+    # of their absolute values (Higham, Accuracy and Stability of Numerical
+    # Algorithms, 3.1), itself at most sqrt(G_ii G_jj) (Cauchy-Schwarz).
+    norms = np.sqrt(np.diag(expected))
+    bound = columns * np.finfo(np.float32).eps * np.outer(norms, norms)
+    for given in (stacked, rows):
+        got = keras.ops.convert_to_numpy(_linalg.gramian(given)).astype(np.float64)
+        assert got.shape == (num_rows, num_rows)
+        np.testing.assert_array_equal(got, got.T)
+        assert np.all(np.abs(got - expected) <= bound), np.abs(got - expected) / bound
+
+
+def test_which_matrices_take_pairs():
+    wide = _linalg.PAIRWISE_FROM
+    # A column count known only at run time (representation mode): the dot.
+    assert not _linalg.takes_pairwise(3, None)
+    assert not _linalg.takes_pairwise(3, wide - 1)
+    assert _linalg.takes_pairwise(3, wide)
+    # JAX's dot is slower at every K measured; TensorFlow's from K = 4 is
+    # faster than K^2 pairs.
+    many = _linalg.TENSORFLOW_PAIRWISE_ROWS + 1
+    assert _linalg.takes_pairwise(many, wide) == (keras.backend.backend() == "jax")
