@@ -4,6 +4,7 @@
     python benchmarks/performance.py --quick         # a smoke run (tiny, few repeats)
     python benchmarks/performance.py --sections 1,3  # some sections only
     python benchmarks/performance.py --backends jax  # one backend only
+    python benchmarks/performance.py --sections 5    # side by side with TorchJD
     python benchmarks/performance.py --sections 3,4 --keep docs/performance.json
         # sections 3 and 4 measured again, the others kept from that record
 
@@ -526,6 +527,8 @@ def measure_in_subprocess(
     """Runs section `section`'s tables in a fresh process on backend `name`."""
     if section == "4":
         return section_xla_cells(name, cfg)
+    if section == "5":
+        return section_torchjd(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "results.json"
         args = [
@@ -567,6 +570,37 @@ def section_xla_cells(name: str, cfg: argparse.Namespace) -> dict[str, Any]:
                 done.stdout.strip().splitlines()[-1]
             )
     return {"results": results}
+
+
+SIDE_BY_SIDE_KEY = "side_by_side/torchjd"
+
+
+def side_by_side_module() -> Any:
+    """benchmarks/torchjd_side_by_side.py, imported by path."""
+    spec = importlib.util.spec_from_file_location(
+        "torchjd_side_by_side", REPO / "benchmarks" / "torchjd_side_by_side.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def section_torchjd(cfg: argparse.Namespace) -> dict[str, Any]:
+    """Section 5: keras_mtl on TensorFlow, JAX and torch side by side with
+    PyTorch + TorchJD, every framework in worker processes of its own taking
+    turns epoch by epoch (one run for all backends, whatever `--backends`
+    says). What is not installed is named in the record and the report, not
+    measured."""
+    side = side_by_side_module()
+    if cfg.quick:  # a smoke run: the MLP, 2 batches an epoch, 2 rounds
+        models, samples, rounds = ["mlp"], 2 * BATCH_SIZE, 2
+    else:
+        models, samples, rounds = list(side.MODELS), 8192, cfg.torchjd_rounds
+    record = side.run(
+        models, list(side.METHODS), list(side.FRAMEWORKS), samples, rounds,
+        threads=cfg.torchjd_threads,
+    )  # fmt: skip
+    return {"results": {SIDE_BY_SIDE_KEY: record}}
 
 
 def one_variant(variant: str, width: int, jit: bool, cfg: argparse.Namespace) -> None:
@@ -789,11 +823,46 @@ def format_xla(cfg: argparse.Namespace, records: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
+def format_torchjd(cfg: argparse.Namespace, records: dict[str, Any]) -> list[str]:
+    record = next(
+        (rec[SIDE_BY_SIDE_KEY] for rec in records.values() if SIDE_BY_SIDE_KEY in rec),
+        None,
+    )
+    if record is None:
+        return []
+    side = side_by_side_module()
+    config = record["config"]
+    out = [
+        "## 5. Side by side with PyTorch + TorchJD",
+        "",
+        "Seconds per epoch of the same model ("
+        f"{config['samples']} samples, batch {config['batch_size']}, Adam, CPU, "
+        "float32): PyTorch with TorchJD "
+        f"{config.get('torchjd') or '(not installed)'} as its documentation "
+        "trains (`mtl_backward(losses, features=features)`, `jac_to_grad("
+        "trunk.parameters(), aggregator)`), keras_mtl's `MultiTaskModel` on "
+        "TensorFlow and JAX (`jit_compile=True`) and on torch (eager), each "
+        "in a process of its own per method; the processes take turns epoch "
+        f"by epoch, {config['rounds']} timed epochs each after a warm-up epoch "
+        "(excluded). keras_mtl is timed inside one `fit` by a callback. "
+        "s/epoch: the median; ÷ TorchJD: the median of the per-round ratios "
+        "(in brackets their range); peak MB: the process' peak resident set "
+        "over the timed epochs minus its resident set before the model was "
+        "built (allocator caches and XLA's compile leftovers included). "
+        "Hyperparameters matched as benchmarks/torchjd_side_by_side.py says "
+        "(CAGrad c = 0.5 without rescaling; Nash-MTL every step, max norm 1, "
+        "20 iterations; the others both libraries' defaults).",
+        "",
+    ]
+    return out + side.format_table(record)
+
+
 FORMATS = {
     "1": format_loss_level,
     "2": format_gradient_level,
     "3": format_tasks,
     "4": format_xla,
+    "5": format_torchjd,
 }
 
 
@@ -901,7 +970,7 @@ def write_report(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="default docs/performance.md")
-    parser.add_argument("--sections", default="1,2,3,4")
+    parser.add_argument("--sections", default="1,2,3,4,5")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument(
         "--steps",
@@ -918,6 +987,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=21, help="samples per variant")
     parser.add_argument("--widths", default="128,1024")
     parser.add_argument("--tasks", default="2,8,40")
+    parser.add_argument(
+        "--torchjd-rounds",
+        type=int,
+        default=5,
+        help="section 5: timed epochs per framework and method",
+    )
+    parser.add_argument(
+        "--torchjd-threads",
+        type=int,
+        default=None,
+        help="section 5: intra-op threads of every framework (default: all "
+        "cores; 1 on a loaded machine, see benchmarks/torchjd_side_by_side.py)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a tiny smoke run (to runs/perf-quick/)"
     )
@@ -978,6 +1060,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     for i, section in enumerate(measured):
         for name in names:
+            if section == "5" and name != names[0]:
+                continue  # one run measures every framework side by side
             print(f"[{section}] {name}", flush=True)
             begun = time.time()
             records[name].update(measure_in_subprocess(section, name, cfg)["results"])

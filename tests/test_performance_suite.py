@@ -5,6 +5,7 @@ end to end, and the report merges both backends. Nothing here asserts a
 time."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import keras
@@ -171,3 +172,148 @@ def test_report_puts_the_backends_side_by_side(suite, tmp_path):
     report = tmp_path / "performance.md"
     report.write_text("# Performance\n\nold tables\n\n## Profile\n\nfindings\n")
     assert suite.kept_profile(report) == ["## Profile", "", "findings", ""]
+
+
+# ------------------------------------- side by side with PyTorch + TorchJD
+SIDE_BY_SIDE_PATH = PATH.parent / "torchjd_side_by_side.py"
+_NEEDS_TORCHJD = pytest.mark.skipif(
+    any(importlib.util.find_spec(n) is None for n in ("torch", "torchjd", "cvxpy")),
+    reason="torch and torchjd[full] are not installed: the performance suite's "
+    "own set-up (scripts/perf.sh) installs them; keras_mtl does not depend on them",
+)
+
+
+@pytest.fixture(scope="module")
+def side_by_side():
+    spec = importlib.util.spec_from_file_location("side_by_side", SIDE_BY_SIDE_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_side_by_side_names_what_is_missing(side_by_side, monkeypatch, capsys):
+    """Without TorchJD (as on CI) the comparison measures nothing it cannot
+    pair, starts no worker and says what to install."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.split(".")[0] == "torchjd" else real(name, *a),
+    )
+    methods = list(side_by_side.METHODS)
+    record = side_by_side.run(["mlp"], methods, ["torchjd"], 256, 1)
+    assert record["results"] == {}
+    for method in methods:
+        assert "torchjd" in record["missing"][f"mlp/{method}/torchjd"]
+    text = "\n".join(side_by_side.format_table(record))
+    for label in side_by_side.METHOD_LABELS.values():  # every method, unmeasured
+        assert f"| {label} | – | – |" in text
+    assert "torchjd not installed" in text and "scripts/perf.sh" in text
+    assert side_by_side.main(["--frameworks", "torchjd", "--methods", "sum",
+                              "--out", "/dev/null"]) == 0  # fmt: skip
+    assert "torchjd not installed" in capsys.readouterr().out
+
+
+def test_side_by_side_table_pairs_ratios_by_round(suite, side_by_side):
+    """keras_mtl ÷ TorchJD is the median of the per-round ratios: a slow
+    round for both leaves it unchanged. The suite reports it as section 5."""
+
+    def cell(samples):
+        return {"samples": samples, "epoch_seconds": sorted(samples)[1], "peak_mb": 9}
+
+    record = {
+        "config": {"models": ["mlp"], "methods": ["upgrad"],
+                   "frameworks": ["torchjd", "jax"], "samples": 8192,
+                   "batch_size": 256, "rounds": 3, "torchjd": "0.18.0"},
+        "results": {"mlp/upgrad": {"torchjd": cell([2.0, 6.0, 2.0]),
+                                   "jax": cell([1.0, 3.0, 1.2])}},
+    }  # fmt: skip
+    row = side_by_side.format_table(record)[-2].split(" | ")
+    assert row[0] == "| UPGrad" and row[1:3] == ["2.00", "1.20"]
+    assert row[3] == "0.50 (0.50-0.60)"
+    # Measured once for every backend, kept under the first one's record.
+    records = {"tensorflow": {suite.SIDE_BY_SIDE_KEY: record}, "jax": {}}
+    section = suite.format_torchjd(suite.argparse.Namespace(), records)
+    assert section[0] == "## 5. Side by side with PyTorch + TorchJD"
+    assert "| UPGrad | 2.00 | 1.20 | 0.50 (0.50-0.60) | 9 | 9 |" in section
+    assert suite.FORMATS["5"] is suite.format_torchjd
+
+
+@_NEEDS_TORCHJD
+def test_keras_mtl_and_torchjd_aggregate_alike(side_by_side):
+    """The benchmark's pairs are the same methods: on one conflicting
+    Jacobian keras_mtl's aggregator (with the benchmark's options) and
+    TorchJD's give the same update, up to the stated differences."""
+    import torch
+    from torchjd import aggregation
+    from torchjd.linalg import QuadprogProjector
+
+    import keras_mtl
+
+    rng = np.random.default_rng(0)
+    jacobian = rng.standard_normal((3, 40))
+    jacobian[1] = 0.5 * jacobian[1] - 0.5 * jacobian[0]  # rows 0 and 1 conflict
+    jacobian = jacobian.astype("float32")
+    for method in side_by_side.METHODS:
+        rows = jacobian[:2] if method == "pcgrad" else jacobian
+        theirs_agg = side_by_side.torchjd_aggregator(method)
+        if method == "sum":
+            theirs_agg = aggregation.Sum()
+        elif method == "mgda":  # its Frank-Wolfe run to convergence
+            theirs_agg = aggregation.MGDA(epsilon=1e-12, max_iters=100_000)
+        elif method == "upgrad":  # its quadprog projector, unregularised
+            theirs_agg = aggregation.UPGrad(
+                projector=QuadprogProjector(norm_eps=0.0, reg_eps=0.0)
+            )
+        ours = keras_mtl.aggregation.get(
+            method, **side_by_side.KERAS_MTL_OPTIONS.get(method, {})
+        )(rows)
+        theirs = theirs_agg(torch.from_numpy(rows.astype("float64"))).numpy()
+        if method == "aligned_mtl":
+            theirs = 3 * theirs  # TorchJD averages the aligned rows, we sum them
+        # CAGrad and Nash-MTL: TorchJD solves with cvxpy to ~1e-8 on the
+        # objective, ~sqrt(1e-8) on the minimiser; the others float32 (PCGrad
+        # on two rows: with three its projection order is random).
+        rtol = 1e-4 if method in ("cagrad", "nash_mtl") else 1e-5
+        np.testing.assert_allclose(
+            np.asarray(ours), theirs, rtol=0, atol=rtol * np.linalg.norm(theirs),
+            err_msg=method,
+        )  # fmt: skip
+
+
+@_NEEDS_TORCHJD
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="its workers choose their own backends: run once, under TensorFlow",
+)
+def test_quick_side_by_side_times_each_kind_of_step(side_by_side, tmp_path):
+    """The quick mode end to end on the two eager torch columns (TorchJD and
+    keras_mtl on torch; no compile, so the test takes about a minute): plain
+    sum (one backward), UPGrad (a Gramian solver) and Nash-MTL (stateful,
+    cvxpy in TorchJD) timed in fresh processes taking turns, positive finite
+    epochs and peaks, and the aggregator acts on the same shared parameters
+    in both. The other methods differ only in the aggregator (compared above)."""
+    methods = ["sum", "upgrad", "nash_mtl"]
+    out = tmp_path / "side.json"
+    args = ["--quick", "--models", "mlp", "--frameworks", "torchjd,torch"]
+    args += ["--methods", ",".join(methods), "--out", str(out)]
+    assert side_by_side.main(args) == 0
+    record = json.loads(out.read_text())
+    assert record["missing"] == {} and record["config"]["rounds"] == 2
+    for method in methods:
+        cells = record["results"][f"mlp/{method}"]
+        assert set(cells) == {"torchjd", "torch"}
+        for cell in cells.values():
+            assert len(cell["samples"]) == 2
+            assert all(0 < s < float("inf") for s in cell["samples"])
+            assert np.isfinite(cell["peak_mb"]) and cell["peak_mb"] > 0
+        # The trunk: 64*1024 + 2*1024*1024 weights and 3*1024 biases.
+        assert cells["torchjd"]["shared_parameters"] == 2_165_760
+        assert cells["torch"]["shared_parameters"] == 2_165_760
+    lines = side_by_side.format_table(record)
+    rows = [line for line in lines if line.startswith("| ")][1:]  # no head
+    assert [r.split(" | ")[0][2:] for r in rows] == [
+        "plain sum",
+        "UPGrad",
+        "Nash-MTL",
+    ]
