@@ -302,7 +302,8 @@ def rescaled_gramian(blocks: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
     every block."""
     if keras.backend.backend() != "jax":
         blocks = [list(b) if takes_pairwise(b) else ops.stack(list(b)) for b in blocks]
-    # Each leaf (a stacked block, or a row on JAX) cleaned and measured.
+    # Each leaf (a stacked block, or a row of a block kept as rows) cleaned
+    # and measured.
     clean = keras.tree.map_structure(
         lambda t: ops.where(ops.isfinite(t), t, 0.0), blocks
     )
