@@ -7,6 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_mtl._unobserved import mark_unobserved_if_never_updated
 from keras_mtl._validation import check_number
 from keras_mtl.aggregation._linalg import positive_or_one, safe_divide
 from keras_mtl.aggregation._rows import combine_rows
@@ -143,13 +144,7 @@ class ExcessMTL(RawStateAggregator):
 
     def load_own_variables(self, store: Any) -> None:
         super().load_own_variables(store)
-        # Before the first call a 0.1.0 file holds zeros as the initial
-        # risks, which would read as recorded once `step` is advanced by a
-        # step that lacks a task.
-        if int(ops.convert_to_numpy(self.step)) == 0:
-            self.initial_risk.assign(
-                ops.full((self.num_tasks,), NOT_OBSERVED, "float32")
-            )
+        mark_unobserved_if_never_updated(self.step, self.initial_risk, NOT_OBSERVED)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "step_size": self.step_size}

@@ -6,9 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 
+from keras_mtl._unobserved import (
+    LOWEST_FLOAT32,
+    mark_unobserved_if_never_updated,
+)
 from keras_mtl._validation import check_number
 from keras_mtl.aggregation._linalg import (
     clean_jacobian,
@@ -23,11 +26,10 @@ from keras_mtl.aggregation.base import Aggregator
 # gradient step would push to 0 or below keeps a (tiny) positive weight, so
 # its gradient norm, and with it its L_grad gradient, never vanishes for good.
 _MIN_WEIGHT = 1e-4
-# `initial_losses` of a task not observed yet: the lowest float32, which no
-# finite loss a call records takes in practice (a non-finite call changes
-# no state). Files of keras_mtl 0.1.0 have ones there before the first call
-# (`has_initial_losses` 0); `load_own_variables` converts them.
-NOT_OBSERVED = float(np.finfo(np.float32).min)
+# `initial_losses` of a task not observed yet. Files of keras_mtl 0.1.0
+# have ones there before the first call (`has_initial_losses` 0);
+# `load_own_variables` converts them.
+NOT_OBSERVED = LOWEST_FLOAT32
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -190,13 +192,9 @@ class GradNorm(Aggregator):
 
     def load_own_variables(self, store: Any) -> None:
         super().load_own_variables(store)
-        # Before the first call a 0.1.0 file holds ones as the initial
-        # losses, which would read as recorded once the flag is set by a
-        # step that lacks a task.
-        if int(ops.convert_to_numpy(self.has_initial_losses)) == 0:
-            self.initial_losses.assign(
-                ops.full((self.num_tasks,), NOT_OBSERVED, "float32")
-            )
+        mark_unobserved_if_never_updated(
+            self.has_initial_losses, self.initial_losses, NOT_OBSERVED
+        )
 
     def get_config(self) -> dict[str, Any]:
         return {

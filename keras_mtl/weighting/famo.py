@@ -10,6 +10,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_mtl._unobserved import (
+    LOWEST_FLOAT32,
+    mark_unobserved_if_never_updated,
+)
 from keras_mtl._validation import check_lower_bound
 from keras_mtl.weighting.base import Weighting
 
@@ -19,11 +23,10 @@ _EPSILON = 1e-8
 _BETA_1 = 0.9
 _BETA_2 = 0.999
 _ADAM_EPSILON = 1e-8
-# `previous_losses` of a task not observed yet: the lowest float32, which
-# no finite loss a step stores takes in practice (non-finite steps are
-# rolled back). Files of keras_mtl 0.1.0 have zeros there before the first
-# step (`has_previous` 0); `load_own_variables` converts them.
-NOT_OBSERVED = float(np.finfo(np.float32).min)
+# `previous_losses` of a task not observed yet. Files of keras_mtl 0.1.0
+# have zeros there before the first step (`has_previous` 0);
+# `load_own_variables` converts them.
+NOT_OBSERVED = LOWEST_FLOAT32
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -252,13 +255,9 @@ class FAMO(Weighting):
 
     def load_own_variables(self, store: Any) -> None:
         super().load_own_variables(store)
-        # Before the first step a 0.1.0 file holds zeros as the previous
-        # losses, which would read as observed once `has_previous` is set
-        # by a step that lacks a task.
-        if int(ops.convert_to_numpy(self.has_previous)) == 0:
-            self.previous_losses.assign(
-                ops.full((self.num_tasks,), NOT_OBSERVED, "float32")
-            )
+        mark_unobserved_if_never_updated(
+            self.has_previous, self.previous_losses, NOT_OBSERVED
+        )
 
     def get_config(self) -> dict[str, Any]:
         return {
