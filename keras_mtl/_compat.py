@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
+from keras import ops
 
 # The versions these touchpoints were last checked against.
 TESTED_WITH = "Keras 3.15.1, TensorFlow 2.21.0, JAX 0.10.2"
@@ -98,14 +99,8 @@ def direct_sublayers(layer: Any) -> list[Any]:
     raises."""
     if not isinstance(layer, keras.layers.Layer):
         return list(getattr(layer, "_layers", []))
-    return list(
-        _attribute(
-            layer,
-            "_layers",
-            "keras.layers.Layer._layers",
-            "the direct sublayers of a layer",
-        )
-    )
+    why = "the direct sublayers of a layer"
+    return list(_attribute(layer, "_layers", "keras.layers.Layer._layers", why))
 
 
 def clear_activity_losses(layer: keras.layers.Layer) -> None:
@@ -146,12 +141,9 @@ def build_shapes(layer: keras.layers.Layer) -> dict[str, Any] | None:
     Relies on `Layer._build_shapes_dict`, which Keras sets when a layer is
     built by its first call. Needed for a zero batch (and an export
     signature) of a subclassed net, which declares no inputs."""
-    return _attribute(
-        layer,
-        "_build_shapes_dict",
-        "keras.layers.Layer._build_shapes_dict",
-        "the input shapes a subclassed net was first called with",
-    )
+    why = "the input shapes a subclassed net was first called with"
+    name = "_build_shapes_dict"
+    return _attribute(layer, name, f"keras.layers.Layer.{name}", why)
 
 
 def auto_config(layer: keras.layers.Layer) -> dict[str, Any] | None:
@@ -166,25 +158,17 @@ def auto_config(layer: keras.layers.Layer) -> dict[str, Any] | None:
     raises. For a `keras.Model` subclass Keras 3.15 records the
     constructor's default values, not those passed (`Model.__new__` calls
     `Operation.__new__` without the arguments)."""
+    why = "the constructor arguments of a subclassed model, for get_config"
     recorded = getattr(layer, "_auto_config", None)
     if recorded is None:
         # `__new__` alone: no `__init__`, so no name is taken from Keras'
         # counters of default names.
         probe = keras.Operation.__new__(keras.Operation)
         if not hasattr(probe, "_auto_config"):
-            raise _unsupported(
-                "keras.Operation._auto_config",
-                "the constructor arguments of a subclassed model, for get_config",
-            )
+            raise _unsupported("keras.Operation._auto_config", why)
         return None
-    return dict(
-        _attribute(
-            recorded,
-            "config",
-            "keras.Operation._auto_config.config",
-            "the constructor arguments of a subclassed model, for get_config",
-        )
-    )
+    touchpoint = "keras.Operation._auto_config.config"
+    return dict(_attribute(recorded, "config", touchpoint, why))
 
 
 # ----------------------------------------------------- functional graphs
@@ -238,12 +222,8 @@ def keras_tensor_operation(tensor: Any) -> Any | None:
     history = getattr(tensor, "_keras_history", None)
     if history is None:
         return None
-    return _attribute(
-        history,
-        "operation",
-        "keras.KerasTensor._keras_history.operation",
-        "the layer that made a symbolic tensor",
-    )
+    touchpoint = "keras.KerasTensor._keras_history.operation"
+    return _attribute(history, "operation", touchpoint, "the layer that made it")
 
 
 # ------------------------------------------------------------- trainers
@@ -530,6 +510,30 @@ def advance_collective_instance_keys(keys: Any, start: int) -> None:
             following = max([start, *group.values()])
             for device in group:
                 group[device] = following
+
+
+def switch_with_symbolic_inputs(index: Any, branches: list[Callable[[], Any]]) -> Any:
+    """`ops.switch(index, branches)`; on TensorFlow in XLA, without the mark
+    `_xla_propagate_compile_time_consts` on its `Case` op (relies on
+    `Operation._set_attr`). With it XLA's bridge evaluates every input of
+    the op in its HLO interpreter: 35 of a 45 s compile for a Gramian of
+    rows of a million entries. Our branches take no constant from outside
+    (their shapes are Python ints)."""
+    if keras.backend.backend() != "tensorflow":
+        return ops.switch(index, branches)
+    import tensorflow as tf
+
+    graph = tf.compat.v1.get_default_graph()  # eagerly: a graph nothing joins
+    before = len(graph.get_operations())
+    result = ops.switch(index, branches)
+    name = "_xla_propagate_compile_time_consts"
+    for op in graph.get_operations()[before:]:
+        if op.type in ("Case", "StatelessCase") and name in op.node_def.attr:
+            set_attr = _attribute(
+                op, "_set_attr", "tf Operation._set_attr", "an XLA Case's inputs"
+            )
+            set_attr(name, tf.compat.v1.AttrValue(b=False))
+    return result
 
 
 # ---------------------------------------------------------------- torch

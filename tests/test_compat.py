@@ -496,6 +496,41 @@ def test_strategy_supports_no_merge_call():
     )
 
 
+def test_switch_with_symbolic_inputs_is_ops_switch():
+    x = keras.ops.convert_to_tensor(np.array([1.0, 2.0, 3.0], "float32"))
+    branches = [lambda: x * 2.0, lambda: x + 1.0, lambda: -x]
+    for i, expected in enumerate([[2, 4, 6], [2, 3, 4], [-1, -2, -3]]):
+        got = _compat.switch_with_symbolic_inputs(
+            keras.ops.convert_to_tensor(i), branches
+        )
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), expected)
+
+
+@tensorflow_only
+def test_switch_with_symbolic_inputs_unmarks_the_xla_case_op():
+    import tensorflow as tf
+
+    name = "_xla_propagate_compile_time_consts"
+
+    def marks(switch):
+        @tf.function(jit_compile=True)
+        def f(i, x):
+            return switch(i, [lambda: tf.reduce_sum(x * x), lambda: tf.reduce_sum(x)])
+
+        graph = f.get_concrete_function(
+            tf.TensorSpec([], tf.int32), tf.TensorSpec([8], tf.float32)
+        ).graph
+        cases = [op for op in graph.get_operations() if "Case" in op.type]
+        assert len(cases) == 1, [op.type for op in graph.get_operations()]
+        attr = cases[0].node_def.attr
+        return attr[name].b if name in attr else None
+
+    assert marks(keras.ops.switch) is True, broken(
+        f"tf.switch_case's {name}", "a Case op in XLA is no longer marked"
+    )
+    assert marks(_compat.switch_with_symbolic_inputs) is False
+
+
 @tensorflow_only
 def test_mirrored_collective_keys_are_the_ones_tensorflow_draws():
     import tensorflow as tf

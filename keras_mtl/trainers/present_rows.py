@@ -16,6 +16,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_mtl import _compat
 from keras_mtl import gradients as gradients_lib
 
 # The most absent tasks a step can have and still be aggregated over its
@@ -311,7 +312,7 @@ def on_present_rows(
     for i, n in enumerate(sizes):
         table[n] = 2 + i
     index = ops.take(ops.convert_to_tensor(table, "int32"), count, axis=0)
-    out, new_state = ops.switch(index, branches)
+    out, new_state = _compat.switch_with_symbolic_inputs(index, branches)
     every = ops.all(present)
     new_state = [
         ops.where(every, after, value) for after, value in zip(state_after, new_state)
