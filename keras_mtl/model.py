@@ -362,7 +362,9 @@ class MultiTaskModel(MultiTaskLoops, Trainer, keras.Model):
                 "(`representation=` or `trunk=` and `heads=`)."
             )
         representation = self._split.trunk(inputs, training=training)
-        outputs = self._split.heads(representation, training=training)
+        outputs = self._split.heads(
+            self._heads_input(representation), training=training
+        )
         return self._named_outputs(outputs), representation
 
     def _named_outputs(self, outputs: Any) -> dict[str, Any]:

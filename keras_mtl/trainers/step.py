@@ -38,6 +38,10 @@ What a backend trainer provides (the methods below that raise
   step is traced), `_traced_only(fn)` (runs `fn` for its Python result
   without adding its operations to a step being traced), and
   `_counter_dtype`, the dtype of the step counters.
+
+One hook has a default: `_heads_input(representation)`, the trunk's output
+as the heads take it in representation mode (itself; torch passes it
+across a graph break under `torch.compile`).
 """
 
 from __future__ import annotations
@@ -102,6 +106,9 @@ class MultiTaskStep:
 
     def _traced_only(self, fn: Callable[[], Any]) -> Any:
         raise NotImplementedError
+
+    def _heads_input(self, representation: Any) -> Any:
+        return representation
 
     # ------------------------------------------------------------ the steps
     def _train_body(self, data: Any) -> dict[str, Any]:

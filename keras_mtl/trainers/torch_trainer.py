@@ -38,13 +38,13 @@ graph (`torch.compiler.disable`): its solvers' fixed loops would be unrolled
 as long as the step without an aggregator). Measured on two CPU threads,
 the compiled step was slower than the eager one on small models (Keras'
 default on torch, `jit_compile="auto"`, is eager). In representation mode
-the compiled step left the trunk untrained, so there `jit_compile` is
-turned off with a warning.
+the heads take the trunk's output across a graph break (`heads_input`):
+the rows are taken at it, which in one graph with the heads is not on the
+losses' backward path.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -104,19 +104,6 @@ class TorchTrainer(SingleDevice, MultiTaskStep):
         several gradients of one forward pass, which a backward function
         with donated buffers refuses."""
         self._check_strategy_support(None)
-        if self.representation_mode and self.jit_compile:
-            # Measured with torch 2.13: the compiled step gave the trunk no
-            # update (the heads trained), silently. Eager until understood.
-            warnings.warn(
-                "jit_compile=True is turned off: in representation mode on the "
-                "torch backend the torch.compile'd step does not train the "
-                f"trunk (measured with torch {torch.__version__}). The model "
-                "trains eagerly; pass jit_compile=False to silence this warning.",
-                UserWarning,
-                stacklevel=2,
-            )
-            self.jit_compile = False
-            force = True
         made = self.train_function is None or force
         super().make_train_function(force=force)
         if made and self.jit_compile:
@@ -138,6 +125,9 @@ class TorchTrainer(SingleDevice, MultiTaskStep):
         if bool(finite):
             with torch.no_grad():
                 self.optimizer.apply(gradients, variables)
+
+    def _heads_input(self, representation: Any) -> Any:
+        return heads_input(representation)
 
     def _traced_only(self, fn: Callable[[], Any]) -> Any:
         # The step is eager: `fn` (the search for the shared parameters,
@@ -269,6 +259,31 @@ class TorchTrainer(SingleDevice, MultiTaskStep):
             )
             weights = weights * slope
         return gradients, _detached(weights) * combination
+
+
+def heads_input(representation: Any) -> Any:
+    """The trunk's output as the heads take it in representation mode
+    (`MultiTaskModel.call`): eagerly `representation` itself; under
+    `torch.compile` the same tensor across a graph break, so that the heads
+    and the losses are a compiled graph of their own with `representation`
+    as its input.
+
+    Without the break dynamo captures the trunk, the heads and the losses in
+    one graph, which AOTAutograd turns into one autograd node: the
+    representation is one of its outputs beside the losses, not on their
+    backward path. `torch.autograd.grad(loss, representation)` then finds
+    it unused (measured with torch 2.13): every row of the Jacobian, the
+    aggregated direction and so the trunk's gradient were zero, while the
+    heads trained."""
+    if torch.compiler.is_compiling():
+        return _between_graphs(representation)
+    return representation
+
+
+@torch.compiler.disable
+def _between_graphs(tensor: Any) -> Any:
+    # Called only under dynamo: a graph break, the tensor passed through.
+    return tensor
 
 
 def _eager(fn: Callable[..., Any]) -> Callable[..., Any]:

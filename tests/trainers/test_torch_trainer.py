@@ -58,6 +58,53 @@ def test_jit_compile_trains_like_the_eager_step(digits):
         np.testing.assert_allclose(compiled, eager, rtol=1e-5, atol=1e-6)
 
 
+def test_jit_compile_trains_the_trunk_in_representation_mode(digits):
+    """In representation mode the step differentiates the task losses at the
+    trunk's output. Compiled in one graph with the heads, that output was
+    not on the losses' backward path (no row, no direction, a trunk that
+    never moved); the heads now take it across a graph break
+    (`torch_trainer.heads_input`). Compiled and eager: the same float32
+    operations, their reductions possibly in another order."""
+    x, y = digits.x[:128], {k: v[:128] for k, v in digits.y.items()}
+    steps, learning_rate, batch_size = 2, 0.05, 64
+    runs = []
+    for jit_compile in (False, True):
+        keras.utils.set_random_seed(0)
+        # IMTL-G: a closed-form direction (no iterative solver to amplify
+        # the rounding differences between the two runs).
+        model = keras_mtl.MultiTaskModel(
+            build_net(seed=3), aggregator="imtl_g", representation="hidden"
+        )
+        model.compile(
+            optimizer=keras.optimizers.SGD(learning_rate),
+            loss=dict(TASK_LOSSES),
+            jit_compile=jit_compile,
+        )
+        initial = _net_values(model)
+        model.fit(x, y, epochs=1, batch_size=batch_size, shuffle=False, verbose=0)
+        assert model.jit_compile is jit_compile
+        assert int(model.train_steps.numpy()) == steps
+        runs.append((initial, _net_values(model)))
+    names = [v.path for v in model.net.weights]
+    assert names[:2] == ["hidden/kernel", "hidden/bias"]  # the trunk
+    (initial, eager), (_, compiled) = runs
+    # Each step's update, lr * g, may differ by n * u of its size, g's
+    # entries being sums of n float32 terms in another order (n = 64, the
+    # batch; u = 2^-24), and each parameter by one rounding of its value.
+    u = float(np.finfo(np.float32).eps) / 2
+    for name, start, expected, got in zip(names, initial, eager, compiled):
+        update = np.max(np.abs(expected - start))
+        bound = steps * batch_size * u * update + u * np.max(np.abs(expected))
+        # The eager steps move every parameter (the trunk's too) by more
+        # than the bound: a compiled step that leaves one unchanged fails.
+        assert update > bound, name
+        np.testing.assert_allclose(got, expected, rtol=0, atol=bound, err_msg=name)
+
+
+def _net_values(model: keras_mtl.MultiTaskModel) -> list[np.ndarray]:
+    return [np.array(keras.ops.convert_to_numpy(v)) for v in model.net.weights]
+
+
 def test_a_distribution_over_several_devices_raises():
     mesh = keras.distribution.DeviceMesh((2,), ["batch"], ["cpu:0", "cpu:1"])
     distribution = keras.distribution.DataParallel(device_mesh=mesh)
