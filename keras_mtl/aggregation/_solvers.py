@@ -33,12 +33,15 @@ Public API (stable; used by several aggregators):
 
 Both solvers also take `active_set_rounds` (default `min(K + 1, 5)`).
 `cagrad.py` reuses the active-set internals (`_support_system`,
-`_refined_solve`, `_ratio_step`, `_ridge`, `_KKT_TOL`).
+`_refined_solve`, `_ratio_step`, `_ridge`, `_KKT_TOL`) and the loop that
+stops at a fixed point when run op by op (`_iterate`).
 
-Called eagerly, every iteration is a Python round trip through `keras.ops`
-(about a second per call for the default 200 iterations); inside
-`tf.function` or XLA a call takes milliseconds. Aggregators called eagerly
-therefore run through a cached `tf.function` (`Aggregator.__call__`).
+Called eagerly, every iteration is a Python round trip through `keras.ops`;
+inside `tf.function` or XLA a call takes milliseconds. Aggregators called
+eagerly on TensorFlow and JAX therefore run through a cached compiled call
+(`Aggregator.__call__`). On torch they run op by op, and the loops stop
+once an iteration changes nothing (`_iterate`): the same numbers, and a
+well-conditioned problem settles in tens of the 200 iterations.
 """
 
 from __future__ import annotations

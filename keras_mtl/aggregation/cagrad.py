@@ -16,6 +16,7 @@ from keras_mtl.aggregation._linalg import (
 from keras_mtl.aggregation._solvers import (
     _KKT_TOL,
     ACTIVE_SET_ROUNDS,
+    _iterate,
     _ratio_step,
     _refined_solve,
     _ridge,
@@ -134,7 +135,7 @@ class CAGrad(GramianWeightedAggregator):
 
         if num > 1:
             one = ops.ones((), dtype="float32")
-            w, _, _ = ops.fori_loop(0, self.iterations, body, (mean, mean, one))
+            w, _, _ = _iterate(self.iterations, body, (mean, mean, one), moving=2)
             refined = _active_set(g, linear, radius, w, min(num + 1, ACTIVE_SET_ROUNDS))
             w = ops.where(objective(refined) <= objective(w), refined, w)
         else:
@@ -199,5 +200,5 @@ def _active_set(g: Any, linear: Any, radius: Any, w: Any, rounds: int) -> Any:
         return w, ops.where(usable, kept, support)
 
     support = ops.cast(w > 0.0, "float32")
-    w, _ = ops.fori_loop(0, rounds, body, (w, support))
+    w, _ = _iterate(rounds, body, (w, support), moving=2)
     return w
