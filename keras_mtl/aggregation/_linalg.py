@@ -70,8 +70,11 @@ def unit_rows(matrix: Any) -> Any:
 #   float64 reference); from K = 4 XLA runs the dot faster (6 ms at K = 4)
 #   while the pairs grow as K^2, so TensorFlow takes pairs only up to
 #   `TENSORFLOW_PAIRWISE_ROWS` rows.
-# - torch (2.13, eager): one dot, never the pairs: at K = 3, n = 1M the
-#   dot (MKL) took 7.6 ms and the pairs, each product written out, 76 ms.
+# - torch (2.13, eager): the pairs as BLAS dots of two rows (`ops.dot`),
+#   which write nothing out: at K = 3, n = 1M, 0.68 ms, against 1.36 ms to
+#   stack the rows and multiply once and 1.68 ms for products written out
+#   and summed (quiet machine; under load the written-out products were
+#   10x slower than one dot, 76 against 7.6 ms).
 PAIRWISE_FROM = 65536
 TENSORFLOW_PAIRWISE_ROWS = 3
 
@@ -80,10 +83,10 @@ def takes_pairwise(num_rows: int, columns: int | None) -> bool:
     """Whether `gramian` sums a `[num_rows, columns]` matrix's Gramian pair
     by pair: its column count is known when tracing (representation mode's
     rows have a batch size known only at run time) and large enough."""
-    backend = keras.backend.backend()
-    if columns is None or columns < PAIRWISE_FROM or backend == "torch":
+    if columns is None or columns < PAIRWISE_FROM:
         return False
-    return backend == "jax" or num_rows <= TENSORFLOW_PAIRWISE_ROWS
+    backend = keras.backend.backend()
+    return backend != "tensorflow" or num_rows <= TENSORFLOW_PAIRWISE_ROWS
 
 
 def gramian(jacobian: Any) -> Any:
@@ -98,11 +101,18 @@ def gramian(jacobian: Any) -> Any:
         matrix = ops.cast(matrix, "float32")
         return ops.matmul(matrix, ops.transpose(matrix))
     rows = [ops.cast(jacobian[i], "float32") for i in range(num)]
+    # XLA fuses (JAX) or at least keeps (TensorFlow) the multiply-and-sum;
+    # torch runs ops one by one, and its dot of two rows writes nothing out.
+    product = ops.dot if keras.backend.backend() == "torch" else _sum_of_products
     entries: list[list[Any]] = [[None] * num for _ in range(num)]
     for i in range(num):
         for j in range(i, num):
-            entries[i][j] = entries[j][i] = ops.sum(rows[i] * rows[j])
+            entries[i][j] = entries[j][i] = product(rows[i], rows[j])
     return ops.stack([ops.stack(row) for row in entries])
+
+
+def _sum_of_products(a: Any, b: Any) -> Any:
+    return ops.sum(a * b)
 
 
 def symmetric_part(matrix: Any) -> Any:
