@@ -74,4 +74,6 @@ def test_huge_and_zero_losses_stay_finite():
     w = make()
     for losses in ([0.0, 0.0, 0.0], [1e30, 1e-30, 0.0]):
         objective, weights = w(tensor(np.array(losses, np.float32)))
-        assert np.isfinite(to_numpy(objective)) and np.all(np.isfinite(to_numpy(weights)))
+        assert np.isfinite(to_numpy(objective)) and np.all(
+            np.isfinite(to_numpy(weights))
+        )
