@@ -56,23 +56,32 @@ def run_cached(functions: dict[Any, Any], key: Any, args: list[Any]) -> Any:
         return OP_BY_OP
 
 
-def use_eager_function(layer: Any, tensor: Any, training: Any) -> bool:
-    """Whether a call of `layer` on `tensor` should go through a cached
-    function: it is enabled, `training` is a Python bool, and the call is
-    eager (not symbolic, not inside a trace)."""
-    if not layer.eager_function:
-        return False
-    if not isinstance(training, bool) or isinstance(tensor, keras.KerasTensor):
+def runs_op_by_op(tensor: Any) -> bool:
+    """Whether `tensor` is a concrete tensor of a backend running op by op:
+    not symbolic, not inside a trace (`jax.jit`, grad or vmap on JAX,
+    `tf.function` on TensorFlow, `torch.compile` on torch)."""
+    if isinstance(tensor, keras.KerasTensor):
         return False
     backend = keras.backend.backend()
     if backend == "jax":
-        # Not inside a trace (jit, grad, vmap): there it is compiled anyway.
         return not _compat.is_jax_tracer(tensor)
-    if backend != "tensorflow":
-        return False
+    if backend == "torch":
+        import torch
+
+        return not torch.compiler.is_compiling()
     import tensorflow as tf
 
     return tf.executing_eagerly()
+
+
+def use_eager_function(layer: Any, tensor: Any, training: Any) -> bool:
+    """Whether a call of `layer` on `tensor` should go through a cached
+    function: it is enabled, `training` is a Python bool, the backend
+    compiles (TensorFlow, JAX) and the call runs op by op (inside a trace it
+    is compiled anyway)."""
+    if not layer.eager_function or not isinstance(training, bool):
+        return False
+    return keras.backend.backend() in ("jax", "tensorflow") and runs_op_by_op(tensor)
 
 
 def eager_call(layer: Any, jacobian: Any, training: bool, losses: Any) -> Any:

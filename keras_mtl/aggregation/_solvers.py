@@ -49,10 +49,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import keras
 from keras import ops
 
-from keras_mtl import _compat
+from keras_mtl.aggregation._eager_cache import runs_op_by_op
 from keras_mtl.aggregation._linalg import (
     positive_or_one,
     project_onto_simplex,
@@ -81,22 +80,6 @@ def lipschitz_bound(gramian: Any) -> Any:
     return ops.maximum(ops.minimum(trace, row_sum), 0.0)
 
 
-def _runs_op_by_op(value: Any) -> bool:
-    """Whether `value` is a concrete tensor of a backend running op by op
-    (torch outside `torch.compile`, TensorFlow eagerly, JAX outside a
-    trace), where a loop may stop on a test of its data."""
-    backend = keras.backend.backend()
-    if backend == "torch":
-        import torch
-
-        return not torch.compiler.is_compiling()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.executing_eagerly()
-    return not _compat.is_jax_tracer(value)
-
-
 def _iterate(
     iterations: int,
     body: Callable[[int, tuple[Any, ...]], tuple[Any, ...]],
@@ -110,7 +93,7 @@ def _iterate(
     FISTA's momentum counter, are not used). The same numbers, without the
     remaining Python round trips (on torch about half a millisecond an
     iteration)."""
-    if not _runs_op_by_op(state[0]):
+    if not runs_op_by_op(state[0]):
         return ops.fori_loop(0, iterations, body, state)
     for i in range(iterations):
         new = body(i, state)
