@@ -38,7 +38,7 @@ graph (`torch.compiler.disable`): its solvers' fixed loops would be unrolled
 as long as the step without an aggregator). Measured on two CPU threads,
 the compiled step was slower than the eager one on small models (Keras'
 default on torch, `jit_compile="auto"`, is eager). In representation mode
-the heads take the trunk's output across a graph break (`heads_input`):
+the heads take the trunk's output across a graph break (`_heads_input`):
 the rows are taken at it, which in one graph with the heads is not on the
 losses' backward path.
 """
@@ -127,7 +127,22 @@ class TorchTrainer(SingleDevice, MultiTaskStep):
                 self.optimizer.apply(gradients, variables)
 
     def _heads_input(self, representation: Any) -> Any:
-        return heads_input(representation)
+        """The trunk's output as the heads take it in representation mode
+        (`MultiTaskModel.call`): eagerly `representation` itself; under
+        `torch.compile` the same tensor across a graph break, so that the
+        heads and the losses are a compiled graph of their own with
+        `representation` as its input.
+
+        Without the break dynamo captures the trunk, the heads and the
+        losses in one graph, which AOTAutograd turns into one autograd
+        node: the representation is one of its outputs beside the losses,
+        not on their backward path. `torch.autograd.grad(loss,
+        representation)` then finds it unused (measured with torch 2.13):
+        every row of the Jacobian, the aggregated direction and so the
+        trunk's gradient were zero, while the heads trained."""
+        if torch.compiler.is_compiling():
+            return _between_graphs(representation)
+        return representation
 
     def _traced_only(self, fn: Callable[[], Any]) -> Any:
         # The step is eager: `fn` (the search for the shared parameters,
@@ -259,25 +274,6 @@ class TorchTrainer(SingleDevice, MultiTaskStep):
             )
             weights = weights * slope
         return gradients, _detached(weights) * combination
-
-
-def heads_input(representation: Any) -> Any:
-    """The trunk's output as the heads take it in representation mode
-    (`MultiTaskModel.call`): eagerly `representation` itself; under
-    `torch.compile` the same tensor across a graph break, so that the heads
-    and the losses are a compiled graph of their own with `representation`
-    as its input.
-
-    Without the break dynamo captures the trunk, the heads and the losses in
-    one graph, which AOTAutograd turns into one autograd node: the
-    representation is one of its outputs beside the losses, not on their
-    backward path. `torch.autograd.grad(loss, representation)` then finds
-    it unused (measured with torch 2.13): every row of the Jacobian, the
-    aggregated direction and so the trunk's gradient were zero, while the
-    heads trained."""
-    if torch.compiler.is_compiling():
-        return _between_graphs(representation)
-    return representation
 
 
 @torch.compiler.disable

@@ -63,7 +63,7 @@ def test_jit_compile_trains_the_trunk_in_representation_mode(digits):
     trunk's output. Compiled in one graph with the heads, that output was
     not on the losses' backward path (no row, no direction, a trunk that
     never moved); the heads now take it across a graph break
-    (`torch_trainer.heads_input`). Compiled and eager: the same float32
+    (`TorchTrainer._heads_input`). Compiled and eager: the same float32
     operations, their reductions possibly in another order."""
     x, y = digits.x[:128], {k: v[:128] for k, v in digits.y.items()}
     steps, learning_rate, batch_size = 2, 0.05, 64
