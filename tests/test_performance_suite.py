@@ -25,12 +25,17 @@ _NO_TORCH_RUNNER = pytest.mark.skipif(
 PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "performance.py"
 
 
-@pytest.fixture(scope="module")
-def suite():
-    spec = importlib.util.spec_from_file_location("performance_suite", PATH)
+def import_by_path(name: str, path: Path):
+    """The benchmark script at `path` as a module (benchmarks/ is no package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return import_by_path("performance_suite", PATH)
 
 
 @_NO_TORCH_RUNNER
@@ -185,10 +190,7 @@ _NEEDS_TORCHJD = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def side_by_side():
-    spec = importlib.util.spec_from_file_location("side_by_side", SIDE_BY_SIDE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_by_path("side_by_side", SIDE_BY_SIDE_PATH)
 
 
 def test_side_by_side_names_what_is_missing(side_by_side, monkeypatch, capsys):
