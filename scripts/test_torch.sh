@@ -34,6 +34,7 @@ exec env KERAS_BACKEND=torch .venv/bin/python -m pytest -n 0 -m backend_neutral 
   tests/trainers/test_torch_trainer.py::test_a_distribution_over_several_devices_raises \
   tests/trainers/test_torch_trainer.py::test_the_saved_optimizer_is_the_public_class \
   tests/trainers/test_torch_trainer.py::test_non_finite_steps_are_skipped_and_counted \
+  tests/trainers/test_torch_trainer.py::test_training_does_not_import_tensorflow \
   tests/trainers/test_honest_logs.py tests/trainers/test_step_bookkeeping.py \
   tests/trainers/test_mixed_precision.py \
   tests/trainers/test_torch_export.py::test_onnx_export_serves_the_predictions \

@@ -193,9 +193,12 @@ class Aggregator(keras.layers.Layer):
         return keras.KerasTensor((jacobian.shape[1],), dtype="float32")
 
     def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.pop("dtype", None)
-        return config
+        # `Layer.get_config` less its dtype entry (an aggregator computes in
+        # float32 under any policy), written out: serialising the policy
+        # imports TensorFlow whenever it is installed (Keras' serialization
+        # checks for tf.TensorShape), ~480 MB more in a torch process that
+        # copies its aggregator in `fit` (trainers/present_rows.py).
+        return {"name": self.name, "trainable": self.trainable}
 
 
 class GramianWeights(list):

@@ -6,6 +6,11 @@ are compared by tests/trainers/test_torch_parity.py."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -170,3 +175,45 @@ def test_non_finite_steps_are_skipped_and_counted(digits, weighting, aggregator)
         np.testing.assert_array_equal(a, b)
     assert int(model.skipped_steps.numpy()) == 1
     np.testing.assert_array_equal(model.nonfinite_tasks.numpy(), [0, 1])
+
+
+_TRAIN_AND_REPORT_TENSORFLOW = """
+import sys
+import keras
+import numpy as np
+import keras_mtl
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(64, 8)).astype("float32")
+y = {t: rng.normal(size=(64, 1)).astype("float32") for t in ("a", "b", "c")}
+inputs = keras.Input((8,))
+hidden = keras.layers.Dense(16, activation="relu")(inputs)
+net = keras.Model(inputs, {t: keras.layers.Dense(1, name=t)(hidden) for t in y})
+model = keras_mtl.MultiTaskModel(net, weighting="uncertainty", aggregator="upgrad")
+model.compile(optimizer="adam", loss={t: "mse" for t in y})
+model.fit(x, y, batch_size=16, epochs=1, validation_split=0.25, verbose=0)
+model.evaluate(x, y, verbose=0)
+model.predict(x, verbose=0)
+print("tensorflow imported:", "tensorflow" in sys.modules)
+"""
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None,
+    reason="TensorFlow is not installed: nothing could import it",
+)
+def test_training_does_not_import_tensorflow():
+    """A torch user's `fit`, `evaluate` and `predict` leave TensorFlow
+    unimported even where it is installed (it adds ~480 MB to the process):
+    float labels may be missing, so `fit` copies the aggregator for the
+    steps with absent tasks (`from_config(get_config())`), and serialising
+    a dtype policy would import it (Keras checks for tf.TensorShape)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _TRAIN_AND_REPORT_TENSORFLOW],
+        env={**os.environ, "KERAS_BACKEND": "torch"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tensorflow imported: False" in result.stdout, result.stdout
