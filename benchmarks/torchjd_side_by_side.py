@@ -28,7 +28,10 @@ Columns, each framework in a process of its own:
 - `tensorflow`, `jax`: `keras_mtl.MultiTaskModel(net, aggregator=...)` with
   `jit_compile=True`, trained by one `fit` (plain sum: the default equal
   weighting, a loss-level step);
-- `torch`: the same on `KERAS_BACKEND=torch`, eager (`jit_compile=False`).
+- `torch`: the same on `KERAS_BACKEND=torch`, eager (`jit_compile=False`);
+- `torch_compiled`: the same with `jit_compile=True` (Keras wraps the step
+  in `torch.compile`; keras_mtl's aggregation runs eagerly between the
+  compiled parts, docs/backends.md).
 
 Timing: every worker waits for a "go" from this process before each epoch,
 so exactly one framework runs at a time, and the frameworks take turns
@@ -67,6 +70,7 @@ aligned rows where TorchJD averages them, a factor K in the update).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
@@ -94,12 +98,20 @@ METHOD_LABELS = {
     "aligned_mtl": "Aligned-MTL",
     "nash_mtl": "Nash-MTL",
 }
-FRAMEWORKS = ("torchjd", "tensorflow", "jax", "torch")
+FRAMEWORKS = ("torchjd", "tensorflow", "jax", "torch", "torch_compiled")
 FRAMEWORK_LABELS = {
     "torchjd": "PyTorch + TorchJD",
     "tensorflow": "keras_mtl TF (XLA)",
     "jax": "keras_mtl JAX (XLA)",
     "torch": "keras_mtl torch (eager)",
+    "torch_compiled": "keras_mtl torch (torch.compile)",
+}
+# The Keras backend of each keras_mtl column, and whether its step compiles.
+KERAS_BACKENDS = {
+    "tensorflow": ("tensorflow", True),
+    "jax": ("jax", True),
+    "torch": ("torch", False),
+    "torch_compiled": ("torch", True),
 }
 MODELS = ("mlp", "cnn")
 NUM_TASKS = 3
@@ -129,6 +141,7 @@ def missing_requirements(framework: str, method: str = "sum") -> list[str]:
         "tensorflow": ["tensorflow"],
         "jax": ["jax"],
         "torch": ["torch"],
+        "torch_compiled": ["torch"],
     }[framework]
     return [name for name in needed if importlib.util.find_spec(name) is None]
 
@@ -225,9 +238,18 @@ def run_worker(
 
         train = torchjd_worker
     else:
+        import keras
+
         import keras_mtl  # noqa: F401
 
-        train = keras_mtl_worker
+        # Keras' seeding imports TensorFlow wherever it is installed (to seed
+        # it too), ~480 MB on any backend: done here, before the base is
+        # read, it is not counted as the step's memory (keras_mtl_model
+        # seeds again, to the same state).
+        keras.utils.set_random_seed(0)
+        train = functools.partial(
+            keras_mtl_worker, jit_compile=KERAS_BACKENDS[framework][1]
+        )
     x, ys = make_data(model, samples)
     base_mb = rss_mb()  # the framework imported, the data made, no model yet
     info = train(method, model, x, ys, epochs + 1, gate)
@@ -323,7 +345,7 @@ def torchjd_worker(
     }
 
 
-def keras_mtl_model(method: str, model: str) -> Any:
+def keras_mtl_model(method: str, model: str, jit_compile: bool = True) -> Any:
     """The compiled `MultiTaskModel` of `method` on the suite's network."""
     import keras
 
@@ -341,18 +363,24 @@ def keras_mtl_model(method: str, model: str) -> Any:
     mtl_model.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATE),
         loss=suite.losses_for(model, NUM_TASKS),
-        jit_compile=keras.backend.backend() != "torch",
+        jit_compile=jit_compile,
     )
     return mtl_model
 
 
 def keras_mtl_worker(
-    method: str, model: str, x: Any, ys: list[Any], epochs: int, gate: Gate
+    method: str,
+    model: str,
+    x: Any,
+    ys: list[Any],
+    epochs: int,
+    gate: Gate,
+    jit_compile: bool = True,
 ) -> dict[str, Any]:
     """keras_mtl on this process' Keras backend: one `fit`, gated per epoch."""
     import keras
 
-    mtl_model = keras_mtl_model(method, model)
+    mtl_model = keras_mtl_model(method, model, jit_compile)
 
     class EpochGate(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -410,7 +438,7 @@ class Worker:
         self.framework = framework
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         if framework != "torchjd":
-            env["KERAS_BACKEND"] = framework
+            env["KERAS_BACKEND"] = KERAS_BACKENDS[framework][0]
         if threads:
             env.update(thread_env(threads, env.get("XLA_FLAGS", "")))
         self.log = tempfile.TemporaryFile("w+")
@@ -705,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cfg.quick:
         cfg.samples, cfg.rounds = 2 * BATCH_SIZE, 2
-    for framework in ("torchjd", "torch"):
+    for framework in ("torchjd", "torch", "torch_compiled"):
         missing = missing_requirements(framework)
         if framework in frameworks and missing:
             print(
