@@ -16,19 +16,9 @@ packages=(
 if [ ! -x .venv/bin/python ]; then
   bash scripts/setup.sh
 fi
-want=$(printf '%s\n' "${packages[@]}" | sha256sum | cut -c1-16)
-if [ "$(cat "$target/.installed" 2>/dev/null)" != "$want" ]; then
+# shellcheck source=scripts/install_side_folder.sh
+source scripts/install_side_folder.sh
+if ! side_folder_is_current "$target" "${packages[@]}"; then
   echo "Installing torch and ONNX into $target/ (no dependencies)..." >&2
-  # Into a fresh folder, moved into place when complete: an interrupted
-  # install is never taken for a finished one.
-  rm -rf "$target" "$target.partial"
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
-    --no-compile --target "$target.partial" "${packages[@]}" 2>&1 |
-    grep -v "is ignored" >&2 || true
-  [ -d "$target.partial/torch" ] || {
-    echo "setup_torch.sh: installing torch into $target failed" >&2
-    exit 1
-  }
-  echo "$want" >"$target.partial/.installed"
-  mv "$target.partial" "$target"
+  install_side_folder "$target" torch "${packages[@]}"
 fi

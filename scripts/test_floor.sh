@@ -16,18 +16,11 @@ target=.venv-floor-keras
 if [ ! -x .venv/bin/python ]; then
   bash scripts/setup.sh
 fi
+# shellcheck source=scripts/install_side_folder.sh
+source scripts/install_side_folder.sh
 if [ ! -d "$target/keras-$floor.dist-info" ]; then
   echo "Installing keras==$floor into $target/ (no dependencies)..." >&2
-  # Into a fresh folder, moved into place when complete: an interrupted
-  # install is never taken for a finished one.
-  rm -rf "$target" "$target.partial"
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
-    --target "$target.partial" "keras==$floor" 2>&1 | grep -v "is ignored" >&2 || true
-  [ -d "$target.partial/keras-$floor.dist-info" ] || {
-    echo "test_floor.sh: installing keras==$floor failed" >&2
-    exit 1
-  }
-  mv "$target.partial" "$target"
+  install_side_folder "$target" "keras-$floor.dist-info" "keras==$floor"
 fi
 export PYTHONPATH="$PWD/$target${PYTHONPATH:+:$PYTHONPATH}"
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3}
