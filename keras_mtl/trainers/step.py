@@ -56,6 +56,7 @@ from keras import ops
 
 from keras_mtl import _compat, _replicas, net_structure
 from keras_mtl import gradients as gradients_lib
+from keras_mtl.aggregation._rows import sum_rows
 from keras_mtl.aggregation.base import rescaled, uses_gramian
 from keras_mtl.trainers import present_rows
 
@@ -456,7 +457,10 @@ class MultiTaskStep:
         # aggregator's of the present rows alone.
         direction = self._on_present_rows(
             aggregate,
-            ops.sum(finite_jacobian, axis=0),  # the sum of the present rows
+            # The sum of the present rows (the absent ones are zero), as row
+            # additions on JAX: XLA's CPU reduction of the short axis took
+            # 32 ms at [3, 2.2M], the additions 0.8 ms (docs/performance.md).
+            sum_rows(finite_jacobian),
             per_task=False,
         )
         combination, cosine = gradients_lib.combination_weights_and_min_cosine(
