@@ -136,13 +136,10 @@ PROTOCOL = "@@ "  # prefix of the workers' result lines on stdout
 # ------------------------------------------------------------ availability
 def missing_requirements(framework: str, method: str = "sum") -> list[str]:
     """The packages `framework` needs for `method` that are not installed."""
-    needed = {
-        "torchjd": ["torch", "torchjd", *TORCHJD_EXTRAS.get(method, ())],
-        "tensorflow": ["tensorflow"],
-        "jax": ["jax"],
-        "torch": ["torch"],
-        "torch_compiled": ["torch"],
-    }[framework]
+    if framework == "torchjd":
+        needed = ["torch", "torchjd", *TORCHJD_EXTRAS.get(method, ())]
+    else:  # a keras_mtl column needs its Keras backend's framework
+        needed = [KERAS_BACKENDS[framework][0]]
     return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
