@@ -18,7 +18,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck source=scripts/install_side_folder.sh
 source scripts/install_side_folder.sh
-if [ ! -d "$target/keras-$floor.dist-info" ]; then
+if ! side_folder_is_current "$target" "keras==$floor"; then
   echo "Installing keras==$floor into $target/ (no dependencies)..." >&2
   install_side_folder "$target" "keras-$floor.dist-info" "keras==$floor"
 fi
