@@ -21,6 +21,7 @@ from keras_mtl.aggregation._solvers import (
     _refined_solve,
     _ridge,
     _support_system,
+    keep_refined,
     lipschitz_bound,
 )
 from keras_mtl.aggregation.base import GramianWeightedAggregator
@@ -122,6 +123,11 @@ class CAGrad(GramianWeightedAggregator):
         def objective(w: Any) -> Any:
             return ops.sum(w * linear) + radius * norm(w)
 
+        def magnitude(w: Any) -> Any:
+            absolute = ops.abs(w)
+            quadratic = ops.sum(absolute * ops.matmul(ops.abs(g), absolute))
+            return ops.sum(absolute * ops.abs(linear)) + radius * ops.sqrt(quadratic)
+
         def body(_: Any, state: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
             x, y, t = state
             rho = ops.maximum(norm(y), _RHO_FLOOR)
@@ -137,7 +143,7 @@ class CAGrad(GramianWeightedAggregator):
             one = ops.ones((), dtype="float32")
             w, _, _ = _iterate(self.iterations, body, (mean, mean, one), moving=2)
             refined = _active_set(g, linear, radius, w, min(num + 1, ACTIVE_SET_ROUNDS))
-            w = ops.where(objective(refined) <= objective(w), refined, w)
+            w = keep_refined(refined, w, objective, magnitude, num)
         else:
             w = mean
         gw_norm = norm(w)
