@@ -23,7 +23,9 @@ reads the rows' largest entry, or that after `where(isfinite)`), and the
 rescaled Gramian always (branch-free). With `--set graddrop`, GradDrop
 (which keeps the Jacobian) with its one random draw per column per step
 replaced by a constant (0.5: the mask is then a fixed function of the
-signs), and without its logs. With `--set projections`, PCGrad, GradVac
+signs), without its logs, and with its logs taken each of the two ways
+(from the Jacobian divided by its largest entry, as on TensorFlow; from
+the raw Gramian with a rescaling branch, as on JAX and torch). With `--set projections`, PCGrad, GradVac
 and ConFIG on the Gramian route, and PCGrad on the Jacobian.
 
 Prints one JSON line: ms per step and the paired ratio to `ideal` of each
@@ -144,6 +146,17 @@ GRADDROP_VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
         "a:graddrop",
         [(gradients, "combination_weights_and_min_cosine", no_logs)],
     ),
+    # The two ways of taking the logs' Gramian, whichever the backend ships.
+    (
+        "a:graddrop, logs always rescaled",
+        "a:graddrop",
+        [(gradients, "_from_gramian", gradients._rescaled_logs)],
+    ),
+    (
+        "a:graddrop, logs from the raw Gramian",
+        "a:graddrop",
+        [(gradients, "_from_gramian", gradients._raw_or_rescaled_logs)],
+    ),
 ]
 
 JACOBIAN = [(step_lib, "uses_gramian", lambda a: False)]
@@ -203,7 +216,9 @@ def main() -> None:
         default="route",
     )
     parser.add_argument(
-        "--only", help="comma-separated variant names to run (default: the whole set)"
+        "--only",
+        action="append",
+        help="a variant to run, by name (repeatable; default: the whole set)",
     )
     cfg = parser.parse_args()
     variants = {
@@ -213,7 +228,7 @@ def main() -> None:
         "projections": PROJECTION_VARIANTS,
     }[cfg.set]
     if cfg.only:
-        keep = {"ideal", *cfg.only.split(",")}
+        keep = {"ideal", *cfg.only}
         variants = [v for v in variants if v[0] in keep]
     data = performance.dataset("mlp", cfg.tasks)
     runs, counts = {}, {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -358,23 +358,58 @@ def combination_weights(jacobian: Any, direction: Any, ridge: float = 1e-6) -> A
     # A non-finite step is skipped anyway; its logs must not make the
     # (non-XLA) solver raise on a NaN system.
     jacobian = ops.where(ops.isfinite(jacobian), jacobian, 0.0)
-    return _combination(*_scaled_gram(jacobian), direction, ridge)
+    return _from_gramian(
+        jacobian, lambda j, scale, gram: _combination(j, scale, gram, direction, ridge)
+    )
 
 
 def min_cosine(jacobian: Any) -> Any:
     """The smallest pairwise cosine similarity between the task gradients."""
-    return gramian_min_cosine(_scaled_gram(jacobian)[2])
+    return _from_gramian(jacobian, lambda j, scale, gram: gramian_min_cosine(gram))
 
 
 def combination_weights_and_min_cosine(
     jacobian: Any, direction: Any, ridge: float = 1e-6
 ) -> tuple[Any, Any]:
     """`combination_weights(jacobian, direction, ridge)` and
-    `min_cosine(jacobian)` of a finite `jacobian`, the same values, with the
-    scaled Jacobian and its Gramian computed once for both (each is a pass
-    over the `[K, D]` Jacobian: this halves the logging's cost)."""
-    scaled = _scaled_gram(jacobian)
-    return _combination(*scaled, direction, ridge), gramian_min_cosine(scaled[2])
+    `min_cosine(jacobian)` of a finite `jacobian`, the same values, with
+    one Gramian for both (each is a pass over the `[K, D]` Jacobian)."""
+
+    def both(j: Any, scale: Any, gram: Any) -> tuple[Any, Any]:
+        return _combination(j, scale, gram, direction, ridge), gramian_min_cosine(gram)
+
+    return _from_gramian(jacobian, both)
+
+
+def _from_gramian(jacobian: Any, logs: Callable[[Any, Any, Any], Any]) -> Any:
+    """`logs(j, scale, gram)` for `j = jacobian / scale` and its Gramian.
+
+    On JAX and torch `_raw_or_rescaled_logs`, on TensorFlow
+    `_rescaled_logs` (no branch), as `safe_gramian` chooses: the division
+    by the largest entry writes a copy of the Jacobian, which on JAX was
+    most of the logs' cost (GradDrop at width 1024: 102 -> 87 ms a step,
+    docs/performance.md, Profile). `logs` must return small tensors: a
+    branch's outputs are copied."""
+    if keras.backend.backend() == "tensorflow":
+        return _rescaled_logs(jacobian, logs)
+    return _raw_or_rescaled_logs(jacobian, logs)
+
+
+def _raw_or_rescaled_logs(jacobian: Any, logs: Callable[[Any, Any, Any], Any]) -> Any:
+    """`logs` with `scale` 1 when the raw Gramian is usable
+    (`usable_gramian`), otherwise, in a branch that runs only then,
+    `_rescaled_logs`."""
+    raw = _linalg.gramian(jacobian)
+    return ops.cond(
+        usable_gramian(raw),
+        lambda: logs(jacobian, ops.ones((), "float32"), raw),
+        lambda: _rescaled_logs(jacobian, logs),
+    )
+
+
+def _rescaled_logs(jacobian: Any, logs: Callable[[Any, Any, Any], Any]) -> Any:
+    """`logs` with `scale` the Jacobian's largest absolute entry."""
+    return logs(*_scaled_gram(jacobian))
 
 
 def _scaled_gram(jacobian: Any) -> tuple[Any, Any, Any]:
