@@ -155,7 +155,7 @@ def project_onto_simplex(v: Any) -> Any:
     condition = u - cumulative / index > 0
     rho = ops.maximum(ops.max(ops.where(condition, index, 0.0)), 1.0)
     theta = ops.take(cumulative, ops.cast(rho, "int32") - 1) / rho
-    return ops.maximum(v - theta, 0.0)
+    return ops.relu(v - theta)
 
 
 # The largest effective step gamma * max|M|^2 of `regularised_gramian_step`:

@@ -171,7 +171,7 @@ def min_norm_simplex(
     g = gramian / positive_or_one(bound)
 
     def gradient(x: Any) -> Any:
-        return ops.matmul(x, g)
+        return x @ g
 
     def project(x: Any) -> Any:
         return project_onto_simplex(x[0])[None, :]
@@ -313,9 +313,9 @@ def nonneg_qp(
     start = ops.zeros_like(b)
 
     def gradient(x: Any) -> Any:
-        return ops.matmul(x, g) + b
+        return x @ g + b
 
-    w = _fista(gradient, lambda x: ops.maximum(x, 0.0), start, 1.0, iterations)
+    w = _fista(gradient, ops.relu, start, 1.0, iterations)
     refined = _active_set_nonneg(g, b, w, _rounds(num, active_set_rounds))
 
     def objective(x: Any) -> Any:
@@ -344,7 +344,7 @@ def _active_set_nonneg(g: Any, b: Any, w: Any, rounds: int) -> Any:
         usable = ops.all(ops.isfinite(candidate), axis=-1, keepdims=True)
         candidate = ops.where(usable, candidate, w)
         moved, kept, feasible = _ratio_step(w, candidate, support)
-        grad = ops.matmul(moved, g) + b
+        grad = moved @ g + b
         violated = ops.min(grad, axis=-1, keepdims=True) < -_KKT_TOL
         kept = _add_most_violated(kept, grad, feasible, violated)
         return ops.where(usable, moved, w), ops.where(usable, kept, support)
@@ -383,11 +383,11 @@ def _refined_solve(system: Any, rhs: Any, ridge_part: Any) -> Any:
     q_t = ops.transpose(q, (0, 2, 1))
 
     def solve(x: Any) -> Any:
-        return ops.linalg.solve_triangular(r, ops.matmul(q_t, x), lower=False)
+        return ops.linalg.solve_triangular(r, q_t @ x, lower=False)
 
     x = solve(rhs)
     for _ in range(_REFINEMENTS):
-        x = x + solve(rhs - ops.matmul(exact, x))
+        x = x + solve(rhs - exact @ x)
     return x
 
 
@@ -402,7 +402,7 @@ def _ratio_step(w: Any, candidate: Any, support: Any) -> tuple[Any, Any, Any]:
     theta = ops.clip(ops.min(ratios, axis=-1, keepdims=True), 0.0, 1.0)
     moved = w + theta * (candidate - w)
     blocked = ops.logical_and(decreasing, ratios <= theta)
-    moved = ops.where(blocked, 0.0, ops.maximum(moved, 0.0))
+    moved = ops.where(blocked, 0.0, ops.relu(moved))
     support = support * (1.0 - ops.cast(blocked, "float32"))
     feasible = ops.logical_not(ops.any(decreasing, axis=-1, keepdims=True))
     return moved, support, feasible
