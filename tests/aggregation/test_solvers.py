@@ -113,3 +113,26 @@ def test_answer_does_not_depend_on_where_fista_stops(name):
     scale = np.abs(answers[0]).max()
     for answer in answers[1:]:
         np.testing.assert_allclose(answer, answers[0], atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_compiled_loops_stop_at_a_fixed_point_with_the_full_loops_numbers(
+    name, monkeypatch
+):
+    # Compiled (XLA on TensorFlow and JAX) the loops are while loops that
+    # stop once an iteration changes nothing; the full fixed-length loop
+    # must give the same numbers (up to the compiler's rounding: the two
+    # loops are different programs).
+    if OP_BY_OP:
+        pytest.skip("torch runs the loops op by op (the test above)")
+    solve = SOLVERS[name]
+    problems = gramians() + [ill_conditioned_gramian()]
+    early = [keras.ops.convert_to_numpy(compiled(solve)(g)) for g in problems]
+
+    def full_loop(iterations, body, state, moving):
+        return keras.ops.fori_loop(0, iterations, body, state)
+
+    monkeypatch.setattr(_solvers, "_iterate_compiled", full_loop)
+    for g, stopped in zip(problems, early):
+        full = keras.ops.convert_to_numpy(compiled(solve)(g))
+        np.testing.assert_allclose(stopped, full, rtol=1e-6, atol=1e-7)
