@@ -227,25 +227,30 @@ def keep_refined(
     magnitude: Callable[[Any], Any],
     num: int,
 ) -> Any:
-    """The active-set point `refined` unless its objective exceeds that of
-    FISTA's point by more than float32 rounding of the objective can.
+    """The active-set point `refined` or FISTA's point `fista`, by their
+    objectives, each known to within its float32 rounding: `(num + 2) u`
+    times `magnitude(x)`, the sum of the magnitudes of the objective's
+    products at `x` (Higham's bound for sums of products).
 
-    The active-set rounds start from FISTA's point and only move along
-    descent segments to the exact minimiser on a support, so in exact
-    arithmetic `refined` is never worse; the comparison only catches a
-    failed solve. Near the optimum of an ill-conditioned problem the two
-    objectives differ by less than float32 resolves, and a plain `<=`
-    then keeps FISTA's cruder point by the rounding of the moment (UPGrad
-    at condition number 3e4 moved 4e-4 off the optimum when TensorFlow's
-    graph rewriting changed). `magnitude(x)` is the sum of the magnitudes
-    of the objective's products at `x`; `num` the number of variables.
+    - `refined` clearly better: kept.
+    - Within rounding of each other: `refined` unless it is more than twice
+      as large (`magnitude`). The active-set rounds solve the KKT system on
+      the support exactly, so near the optimum of an ill-conditioned
+      problem they are the more accurate (UPGrad at condition number 3e4:
+      a plain `<=` kept FISTA's point by the rounding of the moment, 4e-4
+      off the optimum). On a (nearly) singular Gramian the support solve
+      can grow along its null space, which changes the objective by less
+      than rounding but not the point's size: `d = w^T J` of such weights
+      overflowed on 1e30-sized, parallel task gradients.
+    - `refined` clearly worse (a failed solve): FISTA's point.
     """
-    allowance = (
-        (num + 2)
-        * _FLOAT32_ROUNDOFF
-        * ops.maximum(magnitude(refined), magnitude(fista))
-    )
-    return ops.where(objective(refined) <= objective(fista) + allowance, refined, fista)
+    slack = (num + 2) * _FLOAT32_ROUNDOFF
+    size_r, size_f = magnitude(refined), magnitude(fista)
+    value_r, value_f = objective(refined), objective(fista)
+    better = value_r + slack * size_r < value_f - slack * size_f
+    tied = value_r <= value_f + slack * (size_r + size_f)
+    keep = ops.logical_or(better, ops.logical_and(tied, size_r <= 2.0 * size_f))
+    return ops.where(keep, refined, fista)
 
 
 def _rounds(num: int, rounds: int | None) -> int:

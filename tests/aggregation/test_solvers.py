@@ -6,9 +6,12 @@ import keras
 import numpy as np
 import pytest
 from _backend import compiled
-from _jacobians import random_jacobian
+from _jacobians import Graph, random_jacobian
 
 from keras_mtl.aggregation import _solvers, cagrad
+from keras_mtl.aggregation.dualproj import DualProj
+from keras_mtl.aggregation.mgda import MGDA
+from keras_mtl.aggregation.upgrad import UPGrad
 
 pytestmark = pytest.mark.backend_neutral
 
@@ -136,3 +139,23 @@ def test_compiled_loops_stop_at_a_fixed_point_with_the_full_loops_numbers(
     for g, stopped in zip(problems, early):
         full = keras.ops.convert_to_numpy(compiled(solve)(g))
         np.testing.assert_allclose(stopped, full, rtol=1e-6, atol=1e-7)
+
+
+def test_parallel_huge_gradients_give_a_finite_direction():
+    # Five (nearly) parallel task gradients of size 1e30, found by the
+    # property test: the Gramian is numerically rank one, and the
+    # active-set solve on it grew along its null space, which changes the
+    # objective by less than rounding; the direction `w^T J` overflowed.
+    j = np.array(
+        [
+            [1.30912144e30, -3.06323971e30, -2.11407729e29, 8.64659410e29, -1.22804007e30],
+            [9.43418282e29, -2.20752363e30, -1.52350976e29, 6.23116749e29, -8.84987044e29],
+            [1.67385357e29, -3.91668392e29, -2.70307667e28, 1.10556068e29, -1.57018223e29],
+            [-1.19138015e30, 2.78773458e30, 1.92393895e29, -7.86892687e29, 1.11759125e30],
+            [1.15102998e30, -2.69331869e30, -1.85877823e29, 7.60241842e29, -1.07974016e30],
+        ],
+        np.float32,
+    )  # fmt: skip
+    for factory in (DualProj, UPGrad, MGDA, cagrad.CAGrad):
+        direction = Graph(factory)(j)
+        assert np.all(np.isfinite(direction)), (factory.__name__, direction)
