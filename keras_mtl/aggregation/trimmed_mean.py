@@ -33,16 +33,19 @@ def middle_rows(rows: list[Any], trim: int) -> list[Any]:
         # The largest remaining value of each coordinate to row num - 1 - p,
         # then the smallest remaining one to row p.
         for i in range(p, num - 1 - p):
-            rows[i], rows[i + 1] = (
-                ops.minimum(rows[i], rows[i + 1]),
-                ops.maximum(rows[i], rows[i + 1]),
-            )
-        for i in range(num - 2 - p, p, -1):
-            rows[i - 1], rows[i] = (
-                ops.minimum(rows[i - 1], rows[i]),
-                ops.maximum(rows[i - 1], rows[i]),
-            )
+            _order_pair(rows, i)
+        for i in range(num - 3 - p, p - 1, -1):
+            _order_pair(rows, i)
     return rows[trim : num - trim]
+
+
+def _order_pair(rows: list[Any], i: int) -> None:
+    """Puts, in every coordinate, the smaller of rows `i` and `i + 1` in row
+    `i` and the larger in row `i + 1` (in place)."""
+    rows[i], rows[i + 1] = (
+        ops.minimum(rows[i], rows[i + 1]),
+        ops.maximum(rows[i], rows[i + 1]),
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
