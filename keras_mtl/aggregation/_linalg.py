@@ -92,14 +92,17 @@ def takes_pairwise(num_rows: int, columns: int | None) -> bool:
 def gramian(jacobian: Any) -> Any:
     """`J @ J.T` in float32, of a `[K, n]` matrix or of its K rows (a list
     of `[n]` tensors, which need not be stacked): one dot, or its
-    K(K+1)/2 entries as sums of products of two rows (`takes_pairwise`)."""
+    K(K+1)/2 entries as sums of products of two rows (`takes_pairwise`).
+    Exactly symmetric either way."""
     listed = isinstance(jacobian, (list, tuple))
     num = len(jacobian) if listed else jacobian.shape[0]
     columns = jacobian[0].shape[0] if listed else jacobian.shape[1]
     if num is None or not takes_pairwise(num, columns):
         matrix = ops.stack(list(jacobian)) if listed else jacobian
         matrix = ops.cast(matrix, "float32")
-        return ops.matmul(matrix, ops.transpose(matrix))
+        # A BLAS dot need not round entry (i, j) as it rounds (j, i) (torch's
+        # on AMD EPYC does not); averaging the two costs K^2 operations.
+        return symmetric_part(ops.matmul(matrix, ops.transpose(matrix)))
     rows = [ops.cast(jacobian[i], "float32") for i in range(num)]
     # XLA fuses (JAX) or at least keeps (TensorFlow) the multiply-and-sum;
     # torch runs ops one by one, and its dot of two rows writes nothing out.
