@@ -270,7 +270,23 @@ class TensorFlowTrainer(MultiTaskStep):
 
     def make_train_function(self, force: bool = False) -> Any:
         self._prepare_strategy(fitting=True)
+        self._build_optimizer_before_tracing()
         return super().make_train_function(force=force)
+
+    def _build_optimizer_before_tracing(self) -> None:
+        """Without a strategy, Keras builds the optimizer in the first trace
+        of the step, and a function whose first trace creates variables is
+        traced a second time by TensorFlow: the whole step, twice, at the
+        start of every `fit`. Its variables are built here instead (the same
+        zeros), once every variable of the model exists (a subclassed net
+        may create its own in the first call: that model keeps Keras' way)."""
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None or optimizer.built:
+            return
+        if not all(layer.built for layer in self._flatten_layers()):
+            return
+        with self.distribute_strategy.scope():
+            optimizer.build(self.trainable_variables)
 
     def make_test_function(self, force: bool = False) -> Any:
         self._prepare_strategy()

@@ -89,10 +89,9 @@ def test_changing_weights_never_retrace_the_step(jit_compile, digits, make_net):
         },
         jit_compile=jit_compile,
     )
-    # On TensorFlow, Keras creates unbuilt optimizer slots (and compiled
-    # metrics) inside the first trace, and tf.function then traces once more
-    # (a stock keras.Model too). Build them first to count our own retraces.
-    model.optimizer.build(model.trainable_variables)
+    # Without a strategy, Keras creates the optimizer's slots inside the first
+    # trace, and tf.function then traces once more (a stock keras.Model too);
+    # the model builds them before (`_build_optimizer_before_tracing`).
     dataset = tf.data.Dataset.from_tensor_slices((digits.x, digits.y)).batch(
         64, drop_remainder=True
     )
