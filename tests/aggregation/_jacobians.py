@@ -90,6 +90,16 @@ def random_jacobian(num_tasks, dim, seed, spread=1.0):
     return j.astype(np.float32)
 
 
+def conflicting_jacobian(num_tasks, dim, seed):
+    """`random_jacobian` (spread 1) with its first row pushed against the
+    second, `g_0 - c g_1` for c in [1, 3]: conflicting gradients, and for
+    some seeds an ill-conditioned Gramian (seed 3 with 5 tasks in 5
+    dimensions: condition number ~3e4)."""
+    j = random_jacobian(num_tasks, dim, seed, spread=1.0)
+    j[0] -= 2.0 * j[1] * np.random.default_rng(300 + seed).uniform(0.5, 1.5)
+    return j
+
+
 def brute_force_min_norm(jacobian):
     """Exact min-norm point (float64): the best KKT solution over every
     support (equality-constrained least squares on each subset)."""

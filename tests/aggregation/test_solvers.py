@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 from _backend import compiled
-from _jacobians import Graph, random_jacobian
+from _jacobians import Graph, conflicting_jacobian
 
 from keras_mtl.aggregation import _solvers, cagrad
 from keras_mtl.aggregation.dualproj import DualProj
@@ -85,9 +85,7 @@ def test_stopping_at_a_fixed_point_changes_no_number(name, monkeypatch):
 def ill_conditioned_gramian() -> np.ndarray:
     """K = 5 task gradients, two of them nearly opposite: a Gramian of
     condition number ~3e4 (the instance of UPGrad's SciPy test, seed 3)."""
-    rng = np.random.default_rng(303)
-    jacobian = random_jacobian(5, 5, seed=3, spread=1.0)
-    jacobian[0] -= 2.0 * jacobian[1] * rng.uniform(0.5, 1.5)
+    jacobian = conflicting_jacobian(5, 5, seed=3)
     return jacobian @ jacobian.T
 
 
