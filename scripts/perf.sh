@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # Section 5 (benchmarks/torchjd_side_by_side.py) runs keras_mtl beside PyTorch
 # + TorchJD 0.18: installed here, for the suite only (not dependencies of
-# keras_mtl). The CPU wheel of torch first (the default one carries CUDA);
+# keras_mtl). torch 2.13.0, the version scripts/setup_torch.sh tests: the
+# CPU wheel from PyTorch's index first (PyPI's carries CUDA), else PyPI's
+# (a machine that reaches PyPI only, or holds the CPU wheel locally);
 # TorchJD's [full] extra brings the solvers of its CAGrad, Nash-MTL and UPGrad
 # (cvxpy, ecos, qpsolvers, quadprog). PERF_NO_TORCH=1 skips this; section 5
 # then names what is missing and measures the rest.
@@ -20,7 +22,9 @@ if [ -z "${PERF_NO_TORCH:-}" ] &&
   ! .venv/bin/python -c "import torch, torchjd, cvxpy, ecos, qpsolvers, quadprog" 2>/dev/null; then
   echo "Installing PyTorch (CPU) and TorchJD 0.18 for section 5..." >&2
   { .venv/bin/python -c "import torch" 2>/dev/null ||
-    .venv/bin/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu; } &&
+    .venv/bin/python -m pip install -q torch==2.13.0 \
+      --index-url https://download.pytorch.org/whl/cpu 2>/dev/null ||
+    .venv/bin/python -m pip install -q torch==2.13.0; } &&
     .venv/bin/python -m pip install -q "torchjd[full]==0.18.0" ||
     echo "scripts/perf.sh: installing torch/TorchJD failed; section 5 will say what is missing." >&2
 fi
