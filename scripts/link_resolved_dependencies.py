@@ -23,22 +23,18 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import re
 import sys
 import sysconfig
 from pathlib import Path
 
-
-def canonical(name: str) -> str:
-    """The distribution name as pip compares it (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+from packaging.utils import canonicalize_name
 
 
 def resolved(report: Path) -> dict[str, str]:
     """{canonical name: version} of what pip would install, but keras-mtl."""
     entries = json.loads(report.read_text())["install"]
     versions = {
-        canonical(entry["metadata"]["name"]): entry["metadata"]["version"]
+        canonicalize_name(entry["metadata"]["name"]): entry["metadata"]["version"]
         for entry in entries
     }
     versions.pop("keras-mtl", None)
@@ -49,7 +45,7 @@ def installed(site: Path) -> dict[str, importlib.metadata.Distribution]:
     """{canonical name: distribution} found in the folder ``site``."""
     found: dict[str, importlib.metadata.Distribution] = {}
     for dist in importlib.metadata.distributions(path=[str(site)]):
-        found.setdefault(canonical(dist.metadata["Name"]), dist)
+        found.setdefault(canonicalize_name(dist.metadata["Name"]), dist)
     return found
 
 
@@ -86,8 +82,9 @@ def main() -> None:
     report, target_site = Path(sys.argv[1]), Path(sys.argv[2]).resolve()
     site = Path(sysconfig.get_paths()["purelib"]).resolve()
     here = installed(site)
+    wanted = resolved(report)
     count = 0
-    for name, version in sorted(resolved(report).items()):
+    for name, version in sorted(wanted.items()):
         dist = here.get(name)
         if dist is None or dist.version != version:
             have = "not installed" if dist is None else dist.version
@@ -100,7 +97,7 @@ def main() -> None:
             if not target.exists():
                 link(site / relative, target)
                 count += 1
-    print(f"linked {len(resolved(report))} distributions ({count} files) from {site}")
+    print(f"linked {len(wanted)} distributions ({count} files) from {site}")
 
 
 if __name__ == "__main__":
