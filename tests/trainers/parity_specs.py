@@ -130,7 +130,13 @@ def build_net(tasks: list[str], regularized: bool = False) -> keras.Model:
             activity_regularizer=keras.regularizers.L1(1e-3) if regularized else None,
         ),
         "parity": keras.layers.Dense(1, activation="sigmoid", name="parity"),
-        "ink": keras.layers.Dense(1, name="ink"),
+        # A head's weights regularised too: its gradient has a regulariser's
+        # term (the softmax head's L1 activity term has none: it is 1).
+        "ink": keras.layers.Dense(
+            1,
+            name="ink",
+            kernel_regularizer=keras.regularizers.L2(1e-2) if regularized else None,
+        ),
     }
     outputs = {t: heads[t](hidden) for t in tasks}
     net = keras.Model(inputs, outputs, name="net")

@@ -58,6 +58,12 @@ COMPARED = [
     "pcgrad:seed=7@k2",
     "nash_mtl",
     "upgrad@trunk",
+    # The aggregator step's other gradients: a weighting's learned
+    # parameters, the regularisers' terms (of the trunk and of a head) and
+    # heads trained on transformed losses.
+    "uncertainty+upgrad@reg",
+    "upgrad@trunk@reg",
+    "db_mtl",
 ]
 EXCHANGED = ["uncertainty", "nash_mtl"]
 OTHERS = ("tensorflow", "jax")

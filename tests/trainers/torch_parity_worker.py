@@ -6,7 +6,8 @@ the torch parity tests (tests/trainers/test_torch_parity.py).
 
 `train`: each SPEC (a method specification of `parity_specs.py`, `upgrad`,
 `adaptive+upgrad`; `@k2` for the first two tasks only, `@trunk` for
-representation mode) trains `EPOCHS` epochs from the same initial weights;
+representation mode, `@reg` for a net with weight and activity
+regularisers) trains `EPOCHS` epochs from the same initial weights;
 its per-epoch logs and final parameters are written to OUT. After
 `SAVED_AFTER` of them the model is saved to `DIR/<SPEC>.keras`, so the last
 epochs are the saving backend's own continuation.
@@ -78,7 +79,8 @@ def train(spec: str, directory: str) -> dict:
     keras.utils.set_random_seed(0)
     parsed = parse(spec)
     tasks = parsed.tasks
-    model = keras_mtl.MultiTaskModel(build_net(tasks), **parsed.build())
+    net = build_net(tasks, regularized="reg" in parsed.options)
+    model = keras_mtl.MultiTaskModel(net, **parsed.build())
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.02),
         loss={t: TASK_LOSSES[t] for t in tasks},
