@@ -283,7 +283,7 @@ class TensorFlowTrainer(MultiTaskStep):
         optimizer = getattr(self, "optimizer", None)
         if optimizer is None or optimizer.built:
             return
-        if not all(layer.built for layer in self._flatten_layers()):
+        if not all(layer.built for layer in _compat.flatten_layers(self)):
             return
         with self.distribute_strategy.scope():
             optimizer.build(self.trainable_variables)
