@@ -256,7 +256,6 @@ class TorchTrainer(SingleDevice, MultiTaskStep):
             direction, combination, loss_scale = _eager(self._aggregate_rows)(
                 rows, targets, _detached(keras.ops.cast(losses, "float32"))
             )
-            head_grads = [_sum_present(parts) for parts in zip(*head_rows)]
         # The regularisation's gradient, in one call: of the shared
         # parameters (in representation mode it is part of the trunk's
         # backward pass below) and of the heads.
@@ -267,7 +266,8 @@ class TorchTrainer(SingleDevice, MultiTaskStep):
                 if g is not None:
                     extra[id(v)] = (g * loss_scale).to(g.dtype)
         head_grads = [
-            _sum_present((g, extra.get(id(v)))) for v, g in zip(in_rows, head_grads)
+            _sum_present((*parts, extra.get(id(v))))
+            for v, parts in zip(in_rows, zip(*head_rows))
         ]
         if representation is None:
             shared_grads = [
