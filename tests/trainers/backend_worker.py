@@ -45,7 +45,7 @@ def run(spec: str) -> dict[str, object]:
     parsed = parse(spec)
     tasks = parsed.tasks
     kwargs = parsed.build()
-    net = build_net(tasks, regularized="reg" in parsed.options)
+    net = build_net(tasks, regularized=parsed.regularized)
     model = keras_mtl.MultiTaskModel(net, **kwargs)
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.02),

@@ -48,6 +48,11 @@ class ParitySpec:
     def tasks(self) -> list[str]:
         return list(TASK_LOSSES)[:2] if "k2" in self.options else list(TASK_LOSSES)
 
+    @property
+    def regularized(self) -> bool:
+        """Whether the net has its regularisers (`@reg`, `build_net`)."""
+        return "reg" in self.options
+
     def build(self) -> dict[str, Any]:
         """Fresh `weighting=` and `aggregator=` (and, with `@trunk`,
         `representation=`) arguments for `MultiTaskModel`."""

@@ -79,7 +79,7 @@ def train(spec: str, directory: str) -> dict:
     keras.utils.set_random_seed(0)
     parsed = parse(spec)
     tasks = parsed.tasks
-    net = build_net(tasks, regularized="reg" in parsed.options)
+    net = build_net(tasks, regularized=parsed.regularized)
     model = keras_mtl.MultiTaskModel(net, **parsed.build())
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.02),
