@@ -27,8 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from keras import ops
-
+from keras_mtl.aggregation import _small_ops as small
 from keras_mtl.aggregation._linalg import positive_or_one, symmetric_part
 
 RIDGE = 1e-6
@@ -39,12 +38,12 @@ _LADDER = 12  # step sizes 1, 1/2, ..., 2 ** -(_LADDER - 1), and 0
 def _phi_change(w: Any, ratio: Any, alpha: float) -> Any:
     """`phi(w (1 + ratio)) - phi(w)` without cancellation (`ratio > -1`)."""
     if alpha == 1.0:
-        return -ops.log1p(ratio)
+        return -small.log1p(ratio)
     exponent = (alpha - 1.0) / alpha
     return (
         -(alpha / (alpha - 1.0))
-        * ops.power(w, exponent)
-        * ops.expm1(exponent * ops.log1p(ratio))
+        * small.power(w, exponent)
+        * small.expm1(exponent * small.log1p(ratio))
     )
 
 
@@ -54,42 +53,44 @@ def normalised_weights(
     """The alpha-fair weights of a Gramian whose largest diagonal entry is 1
     (or a zero Gramian)."""
     num = gramian.shape[0]
-    eye = ops.eye(num, dtype="float32")
+    eye = small.eye(num, dtype="float32")
     system = symmetric_part(gramian) + ridge * eye
     power = -1.0 / alpha
     # Start from the exact solution for orthogonal gradients (diagonal G).
-    w = ops.power(ops.diagonal(system), -alpha / (alpha + 1.0))
-    ladder = ops.concatenate(
+    w = small.power(small.diagonal(system), -alpha / (alpha + 1.0))
+    ladder = small.concatenate(
         [
-            ops.power(0.5, ops.arange(_LADDER, dtype="float32")),
-            ops.zeros((1,), dtype="float32"),
+            small.power(0.5, small.arange(_LADDER, dtype="float32")),
+            small.zeros((1,), dtype="float32"),
         ]
     )
 
     # K is small: products with `system` as broadcast sums (cheaper than
     # matmul when run eagerly, the same under XLA).
     def body(_: Any, w: Any) -> Any:
-        system_w = ops.sum(system * w[None, :], axis=1)
-        w_power = ops.power(w, power)
+        system_w = small.sum(system * w[None, :], axis=1)
+        w_power = small.power(w, power)
         gradient = system_w - w_power
         hessian = system + eye * (w_power / (alpha * w))[None, :]
-        delta = -ops.linalg.solve(hessian, gradient[:, None])[:, 0]
+        delta = -small.linalg.solve(hessian, gradient[:, None])[:, 0]
         # Largest step keeping every weight above 1% of its current value.
         ratio = delta / w
-        limit = ops.minimum(1.0, 0.99 / ops.maximum(-ops.min(ratio), 1e-30))
+        limit = small.minimum(1.0, 0.99 / small.maximum(-small.min(ratio), 1e-30))
         t = limit * ladder
         # F(w + t delta) - F(w) for each step size, from the differences
         # (no cancellation near the optimum); the best one (or 0) is taken.
-        linear = ops.sum(system_w * delta)
-        quadratic = ops.sum(delta * ops.sum(system * delta[None, :], axis=1))
-        barrier = ops.sum(
+        linear = small.sum(system_w * delta)
+        quadratic = small.sum(delta * small.sum(system * delta[None, :], axis=1))
+        barrier = small.sum(
             _phi_change(w[None, :], t[:, None] * ratio[None, :], alpha), 1
         )
         change = t * linear + (0.5 * quadratic) * t * t + barrier
-        best = ops.take(t, ops.argmin(ops.where(ops.isnan(change), 0.0, change)))
+        best = small.take(
+            t, small.argmin(small.where(small.isnan(change), 0.0, change))
+        )
         return w + best * delta
 
-    return ops.fori_loop(0, iterations, body, w)
+    return small.fori_loop(0, iterations, body, w)
 
 
 def alpha_fair_weights(
@@ -97,7 +98,7 @@ def alpha_fair_weights(
 ) -> Any:
     """`w > 0` with `(G w)_i = w_i ** (-1/alpha)` (ridge-regularised), for a
     symmetric positive semi-definite `G` (`[K, K]`, float32)."""
-    gramian = ops.cast(gramian, "float32")
-    scale = positive_or_one(ops.max(ops.diagonal(gramian)))
+    gramian = small.cast(gramian, "float32")
+    scale = positive_or_one(small.max(small.diagonal(gramian)))
     weights = normalised_weights(gramian / scale, alpha, iterations, ridge)
-    return weights * ops.power(scale, -alpha / (alpha + 1.0))
+    return weights * small.power(scale, -alpha / (alpha + 1.0))

@@ -4,7 +4,8 @@ Gramian and its normalisation, the projection onto the simplex and the
 regularised gradient step on simplex weights (MoCo, MoDo).
 
 All of it is `keras.ops` (traceable, XLA-compatible, float32 in, float32
-out for float32 inputs).
+out for float32 inputs), through `_small_ops`: on torch, the same torch
+functions without Keras' per-call conversions.
 """
 
 from __future__ import annotations
@@ -12,25 +13,26 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import ops
+
+from keras_mtl.aggregation import _small_ops as small
 
 
 def clean_jacobian(jacobian: Any) -> Any:
     """float32, non-finite entries replaced by 0, so they cannot poison the
     solvers (a model skips such steps anyway: its loss or gradient check
     fails)."""
-    jacobian = ops.cast(jacobian, "float32")
-    return ops.where(ops.isfinite(jacobian), jacobian, 0.0)
+    jacobian = small.cast(jacobian, "float32")
+    return small.where(small.isfinite(jacobian), jacobian, 0.0)
 
 
 def positive_or_one(x: Any) -> Any:
     """`x` where it is > 0, else 1 (a safe divisor)."""
-    return ops.where(x > 0.0, x, 1.0)
+    return small.where(x > 0.0, x, 1.0)
 
 
 def safe_divide(numerator: Any, denominator: Any) -> Any:
     """`numerator / denominator` where the denominator is > 0, else 0."""
-    return ops.where(denominator > 0.0, numerator / positive_or_one(denominator), 0.0)
+    return small.where(denominator > 0.0, numerator / positive_or_one(denominator), 0.0)
 
 
 def max_abs_scaled(matrix: Any, axis: int | None = None) -> tuple[Any, Any]:
@@ -39,7 +41,7 @@ def max_abs_scaled(matrix: Any, axis: int | None = None) -> tuple[Any, Any]:
     is 0: the scaled matrix has entries in [-1, 1], so its squares neither
     overflow nor all underflow in float32."""
     keepdims = axis is not None
-    scale = positive_or_one(ops.max(ops.abs(matrix), axis=axis, keepdims=keepdims))
+    scale = positive_or_one(small.max(small.abs(matrix), axis=axis, keepdims=keepdims))
     return matrix / scale, scale
 
 
@@ -47,13 +49,13 @@ def row_norms(matrix: Any) -> Any:
     """Euclidean norms of the rows of `[K, D]` without overflow or underflow:
     each row is divided by its largest absolute entry first."""
     scaled, peak = max_abs_scaled(matrix, axis=1)
-    return peak[:, 0] * ops.sqrt(ops.sum(scaled * scaled, axis=1))
+    return peak[:, 0] * small.sqrt(small.sum(scaled * scaled, axis=1))
 
 
 def unit_rows(matrix: Any) -> Any:
     """The rows of `[K, D]` divided by their norms (zero rows stay zero)."""
     scaled, _ = max_abs_scaled(matrix, axis=1)
-    norms = ops.sqrt(ops.sum(scaled * scaled, axis=1, keepdims=True))
+    norms = small.sqrt(small.sum(scaled * scaled, axis=1, keepdims=True))
     return safe_divide(scaled, norms)
 
 
@@ -70,7 +72,7 @@ def unit_rows(matrix: Any) -> Any:
 #   float64 reference); from K = 4 XLA runs the dot faster (6 ms at K = 4)
 #   while the pairs grow as K^2, so TensorFlow takes pairs only up to
 #   `TENSORFLOW_PAIRWISE_ROWS` rows.
-# - torch (2.13, eager): the pairs as BLAS dots of two rows (`ops.dot`),
+# - torch (2.13, eager): the pairs as BLAS dots of two rows (`small.dot`),
 #   which write nothing out: at K = 3, n = 1M, 0.68 ms, against 1.36 ms to
 #   stack the rows and multiply once and 1.68 ms for products written out
 #   and summed (quiet machine; under load the written-out products were
@@ -98,40 +100,40 @@ def gramian(jacobian: Any) -> Any:
     num = len(jacobian) if listed else jacobian.shape[0]
     columns = jacobian[0].shape[0] if listed else jacobian.shape[1]
     if num is None or not takes_pairwise(num, columns):
-        matrix = ops.stack(list(jacobian)) if listed else jacobian
-        matrix = ops.cast(matrix, "float32")
+        matrix = small.stack(list(jacobian)) if listed else jacobian
+        matrix = small.cast(matrix, "float32")
         # A BLAS dot need not round entry (i, j) as it rounds (j, i) (torch's
         # on AMD EPYC does not); averaging the two costs K^2 operations.
-        return symmetric_part(ops.matmul(matrix, ops.transpose(matrix)))
-    rows = [ops.cast(jacobian[i], "float32") for i in range(num)]
+        return symmetric_part(small.matmul(matrix, small.transpose(matrix)))
+    rows = [small.cast(jacobian[i], "float32") for i in range(num)]
     # XLA fuses (JAX) or at least keeps (TensorFlow) the multiply-and-sum;
     # torch runs ops one by one, and its dot of two rows writes nothing out.
-    product = ops.dot if keras.backend.backend() == "torch" else _sum_of_products
+    product = small.dot if keras.backend.backend() == "torch" else _sum_of_products
     entries: list[list[Any]] = [[None] * num for _ in range(num)]
     for i in range(num):
         for j in range(i, num):
             entries[i][j] = entries[j][i] = product(rows[i], rows[j])
-    return ops.stack([ops.stack(row) for row in entries])
+    return small.stack([small.stack(row) for row in entries])
 
 
 def _sum_of_products(a: Any, b: Any) -> Any:
-    return ops.sum(a * b)
+    return small.sum(a * b)
 
 
 def symmetric_part(matrix: Any) -> Any:
     """`(M + M.T) / 2`: a Gramian made exactly symmetric (a summed or
     rescaled one may differ from its transpose by rounding)."""
     # A tensor first: on torch a numpy array plus a tensor raises.
-    matrix = ops.convert_to_tensor(matrix)
-    return 0.5 * (matrix + ops.transpose(matrix))
+    matrix = small.convert_to_tensor(matrix)
+    return 0.5 * (matrix + small.transpose(matrix))
 
 
 def normalized_gramian(gramian: Any) -> tuple[Any, Any]:
     """`G / n**2` and `n`, for `n` the largest row norm of the Jacobian
     (`n**2 = max_i G_ii`; `n = 1` for a zero Gramian)."""
-    gramian = ops.cast(gramian, "float32")
-    safe = positive_or_one(ops.max(ops.diagonal(gramian)))
-    return gramian / safe, ops.sqrt(safe)
+    gramian = small.cast(gramian, "float32")
+    safe = positive_or_one(small.max(small.diagonal(gramian)))
+    return gramian / safe, small.sqrt(safe)
 
 
 def rescaled(weights: Any, norm: Any, exponent: float | None) -> Any:
@@ -141,7 +143,7 @@ def rescaled(weights: Any, norm: Any, exponent: float | None) -> Any:
         return weights
     if exponent == -1:
         return weights / norm
-    return weights * ops.power(norm, exponent)
+    return weights * small.power(norm, exponent)
 
 
 def project_onto_simplex(v: Any) -> Any:
@@ -151,14 +153,14 @@ def project_onto_simplex(v: Any) -> Any:
     num = v.shape[0]
     # Shifting by a constant does not change the projection; shifting by the
     # maximum keeps huge inputs from losing the simplex to rounding.
-    v = v - ops.max(v)
-    u = ops.flip(ops.sort(v), axis=0)
-    cumulative = ops.cumsum(u) - 1.0
-    index = ops.arange(1, num + 1, dtype="float32")
+    v = v - small.max(v)
+    u = small.flip(small.sort(v), axis=0)
+    cumulative = small.cumsum(u) - 1.0
+    index = small.arange(1, num + 1, dtype="float32")
     condition = u - cumulative / index > 0
-    rho = ops.maximum(ops.max(ops.where(condition, index, 0.0)), 1.0)
-    theta = ops.take(cumulative, ops.cast(rho, "int32") - 1) / rho
-    return ops.relu(v - theta)
+    rho = small.maximum(small.max(small.where(condition, index, 0.0)), 1.0)
+    theta = small.take(cumulative, small.cast(rho, "int32") - 1) / rho
+    return small.relu(v - theta)
 
 
 # The largest effective step gamma * max|M|^2 of `regularised_gramian_step`:
@@ -176,5 +178,7 @@ def regularised_gramian_step(matrix: Any, lambdas: Any, gamma: Any, rho: Any) ->
     `MAX_GRAMIAN_STEP` (`s^2` may be inf); a zero `matrix` has `s = 1` and
     `G = 0`, so no step from it."""
     unit, scale = max_abs_scaled(matrix)
-    step = ops.minimum(gamma * scale * scale, MAX_GRAMIAN_STEP)
-    return lambdas - (step * ops.matmul(gramian(unit), lambdas) + gamma * rho * lambdas)
+    step = small.minimum(gamma * scale * scale, MAX_GRAMIAN_STEP)
+    return lambdas - (
+        step * small.matmul(gramian(unit), lambdas) + gamma * rho * lambdas
+    )

@@ -44,7 +44,10 @@ inside `tf.function` or XLA a call takes milliseconds. Aggregators called
 eagerly on TensorFlow and JAX therefore run through a cached compiled call
 (`Aggregator.__call__`). On torch they run op by op, and the loops stop
 once an iteration changes nothing (`_iterate`): the same numbers, and a
-well-conditioned problem settles in tens of the 200 iterations.
+well-conditioned problem settles in tens of the 200 iterations. Their
+operations come from `_small_ops`, which on torch calls torch's own
+function for float32 tensors (a third to a fifth of the Keras op's
+dispatch cost).
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
-from keras import ops
 
+from keras_mtl.aggregation import _small_ops as small
 from keras_mtl.aggregation._eager_cache import runs_op_by_op
 from keras_mtl.aggregation._linalg import (
     positive_or_one,
@@ -83,9 +86,9 @@ _FLOAT32_ROUNDOFF = 2.0**-24
 def lipschitz_bound(gramian: Any) -> Any:
     """An upper bound of the largest eigenvalue of a PSD matrix: the smaller
     of its trace and its largest absolute row sum (both are bounds)."""
-    trace = ops.sum(ops.diagonal(gramian))
-    row_sum = ops.max(ops.sum(ops.abs(gramian), axis=-1))
-    return ops.maximum(ops.minimum(trace, row_sum), 0.0)
+    trace = small.sum(small.diagonal(gramian))
+    row_sum = small.max(small.sum(small.abs(gramian), axis=-1))
+    return small.maximum(small.minimum(trace, row_sum), 0.0)
 
 
 def _iterate(
@@ -94,7 +97,7 @@ def _iterate(
     state: tuple[Any, ...],
     moving: int,
 ) -> tuple[Any, ...]:
-    """`ops.fori_loop(0, iterations, body, state)`, stopped once an
+    """`small.fori_loop(0, iterations, body, state)`, stopped once an
     iteration leaves the first `moving` entries of the state exactly as
     they were: `body` then computes the same values again, so those entries
     end as the full loop leaves them (the later entries, FISTA's momentum
@@ -106,12 +109,12 @@ def _iterate(
     `torch.compile` the full loop, which it unrolls."""
     if not runs_op_by_op(state[0]):
         if keras.backend.backend() == "torch":
-            return ops.fori_loop(0, iterations, body, state)
+            return small.fori_loop(0, iterations, body, state)
         return _iterate_compiled(iterations, body, state, moving)
     for i in range(iterations):
         new = body(i, state)
         settled = all(
-            bool(ops.all(ops.equal(after, before)))
+            bool(small.all(small.equal(after, before)))
             for after, before in zip(new[:moving], state[:moving])
         )
         state = new
@@ -126,28 +129,30 @@ def _iterate_compiled(
     state: tuple[Any, ...],
     moving: int,
 ) -> tuple[Any, ...]:
-    """`_iterate` as one `ops.while_loop`: the loop variables are the
+    """`_iterate` as one `small.while_loop`: the loop variables are the
     iteration count, whether the last iteration changed nothing, and the
     state."""
 
     def going(i: Any, settled: Any, *state: Any) -> Any:
-        return ops.logical_and(i < iterations, ops.logical_not(settled))
+        return small.logical_and(i < iterations, small.logical_not(settled))
 
     def step(i: Any, settled: Any, *state: Any) -> tuple[Any, ...]:
         new = tuple(body(i, tuple(state)))
-        same = [ops.all(ops.equal(a, b)) for a, b in zip(new[:moving], state[:moving])]
+        same = [
+            small.all(small.equal(a, b)) for a, b in zip(new[:moving], state[:moving])
+        ]
         settled = same[0]
         for other in same[1:]:
-            settled = ops.logical_and(settled, other)
+            settled = small.logical_and(settled, other)
         return (i + 1, settled, *new)
 
-    start = (ops.zeros((), "int32"), ops.zeros((), "bool"), *state)
-    out = ops.while_loop(going, step, start, maximum_iterations=iterations)
+    start = (small.zeros((), "int32"), small.zeros((), "bool"), *state)
+    out = small.while_loop(going, step, start, maximum_iterations=iterations)
     return tuple(out[2:])
 
 
 def _symmetrise(gramian: Any) -> Any:
-    return symmetric_part(ops.cast(gramian, "float32"))
+    return symmetric_part(small.cast(gramian, "float32"))
 
 
 def _fista(gradient: Any, project: Any, start: Any, step: Any, iterations: int) -> Any:
@@ -157,15 +162,15 @@ def _fista(gradient: Any, project: Any, start: Any, step: Any, iterations: int) 
     momentum and its restart are per row.
     """
     rows = start.shape[0]
-    ones = ops.ones((rows, 1), dtype="float32")
+    ones = small.ones((rows, 1), dtype="float32")
 
     def body(_: Any, state: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
         x, y, t = state
         x_new = project(y - step * gradient(y))
-        t_new = 0.5 * (1.0 + ops.sqrt(1.0 + 4.0 * t * t))
-        restart = ops.sum((y - x_new) * (x_new - x), axis=-1, keepdims=True) > 0.0
-        beta = ops.where(restart, 0.0, (t - 1.0) / t_new)
-        t_new = ops.where(restart, ones, t_new)
+        t_new = 0.5 * (1.0 + small.sqrt(1.0 + 4.0 * t * t))
+        restart = small.sum((y - x_new) * (x_new - x), axis=-1, keepdims=True) > 0.0
+        beta = small.where(restart, 0.0, (t - 1.0) / t_new)
+        t_new = small.where(restart, ones, t_new)
         y_new = x_new + beta * (x_new - x)
         return x_new, y_new, t_new
 
@@ -195,7 +200,7 @@ def min_norm_simplex(
     """
     gramian = _symmetrise(gramian)
     num = gramian.shape[0]
-    start = ops.full((1, num), 1.0 / num, dtype="float32")
+    start = small.full((1, num), 1.0 / num, dtype="float32")
     if num == 1:
         return start[0]
     bound = lipschitz_bound(gramian)
@@ -212,10 +217,10 @@ def min_norm_simplex(
     refined = _active_set_simplex(g, w, _rounds(num, active_set_rounds))
 
     def objective(x: Any) -> Any:
-        return ops.sum(x * ops.matmul(g, x))
+        return small.sum(x * small.matmul(g, x))
 
     def magnitude(x: Any) -> Any:
-        return ops.sum(ops.abs(x) * ops.matmul(ops.abs(g), ops.abs(x)))
+        return small.sum(small.abs(x) * small.matmul(small.abs(g), small.abs(x)))
 
     return keep_refined(refined, w, objective, magnitude, num)
 
@@ -249,8 +254,8 @@ def keep_refined(
     value_r, value_f = objective(refined), objective(fista)
     better = value_r + slack * size_r < value_f - slack * size_f
     tied = value_r <= value_f + slack * (size_r + size_f)
-    keep = ops.logical_or(better, ops.logical_and(tied, size_r <= 2.0 * size_f))
-    return ops.where(keep, refined, fista)
+    keep = small.logical_or(better, small.logical_and(tied, size_r <= 2.0 * size_f))
+    return small.where(keep, refined, fista)
 
 
 def _rounds(num: int, rounds: int | None) -> int:
@@ -275,37 +280,37 @@ def _active_set_simplex(g: Any, w: Any, rounds: int) -> Any:
         system, ridge_part = _support_system(g, support[None], ridge)
         x = _refined_solve(system, support[None, :, None], ridge_part)[0, :, 0]
         x = x * support
-        total = ops.sum(x)
-        usable = ops.logical_and(ops.all(ops.isfinite(x)), total > 0.0)
-        candidate = ops.where(usable, x / ops.where(usable, total, 1.0), w)
+        total = small.sum(x)
+        usable = small.logical_and(small.all(small.isfinite(x)), total > 0.0)
+        candidate = small.where(usable, x / small.where(usable, total, 1.0), w)
         moved, kept, feasible = _ratio_step(w[None], candidate[None], support[None])
         moved, kept, feasible = moved[0], kept[0], feasible[0, 0]
         # When the candidate is feasible it is optimal on its support: add
         # the coordinate whose gradient is smallest if it breaks the KKT
         # conditions (G w)_j >= w^T G w.
-        grad = ops.matmul(g, moved)
-        value = ops.sum(moved * grad)
-        violated = ops.min(grad) < value - _KKT_TOL
+        grad = small.matmul(g, moved)
+        value = small.sum(moved * grad)
+        violated = small.min(grad) < value - _KKT_TOL
         kept = _add_most_violated(kept, grad, feasible, violated)
-        w = ops.where(usable, moved, w)
-        support = ops.where(usable, kept, support)
+        w = small.where(usable, moved, w)
+        support = small.where(usable, kept, support)
         return w, support
 
     w = _active_set_rounds(one_round, w, rounds)
-    return w / ops.maximum(ops.sum(w), 1e-30)
+    return w / small.maximum(small.sum(w), 1e-30)
 
 
 def _ridge(g: Any) -> Any:
     """The regulariser of the active-set systems (relative to the largest
     diagonal entry): keeps `G_SS` invertible, small enough that iterative
     refinement removes its bias."""
-    return _RIDGE * ops.maximum(ops.max(ops.diagonal(g)), 1e-20)
+    return _RIDGE * small.maximum(small.max(small.diagonal(g)), 1e-20)
 
 
 def _support_system(g: Any, support: Any, ridge: Any) -> tuple[Any, Any]:
     """Per row of `support` (`[M, K]`): `G_SS + ridge I_S + I_(not S)` and
     its ridge part, both `[M, K, K]` (symmetric positive definite)."""
-    eye = ops.eye(g.shape[0], dtype="float32")
+    eye = small.eye(g.shape[0], dtype="float32")
     mask = support[:, :, None] * support[:, None, :]
     diagonal = (1.0 - support + ridge * support)[:, None, :]
     system = g[None] * mask + eye[None] * diagonal
@@ -337,7 +342,7 @@ def nonneg_qp(
         `[K]` or `[M, K]` (like `linear`) non-negative float32 solutions.
     """
     gramian = _symmetrise(gramian)
-    linear = ops.cast(linear, "float32")
+    linear = small.cast(linear, "float32")
     vector = len(linear.shape) == 1
     if vector:
         linear = linear[None, :]
@@ -347,23 +352,23 @@ def nonneg_qp(
     # Divide the whole objective by L: same minimiser, unit step.
     g = gramian / safe
     b = linear / safe
-    start = ops.zeros_like(b)
+    start = small.zeros_like(b)
 
     def gradient(x: Any) -> Any:
         return x @ g + b
 
-    w = _fista(gradient, ops.relu, start, 1.0, iterations)
+    w = _fista(gradient, small.relu, start, 1.0, iterations)
     refined = _active_set_nonneg(g, b, w, _rounds(num, active_set_rounds))
 
     def objective(x: Any) -> Any:
-        return ops.sum(x * (0.5 * ops.matmul(x, g) + b), axis=-1, keepdims=True)
+        return small.sum(x * (0.5 * small.matmul(x, g) + b), axis=-1, keepdims=True)
 
     def magnitude(x: Any) -> Any:
-        terms = 0.5 * ops.matmul(ops.abs(x), ops.abs(g)) + ops.abs(b)
-        return ops.sum(ops.abs(x) * terms, axis=-1, keepdims=True)
+        terms = 0.5 * small.matmul(small.abs(x), small.abs(g)) + small.abs(b)
+        return small.sum(small.abs(x) * terms, axis=-1, keepdims=True)
 
     w = keep_refined(refined, w, objective, magnitude, num)
-    w = ops.where(bound > 0.0, w, 0.0)
+    w = small.where(bound > 0.0, w, 0.0)
     return w[0] if vector else w
 
 
@@ -378,13 +383,13 @@ def _active_set_nonneg(g: Any, b: Any, w: Any, rounds: int) -> Any:
         system, ridge_part = _support_system(g, support, ridge)
         rhs = -(b * support)[:, :, None]
         candidate = _refined_solve(system, rhs, ridge_part)[:, :, 0] * support
-        usable = ops.all(ops.isfinite(candidate), axis=-1, keepdims=True)
-        candidate = ops.where(usable, candidate, w)
+        usable = small.all(small.isfinite(candidate), axis=-1, keepdims=True)
+        candidate = small.where(usable, candidate, w)
         moved, kept, feasible = _ratio_step(w, candidate, support)
         grad = moved @ g + b
-        violated = ops.min(grad, axis=-1, keepdims=True) < -_KKT_TOL
+        violated = small.min(grad, axis=-1, keepdims=True) < -_KKT_TOL
         kept = _add_most_violated(kept, grad, feasible, violated)
-        return ops.where(usable, moved, w), ops.where(usable, kept, support)
+        return small.where(usable, moved, w), small.where(usable, kept, support)
 
     return _active_set_rounds(one_round, w, rounds)
 
@@ -394,7 +399,7 @@ def _active_set_rounds(
 ) -> Any:
     """`rounds` rounds of `one_round(w, support) -> (w, support)` from `w`,
     its support the coordinates where it is positive; returns `w`."""
-    support = ops.cast(w > 0.0, "float32")
+    support = small.cast(w > 0.0, "float32")
     w, _ = _iterate(rounds, lambda _, state: one_round(*state), (w, support), 2)
     return w
 
@@ -403,9 +408,11 @@ def _add_most_violated(kept: Any, grad: Any, feasible: Any, violated: Any) -> An
     """The support `kept` (`[..., K]`) with the coordinate of the smallest
     gradient `grad` added where the candidate was `feasible` (optimal on
     its support) and the KKT conditions are `violated`."""
-    entering = ops.one_hot(ops.argmin(grad, axis=-1), grad.shape[-1], dtype="float32")
-    grow = ops.cast(ops.logical_and(feasible, violated), "float32")
-    return ops.maximum(kept, grow * entering)
+    entering = small.one_hot(
+        small.argmin(grad, axis=-1), grad.shape[-1], dtype="float32"
+    )
+    grow = small.cast(small.logical_and(feasible, violated), "float32")
+    return small.maximum(kept, grow * entering)
 
 
 def _refined_solve(system: Any, rhs: Any, ridge_part: Any) -> Any:
@@ -416,11 +423,11 @@ def _refined_solve(system: Any, rhs: Any, ridge_part: Any) -> Any:
     `solve`/LU/Cholesky: those raise in eager mode on a numerically
     singular matrix, QR only returns large values (rejected by callers)."""
     exact = system - ridge_part
-    q, r = ops.linalg.qr(system)
-    q_t = ops.transpose(q, (0, 2, 1))
+    q, r = small.linalg.qr(system)
+    q_t = small.transpose(q, (0, 2, 1))
 
     def solve(x: Any) -> Any:
-        return ops.linalg.solve_triangular(r, q_t @ x, lower=False)
+        return small.linalg.solve_triangular(r, q_t @ x, lower=False)
 
     x = solve(rhs)
     for _ in range(_REFINEMENTS):
@@ -433,13 +440,13 @@ def _ratio_step(w: Any, candidate: Any, support: Any) -> tuple[Any, Any, Any]:
     (all the way when the candidate is feasible) and drops the coordinates
     that reach 0 from the support. Returns the new point, the new support
     and whether each row's candidate was feasible (`[M, 1]`)."""
-    decreasing = ops.logical_and(candidate < 0.0, support > 0.0)
-    gap = ops.where(decreasing, w - candidate, 1.0)
-    ratios = ops.where(decreasing, w / gap, 1.0)
-    theta = ops.clip(ops.min(ratios, axis=-1, keepdims=True), 0.0, 1.0)
+    decreasing = small.logical_and(candidate < 0.0, support > 0.0)
+    gap = small.where(decreasing, w - candidate, 1.0)
+    ratios = small.where(decreasing, w / gap, 1.0)
+    theta = small.clip(small.min(ratios, axis=-1, keepdims=True), 0.0, 1.0)
     moved = w + theta * (candidate - w)
-    blocked = ops.logical_and(decreasing, ratios <= theta)
-    moved = ops.where(blocked, 0.0, ops.relu(moved))
-    support = support * (1.0 - ops.cast(blocked, "float32"))
-    feasible = ops.logical_not(ops.any(decreasing, axis=-1, keepdims=True))
+    blocked = small.logical_and(decreasing, ratios <= theta)
+    moved = small.where(blocked, 0.0, small.relu(moved))
+    support = support * (1.0 - small.cast(blocked, "float32"))
+    feasible = small.logical_not(small.any(decreasing, axis=-1, keepdims=True))
     return moved, support, feasible

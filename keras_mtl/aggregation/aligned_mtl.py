@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import ops
 
+from keras_mtl.aggregation import _small_ops as small
 from keras_mtl.aggregation._linalg import symmetric_part
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
@@ -66,16 +66,16 @@ class AlignedMTL(GramianWeightedAggregator):
     def balance_transformation(self, gramian: Any) -> Any:
         """The matrix `B` (`[K, K]`) with `B J` the aligned Jacobian."""
         gramian = symmetric_part(gramian)
-        values, vectors = ops.linalg.eigh(gramian)
-        top = ops.max(values)
-        keep = ops.logical_and(values > self.rcond * top, values > 0.0)
-        safe = ops.where(keep, values, 1.0)
-        smallest = ops.min(ops.where(keep, values, top))
-        scale = ops.where(keep, ops.sqrt(ops.maximum(smallest, 0.0) / safe), 0.0)
-        return ops.matmul(vectors * scale[None, :], ops.transpose(vectors))
+        values, vectors = small.linalg.eigh(gramian)
+        top = small.max(values)
+        keep = small.logical_and(values > self.rcond * top, values > 0.0)
+        safe = small.where(keep, values, 1.0)
+        smallest = small.min(small.where(keep, values, top))
+        scale = small.where(keep, small.sqrt(small.maximum(smallest, 0.0) / safe), 0.0)
+        return small.matmul(vectors * scale[None, :], small.transpose(vectors))
 
     def gramian_weights(self, gramian: Any) -> Any:
-        return ops.sum(self.balance_transformation(gramian), axis=1)
+        return small.sum(self.balance_transformation(gramian), axis=1)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "rcond": self.rcond}

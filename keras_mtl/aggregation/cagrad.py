@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import ops
 
 from keras_mtl._validation import check_iterations
+from keras_mtl.aggregation import _small_ops as small
 from keras_mtl.aggregation._linalg import (
     positive_or_one,
     project_onto_simplex,
@@ -112,27 +112,29 @@ class CAGrad(GramianWeightedAggregator):
         bound = lipschitz_bound(gramian)
         # Scale-free problem: work with G / L (eigenvalues <= 1).
         g = gramian / positive_or_one(bound)
-        mean = ops.full((num,), 1.0 / num, dtype="float32")
-        linear = ops.matmul(g, mean)  # J g_0, [K]
-        radius = self.c * ops.sqrt(ops.maximum(ops.sum(mean * linear), 0.0))
+        mean = small.full((num,), 1.0 / num, dtype="float32")
+        linear = small.matmul(g, mean)  # J g_0, [K]
+        radius = self.c * small.sqrt(small.maximum(small.sum(mean * linear), 0.0))
         safe_radius = positive_or_one(radius)
 
         def times_g(w: Any) -> Any:
-            # `@` on a column, not `ops.matmul`: on torch, run op by op, the
+            # `@` on a column, not `small.matmul`: on torch, run op by op, the
             # Keras op's dispatch costs 10 times the product.
             return (g @ w[:, None])[:, 0]
 
         def norm(w: Any, g_w: Any = None) -> Any:
             g_w = times_g(w) if g_w is None else g_w
-            return ops.sqrt(ops.relu(ops.sum(w * g_w)))
+            return small.sqrt(small.relu(small.sum(w * g_w)))
 
         def objective(w: Any) -> Any:
-            return ops.sum(w * linear) + radius * norm(w)
+            return small.sum(w * linear) + radius * norm(w)
 
         def magnitude(w: Any) -> Any:
-            absolute = ops.abs(w)
-            quadratic = ops.sum(absolute * ops.matmul(ops.abs(g), absolute))
-            return ops.sum(absolute * ops.abs(linear)) + radius * ops.sqrt(quadratic)
+            absolute = small.abs(w)
+            quadratic = small.sum(absolute * small.matmul(small.abs(g), absolute))
+            return small.sum(absolute * small.abs(linear)) + radius * small.sqrt(
+                quadratic
+            )
 
         State = tuple[Any, Any, Any, Any]
 
@@ -140,18 +142,20 @@ class CAGrad(GramianWeightedAggregator):
             # `value` is objective(x), carried from the iteration that made x.
             x, y, t, value = state
             g_y = times_g(y)
-            rho = ops.maximum(norm(y, g_y), _RHO_FLOOR)
+            rho = small.maximum(norm(y, g_y), _RHO_FLOOR)
             step = rho / safe_radius
             x_new = project_onto_simplex(y - step * linear - g_y)
-            t_new = 0.5 * (1.0 + ops.sqrt(1.0 + 4.0 * t * t))
+            t_new = 0.5 * (1.0 + small.sqrt(1.0 + 4.0 * t * t))
             value_new = objective(x_new)
             restart = value_new > value
-            y_new = ops.where(restart, x_new, x_new + ((t - 1.0) / t_new) * (x_new - x))
-            t_new = ops.where(restart, 1.0, t_new)
+            y_new = small.where(
+                restart, x_new, x_new + ((t - 1.0) / t_new) * (x_new - x)
+            )
+            t_new = small.where(restart, 1.0, t_new)
             return x_new, y_new, t_new, value_new
 
         if num > 1:
-            one = ops.ones((), dtype="float32")
+            one = small.ones((), dtype="float32")
             start = (mean, mean, one, objective(mean))
             w = _iterate(self.iterations, body, start, moving=2)[0]
             refined = _active_set(g, linear, radius, w, min(num + 1, ACTIVE_SET_ROUNDS))
@@ -159,8 +163,8 @@ class CAGrad(GramianWeightedAggregator):
         else:
             w = mean
         gw_norm = norm(w)
-        coefficient = ops.where(
-            gw_norm > _NORM_EPS, radius / ops.maximum(gw_norm, _NORM_EPS), 0.0
+        coefficient = small.where(
+            gw_norm > _NORM_EPS, radius / small.maximum(gw_norm, _NORM_EPS), 0.0
         )
         weights = mean + coefficient * w
         if self.rescale == 1:
@@ -195,28 +199,28 @@ def _active_set(g: Any, linear: Any, radius: Any, w: Any, rounds: int) -> Any:
     def body(_: Any, state: tuple[Any, Any]) -> tuple[Any, Any]:
         w, support = state
         system, ridge_part = _support_system(g, support[None], ridge)
-        rhs = ops.stack([support, linear * support], axis=-1)[None]
+        rhs = small.stack([support, linear * support], axis=-1)[None]
         solution = _refined_solve(system, rhs, ridge_part)[0] * support[:, None]
         p, q = solution[:, 0], solution[:, 1]
-        a, e, f = ops.sum(p), ops.sum(q), ops.sum(linear * q)
+        a, e, f = small.sum(p), small.sum(q), small.sum(linear * q)
         disc = e * e - a * f + a * radius * radius
-        usable = ops.logical_and(ops.all(ops.isfinite(solution)), disc > 0.0)
-        usable = ops.logical_and(usable, a > 0.0)
-        root = ops.sqrt(ops.maximum(disc, 1e-30))
+        usable = small.logical_and(small.all(small.isfinite(solution)), disc > 0.0)
+        usable = small.logical_and(usable, a > 0.0)
+        root = small.sqrt(small.maximum(disc, 1e-30))
         mu = (e + root) / positive_or_one(a)
-        candidate = ops.where(usable, (mu * p - q) / root * support, w)
+        candidate = small.where(usable, (mu * p - q) / root * support, w)
         moved, kept, feasible = _ratio_step(w[None], candidate[None], support[None])
         moved, kept, feasible = moved[0], kept[0], feasible[0, 0]
-        rho = ops.sqrt(ops.maximum(ops.sum(moved * ops.matmul(g, moved)), 0.0))
-        grad = linear + radius * ops.matmul(g, moved) / ops.maximum(rho, _RHO_FLOOR)
-        value = ops.sum(moved * grad)
-        entering = ops.one_hot(ops.argmin(grad), num, dtype="float32")
-        violated = ops.min(grad) < value - _KKT_TOL
-        grow = ops.cast(ops.logical_and(feasible, violated), "float32")
-        kept = ops.maximum(kept, grow * entering)
-        w = ops.where(usable, moved / ops.maximum(ops.sum(moved), 1e-30), w)
-        return w, ops.where(usable, kept, support)
+        rho = small.sqrt(small.maximum(small.sum(moved * small.matmul(g, moved)), 0.0))
+        grad = linear + radius * small.matmul(g, moved) / small.maximum(rho, _RHO_FLOOR)
+        value = small.sum(moved * grad)
+        entering = small.one_hot(small.argmin(grad), num, dtype="float32")
+        violated = small.min(grad) < value - _KKT_TOL
+        grow = small.cast(small.logical_and(feasible, violated), "float32")
+        kept = small.maximum(kept, grow * entering)
+        w = small.where(usable, moved / small.maximum(small.sum(moved), 1e-30), w)
+        return w, small.where(usable, kept, support)
 
-    support = ops.cast(w > 0.0, "float32")
+    support = small.cast(w > 0.0, "float32")
     w, _ = _iterate(rounds, body, (w, support), moving=2)
     return w

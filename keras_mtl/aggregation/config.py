@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import ops
 
 from keras_mtl._validation import check_number
+from keras_mtl.aggregation import _small_ops as small
 from keras_mtl.aggregation._linalg import safe_divide, symmetric_part
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
@@ -84,30 +84,30 @@ class ConFIG(GramianWeightedAggregator):
     def gramian_weights(self, gramian: Any) -> Any:
         """The coefficients `c` (`[K]`) of `d = c @ J` for a Gramian `G`
         (`[K, K]`) of any scale (they are scale-free)."""
-        gramian = ops.cast(gramian, "float32")
-        norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
+        gramian = small.cast(gramian, "float32")
+        norms = small.sqrt(small.maximum(small.diagonal(gramian), 0.0))
         # Zero rows have a zero unit vector: their row and column of UU^T are 0.
         inverse_norms = safe_divide(1.0, norms)
         gram = gramian * inverse_norms[:, None] * inverse_norms[None, :]
         gram = symmetric_part(gram)
         # pinv(U U^T) 1 from the eigendecomposition: eigenvalues below
         # rcond * largest are rounding noise of dependent rows and dropped.
-        eigenvalues, eigenvectors = ops.eigh(gram)
-        keep = eigenvalues > self.rcond * ops.max(eigenvalues)
-        inverse = ops.where(keep, 1.0 / ops.where(keep, eigenvalues, 1.0), 0.0)
-        projections = ops.sum(eigenvectors, axis=0)  # V^T 1
-        solution = ops.matmul(eigenvectors, (inverse * projections)[:, None])[:, 0]
+        eigenvalues, eigenvectors = small.eigh(gram)
+        keep = eigenvalues > self.rcond * small.max(eigenvalues)
+        inverse = small.where(keep, 1.0 / small.where(keep, eigenvalues, 1.0), 0.0)
+        projections = small.sum(eigenvectors, axis=0)  # V^T 1
+        solution = small.matmul(eigenvectors, (inverse * projections)[:, None])[:, 0]
         # U U^T x gives both |pinv(U) 1|^2 = x^T U U^T x and the sum of the
         # projections sum_i g_i^T pinv(U) 1 = n^T U U^T x.
-        gram_solution = ops.matmul(gram, solution[:, None])[:, 0]
-        squared_norm = ops.maximum(ops.sum(solution * gram_solution), 0.0)
-        length = ops.sum(norms * gram_solution)
+        gram_solution = small.matmul(gram, solution[:, None])[:, 0]
+        squared_norm = small.maximum(small.sum(solution * gram_solution), 0.0)
+        length = small.sum(norms * gram_solution)
         # |pinv(U) 1| >= 1 when U x = 1 is solvable; a (least-squares) solution
         # of norm < min_norm means the tasks cancel out (e.g. exactly opposite
         # gradients, where it is exactly 0): its direction would be rounding
         # noise, so the result is 0.
         weights = safe_divide(length, squared_norm) * solution * inverse_norms
-        return ops.where(ops.sqrt(squared_norm) > _MIN_NORM, weights, 0.0)
+        return small.where(small.sqrt(squared_norm) > _MIN_NORM, weights, 0.0)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "rcond": self.rcond}

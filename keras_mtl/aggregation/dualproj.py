@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import ops
 
 from keras_mtl._validation import check_iterations
+from keras_mtl.aggregation import _small_ops as small
 from keras_mtl.aggregation._solvers import NONNEG_QP_ITERATIONS, nonneg_qp
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
@@ -56,8 +56,10 @@ class DualProj(GramianWeightedAggregator):
 
     def gramian_weights(self, gramian: Any) -> Any:
         num = gramian.shape[0]
-        mean = ops.full((num,), 1.0 / num, dtype="float32")
-        dual = nonneg_qp(gramian, ops.matmul(gramian, mean), iterations=self.iterations)
+        mean = small.full((num,), 1.0 / num, dtype="float32")
+        dual = nonneg_qp(
+            gramian, small.matmul(gramian, mean), iterations=self.iterations
+        )
         return mean + dual
 
     def get_config(self) -> dict[str, Any]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import ops
 
 from keras_mtl._validation import check_number
+from keras_mtl.aggregation import _small_ops as small
 from keras_mtl.aggregation._linalg import normalized_gramian, safe_divide
 from keras_mtl.aggregation._stateful import SeededAggregator
 from keras_mtl.aggregation.base import GramianWeightedAggregator
@@ -109,47 +109,47 @@ class GradVac(SeededAggregator, GramianWeightedAggregator):
         cannot overflow."""
         num_tasks = gramian.shape[0]
         if num_tasks == 1:
-            return ops.ones((1,), dtype="float32")
+            return small.ones((1,), dtype="float32")
         orders = self.task_orders(num_tasks, training)
         if self.built:
-            targets = ops.convert_to_tensor(self.targets)
+            targets = small.convert_to_tensor(self.targets)
         else:  # `weights(gramian)` of a fresh layer: the initial targets
-            targets = ops.zeros((num_tasks, num_tasks), dtype="float32")
+            targets = small.zeros((num_tasks, num_tasks), dtype="float32")
         gramian, _ = normalized_gramian(gramian)
         # Rounding can leave a tiny negative squared norm.
-        norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
-        tasks = ops.arange(num_tasks, dtype="int32")
-        coefficients = ops.eye(num_tasks, dtype="float32")
+        norms = small.sqrt(small.maximum(small.diagonal(gramian), 0.0))
+        tasks = small.arange(num_tasks, dtype="int32")
+        coefficients = small.eye(num_tasks, dtype="float32")
         new_targets = targets
         for step in range(num_tasks):
             others = orders[:, step]
-            valid = ops.not_equal(others, tasks)
-            column = ops.one_hot(others, num_tasks, dtype="float32")
+            valid = small.not_equal(others, tasks)
+            column = small.one_hot(others, num_tasks, dtype="float32")
             # Row i of C G: the inner products of g'_i with every g_k.
-            products = ops.matmul(coefficients, gramian)
-            own_norms = ops.sqrt(
-                ops.maximum(ops.sum(products * coefficients, axis=1), 0.0)
+            products = small.matmul(coefficients, gramian)
+            own_norms = small.sqrt(
+                small.maximum(small.sum(products * coefficients, axis=1), 0.0)
             )
-            other_norms = ops.take(norms, others, axis=0)
-            dots = ops.take_along_axis(products, others[:, None], axis=1)[:, 0]
-            cosine = ops.clip(safe_divide(dots, own_norms * other_norms), -1.0, 1.0)
-            target = ops.take_along_axis(targets, others[:, None], axis=1)[:, 0]
-            capped = ops.clip(target, -_TARGET_CAP, _TARGET_CAP)
-            root_target = ops.sqrt(1.0 - capped * capped)
-            root_cosine = ops.sqrt(1.0 - cosine * cosine)
+            other_norms = small.take(norms, others, axis=0)
+            dots = small.take_along_axis(products, others[:, None], axis=1)[:, 0]
+            cosine = small.clip(safe_divide(dots, own_norms * other_norms), -1.0, 1.0)
+            target = small.take_along_axis(targets, others[:, None], axis=1)[:, 0]
+            capped = small.clip(target, -_TARGET_CAP, _TARGET_CAP)
+            root_target = small.sqrt(1.0 - capped * capped)
+            root_cosine = small.sqrt(1.0 - cosine * cosine)
             coefficient = safe_divide(
                 own_norms * (capped * root_cosine - cosine * root_target),
                 other_norms * root_target,
             )
-            correct = ops.logical_and(valid, cosine < target)
-            coefficient = ops.where(correct, ops.maximum(coefficient, 0.0), 0.0)
+            correct = small.logical_and(valid, cosine < target)
+            coefficient = small.where(correct, small.maximum(coefficient, 0.0), 0.0)
             coefficients = coefficients + coefficient[:, None] * column
-            visit = column * ops.cast(valid, "float32")[:, None]
+            visit = column * small.cast(valid, "float32")[:, None]
             ema = (1.0 - self.beta) * target + self.beta * cosine
             new_targets = new_targets + visit * (ema - target)[:, None]
         if training:
             self.targets.assign(new_targets)
-        return ops.sum(coefficients, axis=0)
+        return small.sum(coefficients, axis=0)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "beta": self.beta}

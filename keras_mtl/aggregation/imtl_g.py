@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import ops
 
+from keras_mtl.aggregation import _small_ops as small
 from keras_mtl.aggregation._linalg import symmetric_part
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
@@ -79,30 +79,30 @@ class IMTLG(GramianWeightedAggregator):
 
     def gramian_weights(self, gramian: Any) -> Any:
         gramian = symmetric_part(gramian)
-        norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
+        norms = small.sqrt(small.maximum(small.diagonal(gramian), 0.0))
         # Jacobi scaling: with N = diag(norms) and the correlation matrix
         # C = N^-1 G N^-1, G alpha = c n  <=>  C (N alpha) = c 1. C has a
         # far smaller condition number than G when the gradient norms
         # differ, so the eigendecomposition loses less to float32. Rows
         # below _ZERO_NORM (zero gradients: no direction) get weight 0.
         nonzero = norms > _ZERO_NORM
-        safe = ops.where(nonzero, norms, 1.0)
-        mask = ops.cast(nonzero, "float32")
+        safe = small.where(nonzero, norms, 1.0)
+        mask = small.cast(nonzero, "float32")
         correlation = gramian / safe[:, None] / safe[None, :]
         correlation = correlation * mask[:, None] * mask[None, :]
-        values, vectors = ops.linalg.eigh(correlation)
-        top = ops.max(values)
-        keep = ops.logical_and(values > self.rcond * top, values > 0.0)
-        inverse = ops.where(keep, 1.0 / ops.where(keep, values, 1.0), 0.0)
+        values, vectors = small.linalg.eigh(correlation)
+        top = small.max(values)
+        keep = small.logical_and(values > self.rcond * top, values > 0.0)
+        inverse = small.where(keep, 1.0 / small.where(keep, values, 1.0), 0.0)
         # beta = C^+ 1, alpha = N^-1 beta.
-        coefficients = ops.matmul(mask[None, :], vectors)[0] * inverse
-        beta = ops.matmul(vectors, coefficients[:, None])[:, 0]
+        coefficients = small.matmul(mask[None, :], vectors)[0] * inverse
+        beta = small.matmul(vectors, coefficients[:, None])[:, 0]
         alpha = beta / safe * mask
-        total = ops.sum(alpha)
+        total = small.sum(alpha)
         # A sum that is zero up to rounding (e.g. exactly opposite gradients)
         # means no combination has equal positive projections: return 0.
-        usable = ops.abs(total) > 1e-6 * ops.sum(ops.abs(alpha))
-        return ops.where(usable, alpha / ops.where(usable, total, 1.0), 0.0)
+        usable = small.abs(total) > 1e-6 * small.sum(small.abs(alpha))
+        return small.where(usable, alpha / small.where(usable, total, 1.0), 0.0)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "rcond": self.rcond}

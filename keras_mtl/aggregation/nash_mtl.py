@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import ops
 
 from keras_mtl._validation import check_int, check_number
+from keras_mtl.aggregation import _small_ops as small
 from keras_mtl.aggregation._alpha_fair import ITERATIONS, RIDGE, alpha_fair_weights
 from keras_mtl.aggregation._linalg import normalized_gramian, safe_divide
 from keras_mtl.aggregation.base import GramianWeightedAggregator
@@ -111,14 +111,14 @@ class NashMTL(GramianWeightedAggregator):
         largest row norm of 1), clipped by `max_norm` (the direction's
         norm is `sqrt(c^T G c)`)."""
         normalized, norm = normalized_gramian(gramian)
-        step = ops.convert_to_tensor(self.step)
+        step = small.convert_to_tensor(self.step)
         if self.update_every == 1:
             weights = self.gramian_weights(normalized)
         else:
             # A real branch (not `where`): skipped calls do not run the solver.
-            recompute = ops.equal(ops.mod(step, self.update_every), 0)
-            stored = ops.convert_to_tensor(self.task_weights)
-            weights = ops.cond(
+            recompute = small.equal(small.mod(step, self.update_every), 0)
+            stored = small.convert_to_tensor(self.task_weights)
+            weights = small.cond(
                 recompute, lambda: self.gramian_weights(normalized), lambda: stored
             )
         if training:
@@ -126,11 +126,13 @@ class NashMTL(GramianWeightedAggregator):
             self.step.assign(step + 1)
         if self.max_norm:
             # The direction of the normalised Jacobian, the one returned.
-            length = ops.sqrt(
-                ops.maximum(ops.sum(weights * ops.matmul(normalized, weights)), 0.0)
+            length = small.sqrt(
+                small.maximum(
+                    small.sum(weights * small.matmul(normalized, weights)), 0.0
+                )
             )
-            factor = ops.minimum(1.0, safe_divide(self.max_norm, length))
-            weights = weights * ops.where(length > 0.0, factor, 1.0)
+            factor = small.minimum(1.0, safe_divide(self.max_norm, length))
+            weights = weights * small.where(length > 0.0, factor, 1.0)
         return weights / norm
 
     def get_config(self) -> dict[str, Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import ops
 
+from keras_mtl.aggregation import _small_ops as small
 from keras_mtl.aggregation._linalg import normalized_gramian, safe_divide
 from keras_mtl.aggregation._stateful import SeededAggregator
 from keras_mtl.aggregation.base import GramianWeightedAggregator
@@ -85,23 +85,23 @@ class PCGrad(SeededAggregator, GramianWeightedAggregator):
         on the normalised Gramian, where `C @ G` cannot overflow."""
         num_tasks = gramian.shape[0]
         if num_tasks == 1:
-            return ops.ones((1,), dtype="float32")
+            return small.ones((1,), dtype="float32")
         orders = self.task_orders(num_tasks, training)
         gramian, _ = normalized_gramian(gramian)
-        squared_norms = ops.diagonal(gramian)
-        tasks = ops.arange(num_tasks, dtype="int32")
-        coefficients = ops.eye(num_tasks, dtype="float32")
+        squared_norms = small.diagonal(gramian)
+        tasks = small.arange(num_tasks, dtype="int32")
+        coefficients = small.eye(num_tasks, dtype="float32")
         # All K rows are processed in parallel: row i only ever reads itself
         # and the original gradients. Step t visits task orders[i, t] for
         # row i (skipping i itself).
         for step in range(num_tasks):
             others = orders[:, step]
             # (C G)[i, others[i]] = g_i^PC . g_others[i]
-            products = ops.matmul(coefficients, gramian)
-            dots = ops.take_along_axis(products, others[:, None], axis=1)[:, 0]
-            other_norms = ops.take(squared_norms, others, axis=0)
-            conflict = ops.logical_and(dots < 0.0, ops.not_equal(others, tasks))
-            coefficient = ops.where(conflict, safe_divide(dots, other_norms), 0.0)
-            visit = ops.one_hot(others, num_tasks, dtype="float32")
+            products = small.matmul(coefficients, gramian)
+            dots = small.take_along_axis(products, others[:, None], axis=1)[:, 0]
+            other_norms = small.take(squared_norms, others, axis=0)
+            conflict = small.logical_and(dots < 0.0, small.not_equal(others, tasks))
+            coefficient = small.where(conflict, safe_divide(dots, other_norms), 0.0)
+            visit = small.one_hot(others, num_tasks, dtype="float32")
             coefficients = coefficients - coefficient[:, None] * visit
-        return ops.sum(coefficients, axis=0)
+        return small.sum(coefficients, axis=0)

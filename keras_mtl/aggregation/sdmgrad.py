@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import ops
 
 from keras_mtl._validation import check_iterations, check_number
+from keras_mtl.aggregation import _small_ops as small
 from keras_mtl.aggregation._linalg import normalized_gramian, project_onto_simplex
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
@@ -107,21 +107,23 @@ class SDMGrad(GramianWeightedAggregator):
     def direction_weights(self, gramian: Any, training: bool = True) -> Any:
         num_tasks = gramian.shape[0]
         gramian, _ = normalized_gramian(gramian)
-        norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
-        mean_norm = ops.mean(norms)
-        scaled = gramian / ops.where(mean_norm > 0.0, mean_norm * mean_norm, 1.0)
-        target = self.lmbda * ops.mean(scaled, axis=1)  # lambda * G 1 / K
+        norms = small.sqrt(small.maximum(small.diagonal(gramian), 0.0))
+        mean_norm = small.mean(norms)
+        scaled = gramian / small.where(mean_norm > 0.0, mean_norm * mean_norm, 1.0)
+        target = self.lmbda * small.mean(scaled, axis=1)  # lambda * G 1 / K
         if self.built:
-            start = ops.convert_to_tensor(self.simplex_weights)
+            start = small.convert_to_tensor(self.simplex_weights)
         else:
-            start = ops.full((num_tasks,), 1.0 / num_tasks, dtype="float32")
+            start = small.full((num_tasks,), 1.0 / num_tasks, dtype="float32")
 
         def body(_: Any, state: tuple[Any, Any]) -> tuple[Any, Any]:
             w, buffer = state
-            buffer = self.momentum * buffer + ops.matmul(scaled, w) + target
+            buffer = self.momentum * buffer + small.matmul(scaled, w) + target
             return project_onto_simplex(w - self.step_size * buffer), buffer
 
-        w, _ = ops.fori_loop(0, self.iterations, body, (start, ops.zeros_like(start)))
+        w, _ = small.fori_loop(
+            0, self.iterations, body, (start, small.zeros_like(start))
+        )
         if training:
             self.simplex_weights.assign(w)
         return (w + self.lmbda / num_tasks) / (1.0 + self.lmbda)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import ops
 
 from keras_mtl._validation import check_iterations
+from keras_mtl.aggregation import _small_ops as small
 from keras_mtl.aggregation._solvers import NONNEG_QP_ITERATIONS, nonneg_qp
 from keras_mtl.aggregation.base import GramianWeightedAggregator
 
@@ -62,7 +62,7 @@ class UPGrad(GramianWeightedAggregator):
         num = gramian.shape[0]
         # Row i: the dual of projecting g_i = J^T e_i (linear term G e_i).
         duals = nonneg_qp(gramian, gramian, iterations=self.iterations)
-        return (1.0 + ops.sum(duals, axis=0)) / num
+        return (1.0 + small.sum(duals, axis=0)) / num
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "iterations": self.iterations}

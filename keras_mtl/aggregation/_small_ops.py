@@ -1,0 +1,245 @@
+"""`keras.ops` for the solvers' small tensors (`[K]`, `[K, K]`), with little
+dispatch cost on torch.
+
+On TensorFlow and JAX every name here is the `keras.ops` function itself:
+the solvers are traced once into the compiled step, so what an op costs to
+dispatch is paid once. On torch the solvers run op by op at every step
+(eagerly, and left out of `torch.compile`, see `trainers/torch_trainer.py`),
+a few hundred operations on `[K]` tensors a step, and Keras' torch ops
+convert and check every argument: 7-17 µs an operation, against 1-5 µs
+for torch's own function (measured on this project's 2-core CPU machine;
+docs/performance.md, "The solvers' operations on torch"). So on torch the
+operations the solvers repeat call torch directly when their arguments
+are float32 (or, for the logical operations, bool) torch tensors, with
+the same torch function Keras' op calls, so the numbers are the same; any
+other argument goes to `keras.ops`. Every name not defined here is
+`keras.ops`' own (module `__getattr__`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+__all__ = [
+    "abs",
+    "all",
+    "cast",
+    "cumsum",
+    "diagonal",
+    "equal",
+    "flip",
+    "isfinite",
+    "logical_and",
+    "logical_not",
+    "logical_or",
+    "matmul",
+    "max",
+    "maximum",
+    "min",
+    "minimum",
+    "relu",
+    "sort",
+    "sqrt",
+    "stack",
+    "sum",
+    "take",
+    "where",
+]
+
+
+def __getattr__(name: str) -> Any:
+    return getattr(ops, name)
+
+
+if keras.backend.backend() != "torch":
+    from keras.ops import (  # noqa: F401 (re-exported)
+        abs,
+        all,
+        cast,
+        cumsum,
+        diagonal,
+        equal,
+        flip,
+        isfinite,
+        logical_and,
+        logical_not,
+        logical_or,
+        matmul,
+        max,
+        maximum,
+        min,
+        minimum,
+        relu,
+        sort,
+        sqrt,
+        stack,
+        sum,
+        take,
+        where,
+    )
+else:
+    import builtins
+
+    import torch
+
+    _FLOAT32 = torch.float32
+    _BOOL = torch.bool
+    _SCALARS = (float, int)
+    _DTYPES = {"float32": torch.float32, "bool": torch.bool, "int32": torch.int32}
+
+    def _float32(x: Any) -> bool:
+        return isinstance(x, torch.Tensor) and x.dtype == _FLOAT32
+
+    def _boolean(x: Any) -> bool:
+        return isinstance(x, torch.Tensor) and x.dtype == _BOOL
+
+    def _float32_or_scalar(x: Any) -> bool:
+        # A Python number (not a bool) takes the tensor's dtype in torch's
+        # promotion, as Keras' result_type gives it.
+        return _float32(x) or (isinstance(x, _SCALARS) and not isinstance(x, bool))
+
+    def _axis(axis: Any) -> bool:
+        return axis is None or isinstance(axis, int)
+
+    def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
+        if not (_float32(x) and _axis(axis)):
+            return ops.sum(x, axis=axis, keepdims=keepdims)
+        if axis is None:
+            return torch.sum(x)
+        return torch.sum(x, dim=axis, keepdim=keepdims)
+
+    def max(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
+        if not (_float32(x) and _axis(axis) and x.numel() > 0):
+            return ops.max(x, axis=axis, keepdims=keepdims)
+        if axis is None:
+            return torch.max(x)
+        return torch.amax(x, dim=axis, keepdim=keepdims)
+
+    def min(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
+        if not (_float32(x) and _axis(axis) and x.numel() > 0):
+            return ops.min(x, axis=axis, keepdims=keepdims)
+        if axis is None:
+            return torch.min(x)
+        return torch.amin(x, dim=axis, keepdim=keepdims)
+
+    def _binary(keras_op: Any, torch_op: Any) -> Any:
+        def op(x1: Any, x2: Any) -> Any:
+            if _float32(x1) and _float32(x2):
+                return torch_op(x1, x2)
+            if _float32(x1) and _float32_or_scalar(x2):
+                return torch_op(x1, torch.tensor(x2, dtype=_FLOAT32, device=x1.device))
+            if _float32(x2) and _float32_or_scalar(x1):
+                return torch_op(torch.tensor(x1, dtype=_FLOAT32, device=x2.device), x2)
+            return keras_op(x1, x2)
+
+        op.__name__ = keras_op.__name__
+        op.__doc__ = f"`keras.ops.{keras_op.__name__}` (torch's own on float32)."
+        return op
+
+    maximum = _binary(ops.maximum, torch.maximum)
+    minimum = _binary(ops.minimum, torch.minimum)
+
+    def matmul(x1: Any, x2: Any) -> Any:
+        if _float32(x1) and _float32(x2):
+            return torch.matmul(x1, x2)
+        return ops.matmul(x1, x2)
+
+    def where(condition: Any, x1: Any = None, x2: Any = None) -> Any:
+        if (
+            _boolean(condition)
+            and _float32_or_scalar(x1)
+            and _float32_or_scalar(x2)
+            and (_float32(x1) or _float32(x2))
+        ):
+            return torch.where(condition, x1, x2)
+        return ops.where(condition, x1, x2)
+
+    def _unary(keras_op: Any, torch_op: Any, accepts: Any = _float32) -> Any:
+        def op(x: Any) -> Any:
+            if accepts(x):
+                return torch_op(x)
+            return keras_op(x)
+
+        op.__name__ = keras_op.__name__
+        op.__doc__ = f"`keras.ops.{keras_op.__name__}` (torch's own on float32)."
+        return op
+
+    abs = _unary(ops.abs, torch.abs)  # noqa: A001
+    sqrt = _unary(ops.sqrt, torch.sqrt)
+    relu = _unary(ops.relu, torch.relu)
+    isfinite = _unary(ops.isfinite, torch.isfinite)
+    logical_not = _unary(ops.logical_not, torch.logical_not, _boolean)
+
+    def _logical(keras_op: Any, torch_op: Any) -> Any:
+        def op(x1: Any, x2: Any) -> Any:
+            if _boolean(x1) and _boolean(x2):
+                return torch_op(x1, x2)
+            return keras_op(x1, x2)
+
+        op.__name__ = keras_op.__name__
+        op.__doc__ = f"`keras.ops.{keras_op.__name__}` (torch's own on bool)."
+        return op
+
+    logical_and = _logical(ops.logical_and, torch.logical_and)
+    logical_or = _logical(ops.logical_or, torch.logical_or)
+
+    def equal(x1: Any, x2: Any) -> Any:
+        if _float32(x1) and _float32(x2):
+            return torch.eq(x1, x2)
+        return ops.equal(x1, x2)
+
+    def all(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
+        if not (_boolean(x) and _axis(axis)):
+            return ops.all(x, axis=axis, keepdims=keepdims)
+        if axis is None:
+            return torch.all(x)
+        return torch.all(x, dim=axis, keepdim=keepdims)
+
+    def cast(x: Any, dtype: Any) -> Any:
+        target = _DTYPES.get(dtype) if isinstance(dtype, str) else None
+        if target is not None and (_float32(x) or _boolean(x)):
+            return x.to(target)
+        return ops.cast(x, dtype)
+
+    def cumsum(x: Any, axis: Any = None, dtype: Any = None) -> Any:
+        if _float32(x) and isinstance(axis, int) and dtype is None:
+            return torch.cumsum(x, dim=axis)
+        return ops.cumsum(x, axis=axis, dtype=dtype)
+
+    def sort(x: Any, axis: int = -1) -> Any:
+        if _float32(x) and isinstance(axis, int):
+            return torch.sort(x, dim=axis).values
+        return ops.sort(x, axis=axis)
+
+    def stack(x: Any, axis: int = 0) -> Any:
+        if builtins.all(_float32(e) for e in x):
+            return torch.stack(list(x), dim=axis)
+        return ops.stack(x, axis=axis)
+
+    def diagonal(x: Any, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Any:
+        if _float32(x):
+            return torch.diagonal(x, offset=offset, dim1=axis1, dim2=axis2)
+        return ops.diagonal(x, offset=offset, axis1=axis1, axis2=axis2)
+
+    def flip(x: Any, axis: Any = None) -> Any:
+        if _float32(x) and isinstance(axis, int):
+            return torch.flip(x, dims=(axis,))
+        return ops.flip(x, axis=axis)
+
+    def take(x: Any, indices: Any, axis: Any = None) -> Any:
+        # One entry of a vector by a 0-d integer index, negative counting
+        # from the end (Keras' rule on torch).
+        if (
+            _float32(x)
+            and x.ndim == 1
+            and axis is None
+            and isinstance(indices, torch.Tensor)
+            and indices.ndim == 0
+            and not indices.is_floating_point()
+        ):
+            index = indices.long()
+            return x[torch.where(index < 0, index + x.shape[0], index)]
+        return ops.take(x, indices, axis=axis)
