@@ -72,7 +72,7 @@ def unit_rows(matrix: Any) -> Any:
 #   float64 reference); from K = 4 XLA runs the dot faster (6 ms at K = 4)
 #   while the pairs grow as K^2, so TensorFlow takes pairs only up to
 #   `TENSORFLOW_PAIRWISE_ROWS` rows.
-# - torch (2.13, eager): the pairs as BLAS dots of two rows (`small.dot`),
+# - torch (2.13, eager): the pairs as BLAS dots of two rows (`ops.dot`),
 #   which write nothing out: at K = 3, n = 1M, 0.68 ms, against 1.36 ms to
 #   stack the rows and multiply once and 1.68 ms for products written out
 #   and summed (quiet machine; under load the written-out products were

@@ -97,7 +97,7 @@ def _iterate(
     state: tuple[Any, ...],
     moving: int,
 ) -> tuple[Any, ...]:
-    """`small.fori_loop(0, iterations, body, state)`, stopped once an
+    """`ops.fori_loop(0, iterations, body, state)`, stopped once an
     iteration leaves the first `moving` entries of the state exactly as
     they were: `body` then computes the same values again, so those entries
     end as the full loop leaves them (the later entries, FISTA's momentum
@@ -129,7 +129,7 @@ def _iterate_compiled(
     state: tuple[Any, ...],
     moving: int,
 ) -> tuple[Any, ...]:
-    """`_iterate` as one `small.while_loop`: the loop variables are the
+    """`_iterate` as one `ops.while_loop`: the loop variables are the
     iteration count, whether the last iteration changed nothing, and the
     state."""
 

@@ -118,8 +118,8 @@ class CAGrad(GramianWeightedAggregator):
         safe_radius = positive_or_one(radius)
 
         def times_g(w: Any) -> Any:
-            # `@` on a column, not `small.matmul`: on torch, run op by op, the
-            # Keras op's dispatch costs 10 times the product.
+            # `@` on a column: run op by op on torch, Keras' `ops.matmul`
+            # costs 10 times the product, and `@` has no dispatch at all.
             return (g @ w[:, None])[:, 0]
 
         def norm(w: Any, g_w: Any = None) -> Any:
