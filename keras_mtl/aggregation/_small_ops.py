@@ -97,9 +97,10 @@ else:
         return isinstance(x, torch.Tensor) and x.dtype == _BOOL
 
     def _float32_or_scalar(x: Any) -> bool:
-        # A Python number (not a bool) takes the tensor's dtype in torch's
-        # promotion, as Keras' result_type gives it.
-        return _float32(x) or (isinstance(x, _SCALARS) and not isinstance(x, bool))
+        # A Python float or int takes the tensor's dtype in torch's
+        # promotion, as in Keras' result_type. Exactly those types: a bool
+        # is an int, and NumPy's float64 a float, which Keras promotes to.
+        return _float32(x) or type(x) in _SCALARS
 
     def _axis(axis: Any) -> bool:
         return axis is None or isinstance(axis, int)

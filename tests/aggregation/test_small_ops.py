@@ -70,6 +70,8 @@ CASES = [
     ("maximum", lambda: (_t(np.arange(5)), 2), {}),
     ("where", lambda: (_MASK, _V, 0.0), {}),
     ("where", lambda: (_t(_MASK), 1.0, 0.0), {}),
+    ("maximum", lambda: (_t(_V), np.float64(0.5)), {}),
+    ("minimum", lambda: (_t(_V), True), {}),
     ("sqrt", lambda: (np.float64(2.0),), {}),
     ("sort", lambda: (_t(np.array([3, 1, 2], "int32")),), {}),
     ("stack", lambda: ([_V, _t(_W)],), {}),
@@ -90,7 +92,9 @@ def test_each_op_gives_what_the_keras_op_gives(name, build, kwargs):
     )
     assert tuple(got.shape) == tuple(expected.shape)
     # Bit for bit: the same function on the same inputs (NaN where NaN).
-    np.testing.assert_array_equal(ops.convert_to_numpy(got), ops.convert_to_numpy(expected))
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(got), ops.convert_to_numpy(expected)
+    )
 
 
 def test_every_op_named_is_covered_and_the_rest_is_keras_ops():
