@@ -102,31 +102,27 @@ else:
         # is an int, and NumPy's float64 a float, which Keras promotes to.
         return _float32(x) or type(x) in _SCALARS
 
-    def _axis(axis: Any) -> bool:
-        return axis is None or isinstance(axis, int)
+    def _named(op: Any, keras_op: Any, on: str) -> Any:
+        op.__name__ = keras_op.__name__
+        op.__doc__ = f"`keras.ops.{keras_op.__name__}` (torch's own on {on})."
+        return op
 
-    def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
-        if not (_float32(x) and _axis(axis)):
-            return ops.sum(x, axis=axis, keepdims=keepdims)
-        if axis is None:
-            return torch.sum(x)
-        return torch.sum(x, dim=axis, keepdim=keepdims)
+    def _unary(keras_op: Any, torch_op: Any, accepts: Any = _float32) -> Any:
+        def op(x: Any) -> Any:
+            return torch_op(x) if accepts(x) else keras_op(x)
 
-    def max(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
-        if not (_float32(x) and _axis(axis) and x.numel() > 0):
-            return ops.max(x, axis=axis, keepdims=keepdims)
-        if axis is None:
-            return torch.max(x)
-        return torch.amax(x, dim=axis, keepdim=keepdims)
+        return _named(op, keras_op, "float32" if accepts is _float32 else "bool")
 
-    def min(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
-        if not (_float32(x) and _axis(axis) and x.numel() > 0):
-            return ops.min(x, axis=axis, keepdims=keepdims)
-        if axis is None:
-            return torch.min(x)
-        return torch.amin(x, dim=axis, keepdim=keepdims)
+    def _both(keras_op: Any, torch_op: Any, accepts: Any = _float32) -> Any:
+        def op(x1: Any, x2: Any) -> Any:
+            if accepts(x1) and accepts(x2):
+                return torch_op(x1, x2)
+            return keras_op(x1, x2)
 
-    def _binary(keras_op: Any, torch_op: Any) -> Any:
+        return _named(op, keras_op, "float32" if accepts is _float32 else "bool")
+
+    def _with_scalars(keras_op: Any, torch_op: Any) -> Any:
+        # As `_both`, and a Python number beside a float32 tensor too.
         def op(x1: Any, x2: Any) -> Any:
             if _float32(x1) and _float32(x2):
                 return torch_op(x1, x2)
@@ -136,17 +132,39 @@ else:
                 return torch_op(torch.tensor(x1, dtype=_FLOAT32, device=x2.device), x2)
             return keras_op(x1, x2)
 
-        op.__name__ = keras_op.__name__
-        op.__doc__ = f"`keras.ops.{keras_op.__name__}` (torch's own on float32)."
-        return op
+        return _named(op, keras_op, "float32")
 
-    maximum = _binary(ops.maximum, torch.maximum)
-    minimum = _binary(ops.minimum, torch.minimum)
+    def _reduction(
+        keras_op: Any, whole: Any, along: Any, accepts: Any = _float32
+    ) -> Any:
+        # Over every entry or along one axis. Anything else (an empty
+        # tensor, a tuple of axes, `initial`) is Keras' op.
+        def op(x: Any, axis: Any = None, keepdims: bool = False, **other: Any) -> Any:
+            if other or not (accepts(x) and x.numel() > 0):
+                return keras_op(x, axis=axis, keepdims=keepdims, **other)
+            if axis is None and not keepdims:
+                return whole(x)
+            if isinstance(axis, int):
+                return along(x, dim=axis, keepdim=keepdims)
+            return keras_op(x, axis=axis, keepdims=keepdims)
 
-    def matmul(x1: Any, x2: Any) -> Any:
-        if _float32(x1) and _float32(x2):
-            return torch.matmul(x1, x2)
-        return ops.matmul(x1, x2)
+        return _named(op, keras_op, "float32" if accepts is _float32 else "bool")
+
+    abs = _unary(ops.abs, torch.abs)  # noqa: A001
+    sqrt = _unary(ops.sqrt, torch.sqrt)
+    relu = _unary(ops.relu, torch.relu)
+    isfinite = _unary(ops.isfinite, torch.isfinite)
+    logical_not = _unary(ops.logical_not, torch.logical_not, _boolean)
+    matmul = _both(ops.matmul, torch.matmul)
+    equal = _both(ops.equal, torch.eq)
+    logical_and = _both(ops.logical_and, torch.logical_and, _boolean)
+    logical_or = _both(ops.logical_or, torch.logical_or, _boolean)
+    maximum = _with_scalars(ops.maximum, torch.maximum)
+    minimum = _with_scalars(ops.minimum, torch.minimum)
+    sum = _reduction(ops.sum, torch.sum, torch.sum)  # noqa: A001
+    max = _reduction(ops.max, torch.max, torch.amax)  # noqa: A001
+    min = _reduction(ops.min, torch.min, torch.amin)  # noqa: A001
+    all = _reduction(ops.all, torch.all, torch.all, _boolean)  # noqa: A001
 
     def where(condition: Any, x1: Any = None, x2: Any = None) -> Any:
         if (
@@ -157,47 +175,6 @@ else:
         ):
             return torch.where(condition, x1, x2)
         return ops.where(condition, x1, x2)
-
-    def _unary(keras_op: Any, torch_op: Any, accepts: Any = _float32) -> Any:
-        def op(x: Any) -> Any:
-            if accepts(x):
-                return torch_op(x)
-            return keras_op(x)
-
-        op.__name__ = keras_op.__name__
-        op.__doc__ = f"`keras.ops.{keras_op.__name__}` (torch's own on float32)."
-        return op
-
-    abs = _unary(ops.abs, torch.abs)  # noqa: A001
-    sqrt = _unary(ops.sqrt, torch.sqrt)
-    relu = _unary(ops.relu, torch.relu)
-    isfinite = _unary(ops.isfinite, torch.isfinite)
-    logical_not = _unary(ops.logical_not, torch.logical_not, _boolean)
-
-    def _logical(keras_op: Any, torch_op: Any) -> Any:
-        def op(x1: Any, x2: Any) -> Any:
-            if _boolean(x1) and _boolean(x2):
-                return torch_op(x1, x2)
-            return keras_op(x1, x2)
-
-        op.__name__ = keras_op.__name__
-        op.__doc__ = f"`keras.ops.{keras_op.__name__}` (torch's own on bool)."
-        return op
-
-    logical_and = _logical(ops.logical_and, torch.logical_and)
-    logical_or = _logical(ops.logical_or, torch.logical_or)
-
-    def equal(x1: Any, x2: Any) -> Any:
-        if _float32(x1) and _float32(x2):
-            return torch.eq(x1, x2)
-        return ops.equal(x1, x2)
-
-    def all(x: Any, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
-        if not (_boolean(x) and _axis(axis)):
-            return ops.all(x, axis=axis, keepdims=keepdims)
-        if axis is None:
-            return torch.all(x)
-        return torch.all(x, dim=axis, keepdim=keepdims)
 
     def cast(x: Any, dtype: Any) -> Any:
         target = _DTYPES.get(dtype) if isinstance(dtype, str) else None
