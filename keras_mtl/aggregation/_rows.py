@@ -55,12 +55,10 @@ def combine_rows(weights: Any, matrix: Any) -> Any:
     if backend == "tensorflow" or num is None:
         return ops.matmul(weights[None, :], ops.stack(matrix) if rows else matrix)[0]
     weights = ops.cast(weights, matrix[0].dtype)
-    if backend == "torch":
-        total = weights[0] * matrix[0]  # a new tensor: the rows stay as they are
-        for i in range(1, num):
-            total = total.addcmul_(matrix[i], weights[i])
-        return total
-    total = weights[0] * matrix[0]
+    total = weights[0] * matrix[0]  # a new tensor: the rows stay as they are
     for i in range(1, num):
-        total = total + weights[i] * matrix[i]
+        if backend == "torch":
+            total.addcmul_(matrix[i], weights[i])
+        else:
+            total = total + weights[i] * matrix[i]
     return total
