@@ -96,12 +96,14 @@ def mlp(width: int, num_tasks: int, depth: int = 3, seed: int = 0) -> keras.Mode
 
 def cnn(num_tasks: int) -> keras.Model:
     """The benchmark's digit CNN (`keras_mtl.bench.models.image_cnn`) on
-    12x16 images, with 10-way heads."""
+    12x16 images, with 10-way heads, in Keras' image data format (inputs
+    `[N, 12, 16, 1]`, or `[N, 1, 12, 16]` channels first)."""
     from keras_mtl.bench.models import image_cnn
     from keras_mtl.datasets import TaskSpec
 
     tasks = {f"task_{k}": TaskSpec("multiclass", 10) for k in range(num_tasks)}
-    return image_cnn((12, 16, 1), tasks)
+    channels_first = keras.config.image_data_format() == "channels_first"
+    return image_cnn((1, 12, 16) if channels_first else (12, 16, 1), tasks)
 
 
 def batches(

@@ -14,7 +14,11 @@ hidden ReLU layers of width 1024, three scalar regression heads (MSE), 8192
 samples, batch 256, Adam (learning rate 1e-4), CPU, float32. `cnn` is the
 suite's benchmark CNN (`keras_mtl.bench.models.image_cnn` on 12x16 images,
 three 10-way heads, sparse cross-entropy), written out layer for layer in
-PyTorch (channels first there, channels last in Keras). Methods: plain
+PyTorch. Its layout is each framework's own: channels first in PyTorch and
+in Keras on torch, channels last in Keras on TensorFlow and JAX (XLA's CPU
+layout). Keras on torch runs a channels-last convolution or pooling by
+transposing its input (and kernel) to channels first around the torch call;
+`--torch-channels-last` measures the torch columns in that layout. Methods: plain
 summed losses (`sum`) and the aggregators UPGrad, MGDA, PCGrad, CAGrad,
 IMTL-G, Aligned-MTL and Nash-MTL on the shared trunk's parameters.
 
@@ -222,7 +226,12 @@ class Gate:
 
 
 def run_worker(
-    framework: str, method: str, model: str, samples: int, epochs: int
+    framework: str,
+    method: str,
+    model: str,
+    samples: int,
+    epochs: int,
+    torch_channels_last: bool = False,
 ) -> None:
     """Trains `epochs` + 1 epochs (the first is the warm-up), each gated."""
     out = sys.stdout
@@ -244,8 +253,11 @@ def run_worker(
         # read, it is not counted as the step's memory (keras_mtl_model
         # seeds again, to the same state).
         keras.utils.set_random_seed(0)
+        backend, jit_compile = KERAS_BACKENDS[framework]
         train = functools.partial(
-            keras_mtl_worker, jit_compile=KERAS_BACKENDS[framework][1]
+            keras_mtl_worker,
+            jit_compile=jit_compile,
+            channels_first=backend == "torch" and not torch_channels_last,
         )
     x, ys = make_data(model, samples)
     base_mb = rss_mb()  # the framework imported, the data made, no model yet
@@ -342,14 +354,19 @@ def torchjd_worker(
     }
 
 
-def keras_mtl_model(method: str, model: str, jit_compile: bool = True) -> Any:
-    """The compiled `MultiTaskModel` of `method` on the suite's network."""
+def keras_mtl_model(
+    method: str, model: str, jit_compile: bool = True, channels_first: bool = False
+) -> Any:
+    """The compiled `MultiTaskModel` of `method` on the suite's network
+    (the CNN on `[N, 1, 12, 16]` images if `channels_first`)."""
     import keras
 
     import keras_mtl
 
     suite = _load_suite()
     keras.utils.set_random_seed(0)
+    if channels_first:
+        keras.config.set_image_data_format("channels_first")
     net = suite.network(model, WIDTH, NUM_TASKS)
     options: dict[str, Any] = {}
     if method != "sum":
@@ -373,11 +390,16 @@ def keras_mtl_worker(
     epochs: int,
     gate: Gate,
     jit_compile: bool = True,
+    channels_first: bool = False,
 ) -> dict[str, Any]:
-    """keras_mtl on this process' Keras backend: one `fit`, gated per epoch."""
+    """keras_mtl on this process' Keras backend: one `fit`, gated per epoch
+    (the CNN channels first if `channels_first`)."""
     import keras
 
-    mtl_model = keras_mtl_model(method, model, jit_compile)
+    channels_first = channels_first and model == "cnn"
+    mtl_model = keras_mtl_model(method, model, jit_compile, channels_first)
+    if channels_first:  # NHWC -> NCHW, a contiguous copy (as PyTorch's data)
+        x = x.transpose(0, 3, 1, 2).copy()
 
     class EpochGate(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -406,6 +428,7 @@ def keras_mtl_worker(
         "shared_parameters": sum(math.prod(v.shape) for v in shared),
         "parameters": sum(math.prod(v.shape) for v in mtl_model.trainable_variables),
         "jit_compile": bool(mtl_model.jit_compile),
+        "image_data_format": keras.config.image_data_format(),
     }
 
 
@@ -431,6 +454,7 @@ class Worker:
         samples: int,
         epochs: int,
         threads: int | None = None,
+        torch_channels_last: bool = False,
     ) -> None:
         self.framework = framework
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -444,6 +468,8 @@ class Worker:
             method, "--models", model, "--samples", str(samples),
             "--rounds", str(epochs),
         ]  # fmt: skip
+        if torch_channels_last:
+            args.append("--torch-channels-last")
         self.process = subprocess.Popen(
             args,
             env=env,
@@ -509,11 +535,15 @@ def measure_method(
     samples: int,
     rounds: int,
     threads: int | None = None,
+    torch_channels_last: bool = False,
 ) -> dict[str, Any]:
     """One method's epochs on every framework, taking turns round by round.
     The warm-up epochs (excluded) run at the same time, to save wall time."""
     begun = time.perf_counter()
-    workers = [Worker(f, method, model, samples, rounds, threads) for f in frameworks]
+    workers = [
+        Worker(f, method, model, samples, rounds, threads, torch_channels_last)
+        for f in frameworks
+    ]
     try:
         results: dict[str, Any] = {w.framework: {"samples": []} for w in workers}
         for worker in workers:  # imported and built: nothing runs from here on
@@ -548,6 +578,7 @@ def run(
     log: TextIO = sys.stdout,
     save: Path | None = None,
     threads: int | None = None,
+    torch_channels_last: bool = False,
 ) -> dict[str, Any]:
     """Every method on every framework that is installed; what is missing is
     recorded by name (`missing`), not measured. The record is written to
@@ -557,6 +588,9 @@ def run(
             "models": models, "methods": methods, "frameworks": frameworks,
             "samples": samples, "batch_size": BATCH_SIZE, "rounds": rounds,
             "threads": threads,
+            "torch_image_data_format": (
+                "channels_last" if torch_channels_last else "channels_first"
+            ),
             "torchjd": installed_torchjd_version(),
         },
         "machine": machine(),
@@ -582,7 +616,7 @@ def run(
             )
             started = time.time()
             record["results"][f"{model}/{method}"] = measure_method(
-                method, model, here, samples, rounds, threads
+                method, model, here, samples, rounds, threads, torch_channels_last
             )
             print(f"    {time.time() - started:.0f} s", file=log, flush=True)
             if save is not None:
@@ -709,6 +743,12 @@ def main(argv: list[str] | None = None) -> int:
         help="intra-op threads of every framework (default: theirs, all cores); "
         "1 on a loaded machine, where PyTorch's OpenMP threads wait on each other",
     )
+    parser.add_argument(
+        "--torch-channels-last",
+        action="store_true",
+        help="build the CNN channels last on torch too (Keras' default layout; "
+        "default there: channels first, PyTorch's)",
+    )
     parser.add_argument("--note", help="a sentence about the run, for the report")
     parser.add_argument("--out", help="default runs/torchjd/side_by_side.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -726,7 +766,10 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"{flag}: unknown {unknown}; valid: {', '.join(valid)}")
     if cfg.worker:
-        run_worker(cfg.worker, cfg.worker_method, models[0], cfg.samples, cfg.rounds)
+        run_worker(
+            cfg.worker, cfg.worker_method, models[0], cfg.samples, cfg.rounds,
+            cfg.torch_channels_last,
+        )  # fmt: skip
         return 0
     if cfg.quick:
         cfg.samples, cfg.rounds = 2 * BATCH_SIZE, 2
@@ -746,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     record = run(
         models, methods, frameworks, cfg.samples, cfg.rounds, save=out,
-        threads=cfg.threads,
+        threads=cfg.threads, torch_channels_last=cfg.torch_channels_last,
     )  # fmt: skip
     if cfg.note:
         record["note"] = cfg.note

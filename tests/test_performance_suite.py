@@ -283,6 +283,30 @@ def test_keras_mtl_and_torchjd_aggregate_alike(side_by_side):
         )  # fmt: skip
 
 
+def test_side_by_side_cnn_channels_first_is_the_same_network(side_by_side):
+    """The torch columns' CNN, built channels first (PyTorch's layout), is the
+    channels-last network with its axes reordered: with the same weights it
+    gives the same outputs on the transposed images (Keras' `Flatten` reads a
+    channels-first map in channels-last order, so even the shared Dense's
+    rows line up)."""
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 12, 16, 1), dtype="float32")
+    last = side_by_side.keras_mtl_model("sum", "cnn", jit_compile=False)
+    try:
+        first = side_by_side.keras_mtl_model(
+            "sum", "cnn", jit_compile=False, channels_first=True
+        )
+    finally:
+        keras.config.set_image_data_format("channels_last")
+    assert tuple(first.net.input.shape) == (None, 1, 12, 16)
+    assert [w.shape for w in first.net.weights] == [w.shape for w in last.net.weights]
+    first.net.set_weights(last.net.get_weights())
+    ours = last.net.predict(x, verbose=0)
+    theirs = first.net.predict(x.transpose(0, 3, 1, 2).copy(), verbose=0)
+    for name in ours:
+        np.testing.assert_allclose(theirs[name], ours[name], rtol=1e-5, atol=1e-6)
+
+
 @_NEEDS_TORCHJD
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
