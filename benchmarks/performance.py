@@ -834,6 +834,8 @@ def format_torchjd(cfg: argparse.Namespace, records: dict[str, Any]) -> list[str
         return []
     side = side_by_side_module()
     config = record["config"]
+    # Records from before the option measured Keras on torch channels last.
+    torch_layout = config.get("torch_image_data_format", "channels_last")
     out = [
         "## 5. Side by side with PyTorch + TorchJD",
         "",
@@ -854,7 +856,10 @@ def format_torchjd(cfg: argparse.Namespace, records: dict[str, Any]) -> list[str
         "built (allocator caches and XLA's compile leftovers included). "
         "Hyperparameters matched as benchmarks/torchjd_side_by_side.py says "
         "(CAGrad c = 0.5 without rescaling; Nash-MTL every step, max norm 1, "
-        "20 iterations; the others both libraries' defaults).",
+        "20 iterations; the others both libraries' defaults). The CNN's "
+        "layout: channels first in PyTorch, "
+        f"{torch_layout.replace('_', ' ')} in Keras on torch, channels last "
+        "in Keras on TensorFlow and JAX.",
         "",
     ]
     return out + side.format_table(record)
