@@ -557,10 +557,14 @@ def measure_method(
             order = workers[r % len(workers) :] + workers[: r % len(workers)]
             for worker in order:
                 results[worker.framework]["samples"].append(worker.epoch()["seconds"])
+                if r == rounds - 1:
+                    # Its last epoch: it reports and exits before the next
+                    # worker's epoch starts (a process' teardown takes a
+                    # core: measured, up to 3x the next one's epoch).
+                    done = worker.finish()
+                    done.pop("done")
+                    results[worker.framework].update(done)
         for worker in workers:
-            done = worker.finish()
-            done.pop("done")
-            results[worker.framework].update(done)
             samples_ = results[worker.framework]["samples"]
             results[worker.framework]["epoch_seconds"] = statistics.median(samples_)
     finally:
@@ -765,6 +769,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(value) - set(valid))
         if unknown:
             parser.error(f"{flag}: unknown {unknown}; valid: {', '.join(valid)}")
+    if cfg.rounds < 1:
+        parser.error(f"--rounds: at least 1 timed epoch; got {cfg.rounds}")
     if cfg.worker:
         run_worker(
             cfg.worker, cfg.worker_method, models[0], cfg.samples, cfg.rounds,
