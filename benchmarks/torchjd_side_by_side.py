@@ -358,7 +358,8 @@ def keras_mtl_model(
     method: str, model: str, jit_compile: bool = True, channels_first: bool = False
 ) -> Any:
     """The compiled `MultiTaskModel` of `method` on the suite's network
-    (the CNN on `[N, 1, 12, 16]` images if `channels_first`)."""
+    (the CNN on `[N, 1, 12, 16]` images if `channels_first`, which sets
+    Keras' image data format for the whole process: a worker's own)."""
     import keras
 
     import keras_mtl
