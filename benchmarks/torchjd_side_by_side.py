@@ -257,7 +257,9 @@ def run_worker(
         train = functools.partial(
             keras_mtl_worker,
             jit_compile=jit_compile,
-            channels_first=backend == "torch" and not torch_channels_last,
+            channels_first=(
+                backend == "torch" and model == "cnn" and not torch_channels_last
+            ),
         )
     x, ys = make_data(model, samples)
     base_mb = rss_mb()  # the framework imported, the data made, no model yet
@@ -397,7 +399,6 @@ def keras_mtl_worker(
     (the CNN channels first if `channels_first`)."""
     import keras
 
-    channels_first = channels_first and model == "cnn"
     mtl_model = keras_mtl_model(method, model, jit_compile, channels_first)
     if channels_first:  # NHWC -> NCHW, a contiguous copy (as PyTorch's data)
         x = x.transpose(0, 3, 1, 2).copy()

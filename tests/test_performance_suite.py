@@ -292,12 +292,13 @@ def test_side_by_side_cnn_channels_first_is_the_same_network(side_by_side):
     rng = np.random.default_rng(0)
     x = rng.random((4, 12, 16, 1), dtype="float32")
     last = side_by_side.keras_mtl_model("sum", "cnn", jit_compile=False)
+    before = keras.config.image_data_format()
     try:
         first = side_by_side.keras_mtl_model(
             "sum", "cnn", jit_compile=False, channels_first=True
         )
-    finally:
-        keras.config.set_image_data_format("channels_last")
+    finally:  # it sets the process' format: this one's is left as it was
+        keras.config.set_image_data_format(before)
     assert tuple(first.net.input.shape) == (None, 1, 12, 16)
     assert [w.shape for w in first.net.weights] == [w.shape for w in last.net.weights]
     first.net.set_weights(last.net.get_weights())
