@@ -836,6 +836,14 @@ def format_torchjd(cfg: argparse.Namespace, records: dict[str, Any]) -> list[str
     config = record["config"]
     # Records from before the option measured Keras on torch channels last.
     torch_layout = config.get("torch_image_data_format", "channels_last")
+    # And before this one, TensorFlow's column was given the arrays.
+    tf_input = config.get("tensorflow_input", "arrays to fit")
+    tf_input_text = (
+        "the arrays given to `fit` (Keras' own autotuned `tf.data` pipeline)"
+        if tf_input == "arrays to fit"
+        else "a `tf.data` pipeline of the arrays with autotuning off "
+        "(`tf_input` says why)"
+    )
     out = [
         "## 5. Side by side with PyTorch + TorchJD",
         "",
@@ -859,7 +867,9 @@ def format_torchjd(cfg: argparse.Namespace, records: dict[str, Any]) -> list[str
         "20 iterations; the others both libraries' defaults). The CNN's "
         "layout: channels first in PyTorch, "
         f"{torch_layout.replace('_', ' ')} in Keras on torch, channels last "
-        "in Keras on TensorFlow and JAX.",
+        "in Keras on TensorFlow and JAX. TensorFlow's input: "
+        f"{tf_input_text}; the other columns read the arrays in the training "
+        "process.",
         "",
     ]
     return out + side.format_table(record)

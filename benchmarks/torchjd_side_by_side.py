@@ -31,7 +31,10 @@ Columns, each framework in a process of its own:
   `sum(losses).backward()`), over a shuffling `DataLoader`;
 - `tensorflow`, `jax`: `keras_mtl.MultiTaskModel(net, aggregator=...)` with
   `jit_compile=True`, trained by one `fit` (plain sum: the default equal
-  weighting, a loss-level step);
+  weighting, a loss-level step); TensorFlow's `fit` is given a `tf.data`
+  pipeline of the arrays with tf.data's autotuning off (`tf_input` says
+  why; `--tf-keras-arrays` gives it the arrays), the other columns the
+  arrays;
 - `torch`: the same on `KERAS_BACKEND=torch`, eager (`jit_compile=False`);
 - `torch_compiled`: the same with `jit_compile=True` (Keras wraps the step
   in `torch.compile`; keras_mtl's aggregation runs eagerly between the
@@ -232,6 +235,7 @@ def run_worker(
     samples: int,
     epochs: int,
     torch_channels_last: bool = False,
+    tf_keras_arrays: bool = False,
 ) -> None:
     """Trains `epochs` + 1 epochs (the first is the warm-up), each gated."""
     out = sys.stdout
@@ -260,6 +264,7 @@ def run_worker(
             channels_first=(
                 backend == "torch" and model == "cnn" and not torch_channels_last
             ),
+            tf_data=backend == "tensorflow" and not tf_keras_arrays,
         )
     x, ys = make_data(model, samples)
     base_mb = rss_mb()  # the framework imported, the data made, no model yet
@@ -394,9 +399,11 @@ def keras_mtl_worker(
     gate: Gate,
     jit_compile: bool = True,
     channels_first: bool = False,
+    tf_data: bool = False,
 ) -> dict[str, Any]:
     """keras_mtl on this process' Keras backend: one `fit`, gated per epoch
-    (the CNN channels first if `channels_first`)."""
+    (the CNN channels first if `channels_first`; fed by `tf_input` if
+    `tf_data`, else the arrays go to `fit`)."""
     import keras
 
     mtl_model = keras_mtl_model(method, model, jit_compile, channels_first)
@@ -411,16 +418,12 @@ def keras_mtl_worker(
             gate.end(float(logs["loss"]))  # reading it waits for the device
 
     targets = {f"task_{k}": y for k, y in enumerate(ys)}
+    if tf_data:
+        data = {"x": tf_input(x, targets), "shuffle": False}
+    else:
+        data = {"x": x, "y": targets, "batch_size": BATCH_SIZE, "shuffle": True}
     gate.send(ready=True)
-    mtl_model.fit(
-        x,
-        targets,
-        batch_size=BATCH_SIZE,
-        epochs=epochs,
-        shuffle=True,
-        verbose=0,
-        callbacks=[EpochGate()],
-    )
+    mtl_model.fit(**data, epochs=epochs, verbose=0, callbacks=[EpochGate()])
     shared = (
         mtl_model._find_shared_variables()
         if method != "sum"
@@ -431,7 +434,29 @@ def keras_mtl_worker(
         "parameters": sum(math.prod(v.shape) for v in mtl_model.trainable_variables),
         "jit_compile": bool(mtl_model.jit_compile),
         "image_data_format": keras.config.image_data_format(),
+        "input": "tf.data, autotune off" if tf_data else "arrays to fit",
     }
+
+
+def tf_input(x: Any, targets: dict[str, Any]) -> Any:
+    """The arrays as a `tf.data` pipeline that reshuffles every epoch, in
+    batches of `BATCH_SIZE`, with tf.data's autotuning off.
+
+    Given arrays, Keras on TensorFlow builds an autotuned `tf.data` pipeline
+    of its own. Its autotuning thread takes CPU during an epoch, and at the
+    next epoch's first step Keras drops the previous epoch's iterator, whose
+    destructor waits for that thread (seen in a native stack dump): measured
+    on the MLP with UPGrad, 0.5-4.7 s before the first step in a third of
+    the epochs and 1.85-2.6 s epochs, against none and 1.75-2.0 s with
+    autotuning off (docs/performance.md, Profile). PyTorch's column reads its
+    tensors in the training process too (a `DataLoader` without workers)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    dataset = tf.data.Dataset.from_tensor_slices((x, targets))
+    dataset = dataset.shuffle(len(x), seed=0, reshuffle_each_iteration=True)
+    return dataset.batch(BATCH_SIZE).with_options(options)
 
 
 def _load_suite() -> Any:
@@ -457,6 +482,7 @@ class Worker:
         epochs: int,
         threads: int | None = None,
         torch_channels_last: bool = False,
+        tf_keras_arrays: bool = False,
     ) -> None:
         self.framework = framework
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -472,6 +498,8 @@ class Worker:
         ]  # fmt: skip
         if torch_channels_last:
             args.append("--torch-channels-last")
+        if tf_keras_arrays:
+            args.append("--tf-keras-arrays")
         self.process = subprocess.Popen(
             args,
             env=env,
@@ -538,12 +566,22 @@ def measure_method(
     rounds: int,
     threads: int | None = None,
     torch_channels_last: bool = False,
+    tf_keras_arrays: bool = False,
 ) -> dict[str, Any]:
     """One method's epochs on every framework, taking turns round by round.
     The warm-up epochs (excluded) run at the same time, to save wall time."""
     begun = time.perf_counter()
     workers = [
-        Worker(f, method, model, samples, rounds, threads, torch_channels_last)
+        Worker(
+            f,
+            method,
+            model,
+            samples,
+            rounds,
+            threads,
+            torch_channels_last,
+            tf_keras_arrays,
+        )  # fmt: skip
         for f in frameworks
     ]
     try:
@@ -585,6 +623,7 @@ def run(
     save: Path | None = None,
     threads: int | None = None,
     torch_channels_last: bool = False,
+    tf_keras_arrays: bool = False,
 ) -> dict[str, Any]:
     """Every method on every framework that is installed; what is missing is
     recorded by name (`missing`), not measured. The record is written to
@@ -596,6 +635,9 @@ def run(
             "threads": threads,
             "torch_image_data_format": (
                 "channels_last" if torch_channels_last else "channels_first"
+            ),
+            "tensorflow_input": (
+                "arrays to fit" if tf_keras_arrays else "tf.data, autotune off"
             ),
             "torchjd": installed_torchjd_version(),
         },
@@ -622,8 +664,9 @@ def run(
             )
             started = time.time()
             record["results"][f"{model}/{method}"] = measure_method(
-                method, model, here, samples, rounds, threads, torch_channels_last
-            )
+                method, model, here, samples, rounds, threads, torch_channels_last,
+                tf_keras_arrays,
+            )  # fmt: skip
             print(f"    {time.time() - started:.0f} s", file=log, flush=True)
             if save is not None:
                 save.write_text(json.dumps(record, indent=2))
@@ -755,6 +798,12 @@ def main(argv: list[str] | None = None) -> int:
         help="build the CNN channels last on torch too (Keras' default layout; "
         "default there: channels first, PyTorch's)",
     )
+    parser.add_argument(
+        "--tf-keras-arrays",
+        action="store_true",
+        help="give the arrays to fit on TensorFlow (Keras' own autotuned tf.data "
+        "pipeline; default: a tf.data pipeline with autotuning off, see tf_input)",
+    )
     parser.add_argument("--note", help="a sentence about the run, for the report")
     parser.add_argument("--out", help="default runs/torchjd/side_by_side.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -776,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.worker:
         run_worker(
             cfg.worker, cfg.worker_method, models[0], cfg.samples, cfg.rounds,
-            cfg.torch_channels_last,
+            cfg.torch_channels_last, cfg.tf_keras_arrays,
         )  # fmt: skip
         return 0
     if cfg.quick:
@@ -798,6 +847,7 @@ def main(argv: list[str] | None = None) -> int:
     record = run(
         models, methods, frameworks, cfg.samples, cfg.rounds, save=out,
         threads=cfg.threads, torch_channels_last=cfg.torch_channels_last,
+        tf_keras_arrays=cfg.tf_keras_arrays,
     )  # fmt: skip
     if cfg.note:
         record["note"] = cfg.note

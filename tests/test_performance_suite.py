@@ -308,6 +308,36 @@ def test_side_by_side_cnn_channels_first_is_the_same_network(side_by_side):
         np.testing.assert_allclose(theirs[name], ours[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the TensorFlow column's input; tensorflow is not a dependency elsewhere",
+)
+def test_side_by_side_tensorflow_input_is_each_sample_once_an_epoch(side_by_side):
+    """The TensorFlow column's `tf.data` input: every sample once an epoch
+    with its own targets, in batches of the benchmark's size, a new order
+    each epoch, and tf.data's autotuning off (its thread's join stalled
+    epochs)."""
+    import tensorflow as tf
+
+    n = 2 * side_by_side.BATCH_SIZE + 7
+    x = np.arange(n, dtype="float32")[:, None] * np.ones((1, 3), "float32")
+    targets = {"task_0": np.arange(n, dtype="float32"), "task_1": -np.arange(n)}
+    dataset = side_by_side.tf_input(x, targets)
+    assert dataset.options().autotune.enabled is False
+    orders = []
+    for _ in range(2):
+        batches = list(dataset.as_numpy_iterator())
+        assert [len(b[0]) for b in batches] == [side_by_side.BATCH_SIZE] * 2 + [7]
+        features = np.concatenate([b[0] for b in batches])
+        for name, sign in (("task_0", 1), ("task_1", -1)):
+            column = np.concatenate([b[1][name] for b in batches])
+            np.testing.assert_array_equal(sign * column, features[:, 0])
+        np.testing.assert_array_equal(np.sort(features[:, 0]), np.arange(n))
+        orders.append(features[:, 0])
+    assert not np.array_equal(orders[0], orders[1])
+    assert isinstance(dataset, tf.data.Dataset)
+
+
 @_NEEDS_TORCHJD
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
