@@ -5,7 +5,13 @@ trunk (MGDA-UB, Sener & Koltun 2018)."""
 import keras
 import numpy as np
 import pytest
-from conftest import TASK_LOSSES, build_net
+from conftest import (
+    PATH_AGGREGATORS,
+    TASK_LOSSES,
+    build_net,
+    full_matrix,
+    step_paths,
+)
 
 import keras_mtl
 from keras_mtl.model import REPRESENTATION_AGGREGATORS
@@ -124,18 +130,35 @@ def test_mgda_trains_under_xla_and_lowers_every_task_loss(digits):
         assert np.all(np.isfinite(history.history[f"{task}_weight"]))
 
 
-@pytest.mark.parametrize(
-    "name",
-    # One alias per class (GradNorm has two); Krum and TrimmedMean need at
-    # least three tasks (this net has two: their error has its own test).
-    sorted(
+def _representation_cases() -> list[str]:
+    """One alias per class (GradNorm has two) of the aggregators representation
+    mode takes; Krum and TrimmedMean need at least three tasks (this net has
+    two: their error has its own test).
+
+    By default only those among `conftest.PATH_AGGREGATORS`: every other one
+    takes the same path of the step with the representation's Jacobian
+    (asserted: they take every path these aggregators take), and each
+    aggregator's maths has its own tests. KERAS_MTL_FULL_MATRIX=1 trains
+    every one."""
+    aliases = keras_mtl.aggregation.ALIASES
+    every = sorted(
         {
-            keras_mtl.aggregation.ALIASES[n]: n
+            aliases[n]: n
             for n in REPRESENTATION_AGGREGATORS
             if n not in ("krum", "trimmed_mean")
         }.values()
-    ),
-)
+    )
+    if full_matrix():
+        return every
+    on_paths = {aliases[n] for n in PATH_AGGREGATORS}
+    cases = [n for n in every if aliases[n] in on_paths]
+    taken = set().union(*(step_paths(n) for n in cases))
+    missing = set().union(*(step_paths(n) for n in every)) - taken
+    assert not missing, f"no representation case takes these paths: {missing}"
+    return cases
+
+
+@pytest.mark.parametrize("name", _representation_cases())
 def test_every_meaningful_aggregator_trains_in_representation_mode(digits, name):
     model = _model(name)
     history = model.fit(digits.x, digits.y, epochs=3, batch_size=128, verbose=0)

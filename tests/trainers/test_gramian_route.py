@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import TASK_LOSSES, build_net
+from conftest import TASK_LOSSES, build_net, full_matrix
 
 import keras_mtl
 from keras_mtl import gradients
@@ -91,12 +91,17 @@ def _assert_same_training(route, kept):
             np.testing.assert_allclose(a[key], b[key], rtol=2e-3, atol=1e-5)
 
 
-# The route is the same keras.ops code on both backends (only the rows'
-# origin differs): JAX, whose un-jitted steps are slow, checks four
-# (GradVac: a random draw and a state update inside the route).
+# The route is the same keras.ops code for every Gramian-weighted
+# aggregator and on both backends (only the rows' origin differs); what
+# differs between aggregators is `gramian_weights`, checked for each
+# against its direction from the Jacobian in
+# tests/aggregation/test_gramian_weights_name.py. So four train here by
+# default: FairGrad (a fractional scale degree), GradVac (a random draw and
+# a state update inside the route), Nash-MTL (stored weights, clipping) and
+# UPGrad (a solver); KERAS_MTL_FULL_MATRIX=1 trains every one.
 ROUTE_CHECKS = (
     sorted(GRAMIAN_WEIGHTED)
-    if keras.backend.backend() == "tensorflow"
+    if full_matrix()
     else ["fairgrad", "gradvac", "nash_mtl", "upgrad"]
 )
 
