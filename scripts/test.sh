@@ -7,8 +7,9 @@
 # both pytest runs, e.g. `-n 0` for one process or `tests/model -x`;
 # KERAS_MTL_BACKENDS="tensorflow" (or "jax") runs one pass only.
 # The suites that train methods in an environment (tf.distribute and
-# resume, mixed precision, JAX data parallelism, TensorFlow/JAX parity)
-# train one method per path of the step by default (tests/conftest.py,
+# resume, mixed precision, JAX data parallelism, TensorFlow/JAX parity),
+# and representation mode's and the Gramian route's training tests, train
+# one method per path of the step by default (tests/conftest.py,
 # `PATH_CASES`) and the zoo a fast slice; KERAS_MTL_FULL_MATRIX=1 trains
 # every method and the whole zoo (`KERAS_MTL_FULL_MATRIX=1 bash
 # scripts/test.sh` runs everything).
