@@ -146,16 +146,17 @@ GRADDROP_VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
         "a:graddrop",
         [(gradients, "combination_weights_and_min_cosine", no_logs)],
     ),
-    # The two ways of taking the logs' Gramian, whichever the backend ships.
+    # The two ways of taking the logs' Gramian, whichever the backend ships
+    # (GradDrop keeps the Jacobian: only its logs take a Gramian).
     (
         "a:graddrop, logs always rescaled",
         "a:graddrop",
-        [(gradients, "_from_gramian", gradients._rescaled_logs)],
+        [(gradients, "rescales_always", lambda: True)],
     ),
     (
         "a:graddrop, logs from the raw Gramian",
         "a:graddrop",
-        [(gradients, "_from_gramian", gradients._raw_or_rescaled_logs)],
+        [(gradients, "rescales_always", lambda: False)],
     ),
 ]
 

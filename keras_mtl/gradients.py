@@ -267,14 +267,37 @@ def safe_gramian(blocks: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
     with or without the rescaling, and the branch doubles its compile
     time. On torch (eager) the rescaling's passes over the gradients took
     48 of the ~100 ms of an UPGrad step of the width-1024 MLP."""
-    if keras.backend.backend() == "tensorflow":
-        return rescaled_gramian(blocks)
-    raw = blocks_gramian(blocks)
-    return ops.cond(
-        usable_gramian(raw),
-        lambda: (raw, ops.ones((), "float32")),
+    return raw_unless_unusable(
+        lambda: blocks_gramian(blocks),
+        lambda raw: (raw, ops.ones((), "float32")),
         lambda: rescaled_gramian(blocks),
     )
+
+
+def raw_unless_unusable(
+    raw_gramian: Callable[[], Any],
+    with_raw: Callable[[Any], Any],
+    rescaled: Callable[[], Any],
+) -> Any:
+    """The choice between the raw Gramian and a rescaled one, made here for
+    every user (`safe_gramian`, the logs of `_from_gramian`): `rescaled()`
+    without a branch where `rescales_always()`; otherwise
+    `with_raw(raw_gramian())` when that Gramian is usable
+    (`usable_gramian`), else `rescaled()`, in a branch that runs only then.
+    Both must return the same structure of tensors (a branch's outputs are
+    copied: keep them small)."""
+    if rescales_always():
+        return rescaled()
+    raw = raw_gramian()
+    return ops.cond(usable_gramian(raw), lambda: with_raw(raw), rescaled)
+
+
+def rescales_always() -> bool:
+    """Whether the Gramians are always rescaled, without a branch: on
+    TensorFlow (where the branch doubles the compile time and the rescaling
+    costs nothing measurable), not on JAX and torch (`safe_gramian` says
+    what was measured)."""
+    return keras.backend.backend() == "tensorflow"
 
 
 def usable_gramian(raw: Any) -> Any:
@@ -382,34 +405,17 @@ def combination_weights_and_min_cosine(
 
 
 def _from_gramian(jacobian: Any, logs: Callable[[Any, Any, Any], Any]) -> Any:
-    """`logs(j, scale, gram)` for `j = jacobian / scale` and its Gramian.
-
-    On JAX and torch `_raw_or_rescaled_logs`, on TensorFlow
-    `_rescaled_logs` (no branch), as `safe_gramian` chooses: the division
-    by the largest entry writes a copy of the Jacobian, which on JAX was
-    most of the logs' cost (GradDrop at width 1024: 102 -> 87 ms a step,
-    docs/performance.md, Profile). `logs` must return small tensors: a
-    branch's outputs are copied."""
-    if keras.backend.backend() == "tensorflow":
-        return _rescaled_logs(jacobian, logs)
-    return _raw_or_rescaled_logs(jacobian, logs)
-
-
-def _raw_or_rescaled_logs(jacobian: Any, logs: Callable[[Any, Any, Any], Any]) -> Any:
-    """`logs` with `scale` 1 when the raw Gramian is usable
-    (`usable_gramian`), otherwise, in a branch that runs only then,
-    `_rescaled_logs`."""
-    raw = _linalg.gramian(jacobian)
-    return ops.cond(
-        usable_gramian(raw),
-        lambda: logs(jacobian, ops.ones((), "float32"), raw),
-        lambda: _rescaled_logs(jacobian, logs),
+    """`logs(j, scale, gram)` for `j = jacobian / scale` and its Gramian:
+    `scale` 1 and the raw Gramian, or `scale` the Jacobian's largest
+    absolute entry, as `raw_unless_unusable` chooses. The division by the
+    largest entry writes a copy of the Jacobian, which on JAX was most of
+    the logs' cost (GradDrop at width 1024: 102 -> 87 ms a step,
+    docs/performance.md, Profile). `logs` must return small tensors."""
+    return raw_unless_unusable(
+        lambda: _linalg.gramian(jacobian),
+        lambda raw: logs(jacobian, ops.ones((), "float32"), raw),
+        lambda: logs(*_scaled_gram(jacobian)),
     )
-
-
-def _rescaled_logs(jacobian: Any, logs: Callable[[Any, Any, Any], Any]) -> Any:
-    """`logs` with `scale` the Jacobian's largest absolute entry."""
-    return logs(*_scaled_gram(jacobian))
 
 
 def _scaled_gram(jacobian: Any) -> tuple[Any, Any, Any]:
