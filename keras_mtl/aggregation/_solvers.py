@@ -114,7 +114,7 @@ def _iterate(
     for i in range(iterations):
         new = body(i, state)
         settled = all(
-            bool(small.all(small.equal(after, before)))
+            small.unchanged(after, before)
             for after, before in zip(new[:moving], state[:moving])
         )
         state = new

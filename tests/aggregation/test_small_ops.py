@@ -107,3 +107,25 @@ def test_every_op_named_is_covered_and_the_rest_is_keras_ops():
     assert small.linalg is ops.linalg
     if keras.backend.backend() != "torch":
         assert all(getattr(small, name) is getattr(ops, name) for name in small.__all__)
+
+
+_SAME_OBJECT = object()
+
+
+@pytest.mark.parametrize(
+    "after, before, expected",
+    [
+        (_V, _V.copy(), True),
+        (_V, _W, False),
+        (_M, _M + 0.0, True),
+        (_SPECIAL[1:], _SPECIAL[1:].copy(), True),  # infinities, signed zeros
+        (_SPECIAL, _SPECIAL.copy(), False),  # NaN is not equal to NaN
+        (_SPECIAL, _SAME_OBJECT, False),  # not even to itself
+    ],
+)
+def test_unchanged_is_entrywise_equality_as_a_python_bool(after, before, expected):
+    """The op-by-op loops' stopping test (not a `keras.ops` name)."""
+    after = _t(after)
+    before = after if before is _SAME_OBJECT else _t(before)
+    result = small.unchanged(after, before)
+    assert type(result) is bool and result is expected
