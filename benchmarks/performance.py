@@ -963,11 +963,16 @@ def write_report(
     ]
     kept = getattr(cfg, "kept", None)
     if kept:
+        measured = cfg.sections.split(",")
         header += [
             f"Sections {', '.join(kept['sections'])} are kept from an earlier run "
             f"(`{kept['record']}`; machine: "
             + ", ".join(f"{k} {v}" for k, v in kept["machine"].items())
-            + f"); sections {cfg.sections} were measured by this command.",
+            + (
+                f"); section {measured[0]} was measured by this command."
+                if len(measured) == 1
+                else f"); sections {', '.join(measured)} were measured by this command."
+            ),
             "",
         ]
     out.write_text("\n".join(header + body + profile))

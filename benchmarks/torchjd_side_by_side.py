@@ -445,11 +445,12 @@ def tf_input(x: Any, targets: dict[str, Any]) -> Any:
     Given arrays, Keras on TensorFlow builds an autotuned `tf.data` pipeline
     of its own. Its autotuning thread takes CPU during an epoch, and at the
     next epoch's first step Keras drops the previous epoch's iterator, whose
-    destructor waits for that thread (seen in a native stack dump): measured
-    on the MLP with UPGrad, 0.5-4.7 s before the first step in a third of
-    the epochs and 1.85-2.6 s epochs, against none and 1.75-2.0 s with
-    autotuning off (docs/performance.md, Profile). PyTorch's column reads its
-    tensors in the training process too (a `DataLoader` without workers)."""
+    destructor waits for that thread (seen in a native stack dump). Measured
+    on the MLP with UPGrad: 0.5-4.7 s before the first step in a third of
+    the epochs, and 1.80-2.64 s epochs without such a pause; with autotuning
+    off no pause and 1.75-2.02 s epochs (docs/performance.md, Profile).
+    PyTorch's column reads its tensors in the training process too (a
+    `DataLoader` without workers)."""
     import tensorflow as tf
 
     options = tf.data.Options()
@@ -581,7 +582,7 @@ def measure_method(
             threads,
             torch_channels_last,
             tf_keras_arrays,
-        )  # fmt: skip
+        )
         for f in frameworks
     ]
     try:
