@@ -310,7 +310,7 @@ def test_side_by_side_cnn_channels_first_is_the_same_network(side_by_side):
 
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
-    reason="the TensorFlow column's input; tensorflow is not a dependency elsewhere",
+    reason="the TensorFlow column's input, checked in the TensorFlow pass",
 )
 def test_side_by_side_tensorflow_input_is_each_sample_once_an_epoch(side_by_side):
     """The TensorFlow column's `tf.data` input: every sample once an epoch
