@@ -837,10 +837,10 @@ def format_torchjd(cfg: argparse.Namespace, records: dict[str, Any]) -> list[str
     # Records from before the option measured Keras on torch channels last.
     torch_layout = config.get("torch_image_data_format", "channels_last")
     # And before this one, TensorFlow's column was given the arrays.
-    tf_input = config.get("tensorflow_input", "arrays to fit")
+    tf_input = config.get("tensorflow_input", side.ARRAYS_INPUT)
     tf_input_text = (
         "the arrays given to `fit` (Keras' own autotuned `tf.data` pipeline)"
-        if tf_input == "arrays to fit"
+        if tf_input == side.ARRAYS_INPUT
         else "a `tf.data` pipeline of the arrays with autotuning off "
         "(`tf_input` says why)"
     )

@@ -434,8 +434,13 @@ def keras_mtl_worker(
         "parameters": sum(math.prod(v.shape) for v in mtl_model.trainable_variables),
         "jit_compile": bool(mtl_model.jit_compile),
         "image_data_format": keras.config.image_data_format(),
-        "input": "tf.data, autotune off" if tf_data else "arrays to fit",
+        "input": TF_DATA_INPUT if tf_data else ARRAYS_INPUT,
     }
+
+
+# What TensorFlow's `fit` reads, as the record names it.
+TF_DATA_INPUT = "tf.data, autotune off"
+ARRAYS_INPUT = "arrays to fit"
 
 
 def tf_input(x: Any, targets: dict[str, Any]) -> Any:
@@ -637,9 +642,7 @@ def run(
             "torch_image_data_format": (
                 "channels_last" if torch_channels_last else "channels_first"
             ),
-            "tensorflow_input": (
-                "arrays to fit" if tf_keras_arrays else "tf.data, autotune off"
-            ),
+            "tensorflow_input": ARRAYS_INPUT if tf_keras_arrays else TF_DATA_INPUT,
             "torchjd": installed_torchjd_version(),
         },
         "machine": machine(),
