@@ -233,16 +233,21 @@ def step_paths(alias: str) -> set[str]:
     return {f"{part}: {p}" if p else part for p in paths}
 
 
-def uncovered_paths(aliases) -> dict[str, str]:
-    """The paths of `step_paths` that a method of the registries takes and
-    none of `aliases` does, each with such a method (empty if they take
-    every path)."""
+def uncovered_paths(aliases, among=None) -> dict[str, str]:
+    """The paths of `step_paths` that a method of `among` (default: one
+    alias per class of both registries) takes and none of `aliases` does,
+    each with such a method (empty if they take every path)."""
     taken = set().union(*(step_paths(alias) for alias in aliases))
+    if among is None:
+        among = [
+            alias
+            for registry in (keras_mtl.weighting, keras_mtl.aggregation)
+            for alias in one_alias_per_class(registry)
+        ]
     missing = {}
-    for registry in (keras_mtl.weighting, keras_mtl.aggregation):
-        for alias in one_alias_per_class(registry):
-            for path in sorted(step_paths(alias) - taken):
-                missing.setdefault(path, alias)
+    for alias in among:
+        for path in sorted(step_paths(alias) - taken):
+            missing.setdefault(path, alias)
     return missing
 
 

@@ -10,7 +10,7 @@ from conftest import (
     TASK_LOSSES,
     build_net,
     full_matrix,
-    step_paths,
+    uncovered_paths,
 )
 
 import keras_mtl
@@ -152,8 +152,7 @@ def _representation_cases() -> list[str]:
         return every
     on_paths = {aliases[n] for n in PATH_AGGREGATORS}
     cases = [n for n in every if aliases[n] in on_paths]
-    taken = set().union(*(step_paths(n) for n in cases))
-    missing = set().union(*(step_paths(n) for n in every)) - taken
+    missing = uncovered_paths(cases, among=every)
     assert not missing, f"no representation case takes these paths: {missing}"
     return cases
 
