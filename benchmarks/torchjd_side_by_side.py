@@ -88,7 +88,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHJD_VERSION = "0.18.0"
@@ -138,6 +138,65 @@ TORCHJD_EXTRAS = {
     "nash_mtl": ("cvxpy", "ecos"),
 }
 PROTOCOL = "@@ "  # prefix of the workers' result lines on stdout
+
+
+class Layout(NamedTuple):
+    """How the keras_mtl columns lay out their data. Each choice is in one
+    place: its command-line flag and help (`FLAGS`, the driver's and the
+    workers'), what a worker builds from it and the record's config entry;
+    a new choice is a field here and an entry in `FLAGS`."""
+
+    torch_channels_last: bool = False
+    tf_keras_arrays: bool = False
+
+    # A class attribute, not a field: a NamedTuple's fields are annotated.
+    FLAGS = {
+        "torch_channels_last": (
+            "--torch-channels-last",
+            "build the CNN channels last on torch too (Keras' default layout; "
+            "default there: channels first, PyTorch's)",
+        ),
+        "tf_keras_arrays": (
+            "--tf-keras-arrays",
+            "give the arrays to fit on TensorFlow (Keras' own autotuned tf.data "
+            "pipeline; default: a tf.data pipeline with autotuning off, see tf_input)",
+        ),
+    }
+
+    @classmethod
+    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
+        """Adds one `store_true` flag per field to `parser`."""
+        for flag, help_ in cls.FLAGS.values():
+            parser.add_argument(flag, action="store_true", help=help_)
+
+    @classmethod
+    def from_args(cls, cfg: argparse.Namespace) -> Layout:
+        """The layout that parsed flags (`add_flags`) ask for."""
+        return cls(**{name: getattr(cfg, name) for name in cls.FLAGS})
+
+    def argv(self) -> list[str]:
+        """The flags that give a worker this layout."""
+        return [flag for name, (flag, _) in self.FLAGS.items() if getattr(self, name)]
+
+    def channels_first(self, backend: str, model: str) -> bool:
+        """Whether a Keras column on `backend` builds `model` channels first."""
+        return backend == "torch" and model == "cnn" and not self.torch_channels_last
+
+    def tf_data(self, backend: str) -> bool:
+        """Whether a Keras column on `backend` reads `tf_input`."""
+        return backend == "tensorflow" and not self.tf_keras_arrays
+
+    def config(self) -> dict[str, str]:
+        """The record's config entries that say which layout was measured."""
+        return {
+            "torch_image_data_format": (
+                "channels_last" if self.torch_channels_last else "channels_first"
+            ),
+            "tensorflow_input": ARRAYS_INPUT if self.tf_keras_arrays else TF_DATA_INPUT,
+        }
+
+
+DEFAULT_LAYOUT = Layout()  # channels first on torch, tf_input on TensorFlow
 
 
 # ------------------------------------------------------------ availability
@@ -234,8 +293,7 @@ def run_worker(
     model: str,
     samples: int,
     epochs: int,
-    torch_channels_last: bool = False,
-    tf_keras_arrays: bool = False,
+    layout: Layout = DEFAULT_LAYOUT,
 ) -> None:
     """Trains `epochs` + 1 epochs (the first is the warm-up), each gated."""
     out = sys.stdout
@@ -261,10 +319,8 @@ def run_worker(
         train = functools.partial(
             keras_mtl_worker,
             jit_compile=jit_compile,
-            channels_first=(
-                backend == "torch" and model == "cnn" and not torch_channels_last
-            ),
-            tf_data=backend == "tensorflow" and not tf_keras_arrays,
+            channels_first=layout.channels_first(backend, model),
+            tf_data=layout.tf_data(backend),
         )
     x, ys = make_data(model, samples)
     base_mb = rss_mb()  # the framework imported, the data made, no model yet
@@ -487,8 +543,7 @@ class Worker:
         samples: int,
         epochs: int,
         threads: int | None = None,
-        torch_channels_last: bool = False,
-        tf_keras_arrays: bool = False,
+        layout: Layout = DEFAULT_LAYOUT,
     ) -> None:
         self.framework = framework
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -500,12 +555,8 @@ class Worker:
         args = [
             sys.executable, __file__, "--worker", framework, "--worker-method",
             method, "--models", model, "--samples", str(samples),
-            "--rounds", str(epochs),
+            "--rounds", str(epochs), *layout.argv(),
         ]  # fmt: skip
-        if torch_channels_last:
-            args.append("--torch-channels-last")
-        if tf_keras_arrays:
-            args.append("--tf-keras-arrays")
         self.process = subprocess.Popen(
             args,
             env=env,
@@ -571,24 +622,13 @@ def measure_method(
     samples: int,
     rounds: int,
     threads: int | None = None,
-    torch_channels_last: bool = False,
-    tf_keras_arrays: bool = False,
+    layout: Layout = DEFAULT_LAYOUT,
 ) -> dict[str, Any]:
     """One method's epochs on every framework, taking turns round by round.
     The warm-up epochs (excluded) run at the same time, to save wall time."""
     begun = time.perf_counter()
     workers = [
-        Worker(
-            f,
-            method,
-            model,
-            samples,
-            rounds,
-            threads,
-            torch_channels_last,
-            tf_keras_arrays,
-        )
-        for f in frameworks
+        Worker(f, method, model, samples, rounds, threads, layout) for f in frameworks
     ]
     try:
         results: dict[str, Any] = {w.framework: {"samples": []} for w in workers}
@@ -628,8 +668,7 @@ def run(
     log: TextIO = sys.stdout,
     save: Path | None = None,
     threads: int | None = None,
-    torch_channels_last: bool = False,
-    tf_keras_arrays: bool = False,
+    layout: Layout = DEFAULT_LAYOUT,
 ) -> dict[str, Any]:
     """Every method on every framework that is installed; what is missing is
     recorded by name (`missing`), not measured. The record is written to
@@ -638,11 +677,7 @@ def run(
         "config": {
             "models": models, "methods": methods, "frameworks": frameworks,
             "samples": samples, "batch_size": BATCH_SIZE, "rounds": rounds,
-            "threads": threads,
-            "torch_image_data_format": (
-                "channels_last" if torch_channels_last else "channels_first"
-            ),
-            "tensorflow_input": ARRAYS_INPUT if tf_keras_arrays else TF_DATA_INPUT,
+            "threads": threads, **layout.config(),
             "torchjd": installed_torchjd_version(),
         },
         "machine": machine(),
@@ -668,8 +703,7 @@ def run(
             )
             started = time.time()
             record["results"][f"{model}/{method}"] = measure_method(
-                method, model, here, samples, rounds, threads, torch_channels_last,
-                tf_keras_arrays,
+                method, model, here, samples, rounds, threads, layout
             )  # fmt: skip
             print(f"    {time.time() - started:.0f} s", file=log, flush=True)
             if save is not None:
@@ -796,23 +830,13 @@ def main(argv: list[str] | None = None) -> int:
         help="intra-op threads of every framework (default: theirs, all cores); "
         "1 on a loaded machine, where PyTorch's OpenMP threads wait on each other",
     )
-    parser.add_argument(
-        "--torch-channels-last",
-        action="store_true",
-        help="build the CNN channels last on torch too (Keras' default layout; "
-        "default there: channels first, PyTorch's)",
-    )
-    parser.add_argument(
-        "--tf-keras-arrays",
-        action="store_true",
-        help="give the arrays to fit on TensorFlow (Keras' own autotuned tf.data "
-        "pipeline; default: a tf.data pipeline with autotuning off, see tf_input)",
-    )
+    Layout.add_flags(parser)
     parser.add_argument("--note", help="a sentence about the run, for the report")
     parser.add_argument("--out", help="default runs/torchjd/side_by_side.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-method", help=argparse.SUPPRESS)
     cfg = parser.parse_args(argv)
+    layout = Layout.from_args(cfg)
     models = [m for m in cfg.models.split(",") if m]
     methods = [m for m in cfg.methods.split(",") if m]
     frameworks = [f for f in cfg.frameworks.split(",") if f]
@@ -828,8 +852,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rounds: at least 1 timed epoch; got {cfg.rounds}")
     if cfg.worker:
         run_worker(
-            cfg.worker, cfg.worker_method, models[0], cfg.samples, cfg.rounds,
-            cfg.torch_channels_last, cfg.tf_keras_arrays,
+            cfg.worker, cfg.worker_method, models[0], cfg.samples, cfg.rounds, layout
         )  # fmt: skip
         return 0
     if cfg.quick:
@@ -850,8 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     record = run(
         models, methods, frameworks, cfg.samples, cfg.rounds, save=out,
-        threads=cfg.threads, torch_channels_last=cfg.torch_channels_last,
-        tf_keras_arrays=cfg.tf_keras_arrays,
+        threads=cfg.threads, layout=layout,
     )  # fmt: skip
     if cfg.note:
         record["note"] = cfg.note

@@ -4,6 +4,7 @@ the tests run on (TensorFlow, or JAX with KERAS_BACKEND=jax), timing runs
 end to end, and the report merges both backends. Nothing here asserts a
 time."""
 
+import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -306,6 +307,31 @@ def test_side_by_side_cnn_channels_first_is_the_same_network(side_by_side):
     theirs = first.net.predict(x.transpose(0, 3, 1, 2).copy(), verbose=0)
     for name in ours:
         np.testing.assert_allclose(theirs[name], ours[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("keras_arrays", [False, True])
+def test_side_by_side_workers_get_the_drivers_layout(
+    side_by_side, channels_last, keras_arrays
+):
+    """A worker parses the layout the driver was given back from the flags
+    the driver passes it, and the record's config names that layout."""
+    layout = side_by_side.Layout(channels_last, keras_arrays)
+    parser = argparse.ArgumentParser()
+    side_by_side.Layout.add_flags(parser)
+    assert side_by_side.Layout.from_args(parser.parse_args(layout.argv())) == layout
+    config = layout.config()
+    assert config["torch_image_data_format"] == (
+        "channels_last" if channels_last else "channels_first"
+    )
+    assert config["tensorflow_input"] == (
+        side_by_side.ARRAYS_INPUT if keras_arrays else side_by_side.TF_DATA_INPUT
+    )
+    assert layout.channels_first("torch", "cnn") is not channels_last
+    assert not layout.channels_first("tensorflow", "cnn")
+    assert not layout.channels_first("torch", "mlp")
+    assert layout.tf_data("tensorflow") is not keras_arrays
+    assert not layout.tf_data("jax")
 
 
 @pytest.mark.skipif(
