@@ -61,8 +61,9 @@ def eager_path(problem, method, start, steps, learning_rate=1e-2):
 # one float32 ulp is 2**-19 (1.9e-6): each step's rounding (eager and XLA
 # order their float32 operations differently) can move a parameter by about
 # that much, and over `steps` steps those errors add up at most linearly
-# (200 steps: 3.8e-4). The starts compared are 4 and 5: in the lower half
-# plane the losses are smooth quadratics in the parameters. Starts 1 and 3 lie
+# (200 steps: 3.8e-4). The start compared is 4: in the lower half plane
+# (starts 4 and 5) the losses are smooth quadratics in the parameters, and
+# a second start there would test the same loop again. Starts 1 and 3 lie
 # where tanh saturates and start 2 on the kink x2 = 0, where a task's gradient
 # is itself of rounding size and Adam, dividing by its root mean square, turns
 # it into full-size steps: there the paths of any two float32 runs (eager,
@@ -92,25 +93,25 @@ def test_compiled_path_matches_eager_loop(method, steps, xla):
     # A path first (crossing an epoch): the next must not inherit its state.
     runner.run(toy.start_points[0], 150)
     tolerance = steps * PARAM_ULP
-    for start in toy.start_points[3:]:
-        compiled = runner.run(start, steps)
-        reference = eager_path(toy, method, start, steps)
-        assert compiled["params"].shape == (steps + 1, 2)
-        assert compiled["weights"].shape == (steps, 2)
-        assert np.max(np.abs(reference["params"])) <= 16.0
-        np.testing.assert_allclose(
-            compiled["params"], reference["params"], rtol=0, atol=tolerance
-        )
-        # The losses logged at each step are those of that step's parameters.
-        np.testing.assert_allclose(
-            compiled["losses"],
-            np.asarray(toy.losses(compiled["params"])),
-            rtol=1e-5,
-            atol=LOSS_ATOL,
-        )
-        np.testing.assert_allclose(
-            compiled["weights"], reference["weights"], rtol=tolerance, atol=tolerance
-        )
+    start = toy.start_points[3]
+    compiled = runner.run(start, steps)
+    reference = eager_path(toy, method, start, steps)
+    assert compiled["params"].shape == (steps + 1, 2)
+    assert compiled["weights"].shape == (steps, 2)
+    assert np.max(np.abs(reference["params"])) <= 16.0
+    np.testing.assert_allclose(
+        compiled["params"], reference["params"], rtol=0, atol=tolerance
+    )
+    # The losses logged at each step are those of that step's parameters.
+    np.testing.assert_allclose(
+        compiled["losses"],
+        np.asarray(toy.losses(compiled["params"])),
+        rtol=1e-5,
+        atol=LOSS_ATOL,
+    )
+    np.testing.assert_allclose(
+        compiled["weights"], reference["weights"], rtol=tolerance, atol=tolerance
+    )
 
 
 def test_one_path_per_call_and_bad_steps():
