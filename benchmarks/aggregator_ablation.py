@@ -9,9 +9,7 @@ A variant's step is traced (its first call) with one function replaced;
 the other variants are traced with the real ones:
 - "no Gramian": `gradients.safe_gramian` returns the identity (no pass
   over the gradients; Sum's direction is unchanged, its cosine log 0);
-- "no rescale branch": `safe_gramian` returns the raw Gramian, no `cond`
-  (on TensorFlow, where `safe_gramian` has no branch: the raw Gramian
-  instead of the rescaled one);
+- "no rescale branch": `safe_gramian` returns the raw Gramian, no `cond`;
 - "Jacobian": `model.uses_gramian` returns False (the Jacobian path, with
   its least-squares and min-cosine logs);
 - "Jacobian, no logs": also `gradients.combination_weights_and_min_cosine`
@@ -23,10 +21,10 @@ reads the rows' largest entry, or that after `where(isfinite)`), and the
 rescaled Gramian always (branch-free). With `--set graddrop`, GradDrop
 (which keeps the Jacobian) with its one random draw per column per step
 replaced by a constant (0.5: the mask is then a fixed function of the
-signs), without its logs, and with its logs taken each of the two ways
-(from the Jacobian divided by its largest entry, as on TensorFlow; from
-the raw Gramian with a rescaling branch, as on JAX and torch). With `--set projections`, PCGrad, GradVac
-and ConFIG on the Gramian route, and PCGrad on the Jacobian.
+signs), without its logs, and with its logs' Gramian always taken of the
+Jacobian divided by its largest entry (as shipped: the raw Gramian, with a
+rescaling branch). With `--set projections`, PCGrad, GradVac and ConFIG
+on the Gramian route, and PCGrad on the Jacobian.
 
 Prints one JSON line: ms per step and the paired ratio to `ideal` of each
 variant. Used for docs/performance.md (Profile).
@@ -113,11 +111,11 @@ def _rescaled(blocks: Any, raw: Any) -> tuple[Any, Any]:
 # `a:upgrad` with each of these as `gradients.safe_gramian`.
 _SAFE_GRAMIANS: list[tuple[str, Any]] = [
     ("raw, no cond", raw_gramian),
-    ("raw, cond rescaling (JAX as shipped)", _raw_or(_rescaled)),
+    ("raw, cond rescaling (as shipped)", _raw_or(_rescaled)),
     ("raw, cond returning raw / 2", _raw_or(_halved)),
     ("raw, cond reading the largest entry", _raw_or(_largest_entry)),
     ("raw, cond reading the largest finite entry", _raw_or(_largest_finite_entry)),
-    ("always rescaled (TensorFlow as shipped)", gradients.rescaled_gramian),
+    ("always rescaled", gradients.rescaled_gramian),
 ]
 GRAMIAN_VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
     ("ideal", "ideal", []),
@@ -133,6 +131,12 @@ def constant_uniform(shape: Any, dtype: str = "float32", **kwargs: Any) -> Any:
     return ops.full(shape, 0.5, dtype=dtype)
 
 
+def always_rescaled(raw_gramian: Any, with_raw: Any, rescaled: Any) -> Any:
+    """`gradients.raw_unless_unusable` without the raw Gramian and its
+    branch: the rescaled one always."""
+    return rescaled()
+
+
 GRADDROP_VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
     ("ideal", "ideal", []),
     ("a:graddrop", "a:graddrop", []),
@@ -146,17 +150,12 @@ GRADDROP_VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
         "a:graddrop",
         [(gradients, "combination_weights_and_min_cosine", no_logs)],
     ),
-    # The two ways of taking the logs' Gramian, whichever the backend ships
-    # (GradDrop keeps the Jacobian: only its logs take a Gramian).
+    # The logs' Gramian (GradDrop keeps the Jacobian: only its logs take
+    # one) rescaled always, without the branch that keeps the raw one.
     (
         "a:graddrop, logs always rescaled",
         "a:graddrop",
-        [(gradients, "rescales_always", lambda: True)],
-    ),
-    (
-        "a:graddrop, logs from the raw Gramian",
-        "a:graddrop",
-        [(gradients, "rescales_always", lambda: False)],
+        [(gradients, "raw_unless_unusable", always_rescaled)],
     ),
 ]
 

@@ -246,7 +246,7 @@ def blocks_gramian(blocks: Sequence[Any]) -> Any:
     return total
 
 
-# On JAX the raw Gramian is used when its largest diagonal entry (a
+# The raw Gramian is used when its largest diagonal entry (a
 # squared row norm) lies in this range: the products of float32 gradients
 # then neither overflow nor lose the rows to underflow.
 _GRAMIAN_RANGE = (1e-20, 1e30)
@@ -257,16 +257,15 @@ def safe_gramian(blocks: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
     a scale where needed: returns `(gramian, divisor)`, `gramian` the
     Gramian of `rows / divisor`, finite even for non-finite rows.
 
-    On JAX and torch the raw Gramian (divisor 1) when it is finite and its
-    largest diagonal entry in `_GRAMIAN_RANGE`, the common case; otherwise,
-    in a branch that runs only then, `rescaled_gramian`. On TensorFlow
-    always `rescaled_gramian`, without a branch. Measured on XLA's CPU
-    backend (docs/performance.md, Profile): JAX turns the raw products into
-    fast fused dots and every branch-free rescaling tried cost 0.2-0.35 of
-    an ideal step more than the branch; TensorFlow's Gramian costs the same
-    with or without the rescaling, and the branch doubles its compile
-    time. On torch (eager) the rescaling's passes over the gradients took
-    48 of the ~100 ms of an UPGrad step of the width-1024 MLP."""
+    The raw Gramian (divisor 1) when it is finite and its largest diagonal
+    entry in `_GRAMIAN_RANGE`, the common case; otherwise, in a branch that
+    runs only then, `rescaled_gramian`. Measured on XLA's CPU backend
+    (docs/performance.md, Profile): every branch-free rescaling tried cost
+    0.2-0.35 of an ideal step more than the branch on JAX and about 0.1 on
+    TensorFlow (the largest entry of the rows is a pass of its own there),
+    with the same compile time; on torch (eager) the rescaling's passes over
+    the gradients took 48 of the ~100 ms of an UPGrad step of the
+    width-1024 MLP."""
     return raw_unless_unusable(
         lambda: blocks_gramian(blocks),
         lambda raw: (raw, ops.ones((), "float32")),
@@ -280,24 +279,13 @@ def raw_unless_unusable(
     rescaled: Callable[[], Any],
 ) -> Any:
     """The choice between the raw Gramian and a rescaled one, made here for
-    every user (`safe_gramian`, the logs of `_from_gramian`): `rescaled()`
-    without a branch where `rescales_always()`; otherwise
+    every user (`safe_gramian`, the logs of `_from_gramian`):
     `with_raw(raw_gramian())` when that Gramian is usable
     (`usable_gramian`), else `rescaled()`, in a branch that runs only then.
     Both must return the same structure of tensors (a branch's outputs are
     copied: keep them small)."""
-    if rescales_always():
-        return rescaled()
     raw = raw_gramian()
     return ops.cond(usable_gramian(raw), lambda: with_raw(raw), rescaled)
-
-
-def rescales_always() -> bool:
-    """Whether the Gramians are always rescaled, without a branch: on
-    TensorFlow (where the branch doubles the compile time and the rescaling
-    costs nothing measurable), not on JAX and torch (`safe_gramian` says
-    what was measured)."""
-    return keras.backend.backend() == "tensorflow"
 
 
 def usable_gramian(raw: Any) -> Any:

@@ -203,11 +203,10 @@ def test_safe_gramian_is_the_gramian_of_the_rows_over_its_divisor(scale):
     divisor = float(keras.ops.convert_to_numpy(divisor))
     got = keras.ops.convert_to_numpy(gramian) * (divisor / scale) ** 2
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    if keras.backend.backend() == "tensorflow":
-        # Always rescaled, by the largest absolute entry.
+    if scale == 1.0:  # the raw Gramian when it is representable
+        assert divisor == 1.0
+    else:  # else rescaled, by the largest absolute entry
         np.testing.assert_allclose(divisor, np.abs(jacobian).max() * scale, rtol=1e-6)
-    else:  # the raw Gramian when it is representable, else a rescaled one
-        assert (divisor == 1.0) == (scale == 1.0)
 
 
 # A small block and a large one (its products taken pair by pair on JAX,
