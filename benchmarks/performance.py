@@ -922,6 +922,18 @@ def kept_profile(path: Path) -> list[str]:
     return []
 
 
+def kept_machine(record: dict[str, Any], section: str) -> dict[str, Any]:
+    """The machine that measured `section` of a report's record: its
+    `section_machines` entry; in a record written before those were kept,
+    the machine of the run it kept the section from, else its own."""
+    if section in record.get("section_machines", {}):
+        return record["section_machines"][section]
+    earlier = record.get("config", {}).get("kept") or {}
+    if section in earlier.get("sections", []) and "machine" in earlier:
+        return earlier["machine"]
+    return record["machine"]
+
+
 def write_report(
     out: Path,
     cfg: argparse.Namespace,
@@ -962,17 +974,32 @@ def write_report(
         "",
     ]
     kept = getattr(cfg, "kept", None)
+    measured = cfg.sections.split(",")
+    section_machines = {section: info for section in measured}
     if kept:
-        measured = cfg.sections.split(",")
+        section_machines.update(kept["machines"])
+        # Kept sections measured on the same machine share one sentence.
+        runs: list[tuple[list[str], dict[str, Any]]] = []
+        for section in kept["sections"]:
+            machine = kept["machines"][section]
+            same = [r for r in runs if r[1] == machine]
+            if same:
+                same[0][0].append(section)
+            else:
+                runs.append(([section], machine))
+        for sections, machine in runs:
+            header += [
+                f"Section{'s' if len(sections) > 1 else ''} {', '.join(sections)} "
+                f"{'are' if len(sections) > 1 else 'is'} kept from an earlier run "
+                f"(`{kept['record']}`; machine: "
+                + ", ".join(f"{k} {v}" for k, v in machine.items())
+                + ").",
+                "",
+            ]
         header += [
-            f"Sections {', '.join(kept['sections'])} are kept from an earlier run "
-            f"(`{kept['record']}`; machine: "
-            + ", ".join(f"{k} {v}" for k, v in kept["machine"].items())
-            + (
-                f"); section {measured[0]} was measured by this command."
-                if len(measured) == 1
-                else f"); sections {', '.join(measured)} were measured by this command."
-            ),
+            f"Section {measured[0]} was measured by this command."
+            if len(measured) == 1
+            else f"Sections {', '.join(measured)} were measured by this command.",
             "",
         ]
     out.write_text("\n".join(header + body + profile))
@@ -983,6 +1010,10 @@ def write_report(
         )
     record = {
         "machine": info,
+        # The machine of each section, for a later --keep of some of them.
+        "section_machines": {
+            s: section_machines[s] for s in sorted(section_machines) if s in FORMATS
+        },
         "config": config,
         "minutes": minutes,
         "results": records,
@@ -1079,7 +1110,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.kept = {
             "record": cfg.keep,
             "sections": kept_sections,
-            "machine": kept["machine"],
+            "machines": {s: kept_machine(kept, s) for s in kept_sections},
         }
     for i, section in enumerate(measured):
         for name in names:

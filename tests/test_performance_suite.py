@@ -180,6 +180,39 @@ def test_report_puts_the_backends_side_by_side(suite, tmp_path):
     assert suite.kept_profile(report) == ["## Profile", "", "findings", ""]
 
 
+def test_kept_sections_name_the_machine_that_measured_each(suite, tmp_path):
+    """A report keeping sections of earlier runs names each kept section's
+    machine (sections of one machine share a sentence), and its record
+    keeps every section's machine for the next `--keep`."""
+    intel, amd, now = {"cpu": "Intel"}, {"cpu": "AMD"}, {"cpu": "EPYC 2"}
+    # A record from before per-section machines: sections 1-4 kept from an
+    # Intel run, section 5 measured by that run, on AMD.
+    old = {"machine": amd, "config": {"kept": {"sections": ["1", "2", "3", "4"]}}}
+    old["config"]["kept"]["machine"] = intel
+    assert suite.kept_machine(old, "3") == intel
+    assert suite.kept_machine(old, "5") == amd
+    kept = {s: suite.kept_machine(old, s) for s in ["1", "3", "4", "5"]}
+    cfg = suite.argparse.Namespace(
+        sections="2", repeats=3, steps=None, sample_seconds=0.1,
+        kept={"record": "old.json", "sections": list(kept), "machines": kept},
+    )  # fmt: skip
+    out = tmp_path / "performance.md"
+    records = {"tensorflow": {}}
+    suite.write_report(out, cfg, ["--sections", "2"], now, 0.0, [], [], records, {})
+    text = out.read_text()
+    assert "Sections 1, 3, 4 are kept from an earlier run (`old.json`; " in text
+    assert "machine: cpu Intel)." in text
+    assert (
+        "Section 5 is kept from an earlier run (`old.json`; machine: cpu AMD)." in text
+    )
+    assert "Section 2 was measured by this command." in text
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["section_machines"] == {
+        "1": intel, "2": now, "3": intel, "4": intel, "5": amd,
+    }  # fmt: skip
+    assert suite.kept_machine(record, "2") == now
+
+
 # ------------------------------------- side by side with PyTorch + TorchJD
 SIDE_BY_SIDE_PATH = PATH.parent / "torchjd_side_by_side.py"
 _NEEDS_TORCHJD = pytest.mark.skipif(
