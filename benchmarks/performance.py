@@ -429,6 +429,9 @@ def _one_alias_per_class(aliases: dict[str, type]) -> list[str]:
     return names
 
 
+# Representation mode ÷ equal weighting: at most 1.05 (issue 21; the
+# suite's goal was 1.15 before).
+REPRESENTATION_GOAL = 1.05
 REPRESENTATION_VARIANTS = [
     f"r:{n}" for n in ("sum", "mgda", "pcgrad", "upgrad", "cagrad", "nash_mtl")
 ]
@@ -733,10 +736,13 @@ def format_gradient_level(
         "### Representation mode",
         "",
         "Aggregation at the trunk's output (`representation=`, one backward "
-        "through the trunk) ÷ `w:equal` (goal ≤ 1.15), jit_compile=True.",
+        f"through the trunk) ÷ `w:equal` (goal ≤ {REPRESENTATION_GOAL}), "
+        "jit_compile=True.",
         "",
     ]
-    out += _network_tables(cfg, records, "representation", "w:equal", 1.15)
+    out += _network_tables(
+        cfg, records, "representation", "w:equal", REPRESENTATION_GOAL
+    )
     return out
 
 
