@@ -120,12 +120,13 @@ def gramian(jacobian: Any) -> Any:
     return small.stack([small.stack(row) for row in entries])
 
 
-# TensorFlow's XLA CPU backend sums a long vector slowly (a single-threaded
-# reduction after the product is written out) and multiplies a matrix by a
+# TensorFlow's XLA CPU backend sums a long vector slowly (about 0.6 ms a
+# million entries, whatever shape it is given) and multiplies a matrix by a
 # vector at memory speed: the six sums of products of three `[1M]` rows
-# took 4.3 ms as flat sums and 1.1 ms as `[n / 256, 256] @ ones(256)`, and
-# were more accurate so (the partial sums are short; largest error 7e-8 of
-# the largest entry, against 1.2e-7, of a float64 reference).
+# took 3.8-4.5 ms as flat sums and 0.9-1.1 ms as `[n / 256, 256] @
+# ones(256)`, and were more accurate so (the partial sums are short; largest
+# error 5-7e-8 of the largest entry, against 1.2-1.8e-7, of a float64
+# reference; docs/performance.md, Profile).
 TENSORFLOW_SUM_TILE = 256
 
 
