@@ -131,7 +131,9 @@ def constant_uniform(shape: Any, dtype: str = "float32", **kwargs: Any) -> Any:
     return ops.full(shape, 0.5, dtype=dtype)
 
 
-def always_rescaled(raw_gramian: Any, with_raw: Any, rescaled: Any) -> Any:
+def always_rescaled(
+    raw_gramian: Any, with_raw: Any, rescaled: Any, columns: int | None
+) -> Any:
     """`gradients.raw_unless_unusable` without the raw Gramian and its
     branch: the rescaled one always."""
     return rescaled()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -259,17 +260,19 @@ def safe_gramian(blocks: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
 
     The raw Gramian (divisor 1) when it is finite and its largest diagonal
     entry in `_GRAMIAN_RANGE`, the common case; otherwise, in a branch that
-    runs only then, `rescaled_gramian`. Measured on XLA's CPU backend
-    (docs/performance.md, Profile): every branch-free rescaling tried cost
-    0.2-0.35 of an ideal step more than the branch on JAX and about 0.1 on
-    TensorFlow (the largest entry of the rows is a pass of its own there),
-    with the same compile time; on torch (eager) the rescaling's passes over
-    the gradients took 48 of the ~100 ms of an UPGrad step of the
-    width-1024 MLP."""
+    runs only then, `rescaled_gramian`. On TensorFlow rows narrower than
+    `_linalg.PAIRWISE_FROM` columns are rescaled always, without the branch
+    (`rescales_always`). Measured on XLA's CPU backend (docs/performance.md,
+    Profile): every branch-free rescaling tried cost 0.2-0.35 of an ideal
+    step more than the branch on JAX and about 0.1 on TensorFlow at width
+    1024 (the largest entry of the rows is a pass of its own there); on
+    torch (eager) the rescaling's passes over the gradients took 48 of the
+    ~100 ms of an UPGrad step of the width-1024 MLP."""
     return raw_unless_unusable(
         lambda: blocks_gramian(blocks),
         lambda raw: (raw, ops.ones((), "float32")),
         lambda: rescaled_gramian(blocks),
+        _total_columns([block[0] for block in blocks]),
     )
 
 
@@ -277,15 +280,43 @@ def raw_unless_unusable(
     raw_gramian: Callable[[], Any],
     with_raw: Callable[[Any], Any],
     rescaled: Callable[[], Any],
+    columns: int | None,
 ) -> Any:
-    """The choice between the raw Gramian and a rescaled one, made here for
-    every user (`safe_gramian`, the logs of `_from_gramian`):
+    """The choice between the raw Gramian and a rescaled one of rows of
+    `columns` entries (None: known only at run time), made here for every
+    user (`safe_gramian`, the logs of `_from_gramian`): `rescaled()`
+    without a branch where `rescales_always(columns)`; otherwise
     `with_raw(raw_gramian())` when that Gramian is usable
     (`usable_gramian`), else `rescaled()`, in a branch that runs only then.
     Both must return the same structure of tensors (a branch's outputs are
     copied: keep them small)."""
+    if rescales_always(columns):
+        return rescaled()
     raw = raw_gramian()
     return ops.cond(usable_gramian(raw), lambda: with_raw(raw), rescaled)
+
+
+def rescales_always(columns: int | None) -> bool:
+    """Whether a Gramian of rows of `columns` entries is rescaled always,
+    without a branch: on TensorFlow when the rows are narrower than
+    `_linalg.PAIRWISE_FROM`. There the rescaling's extra pass is short while
+    the branch adds to XLA's compile (the test files of the Gramian route
+    and the aggregators in a model: 106-123 s with no branch, 120-135 s
+    with it); at width 1024 the pass cost 0.07 of an ideal step more than
+    the branch, and compiled no faster."""
+    narrow = columns is not None and columns < _linalg.PAIRWISE_FROM
+    return narrow and keras.backend.backend() == "tensorflow"
+
+
+def _total_columns(rows: Sequence[Any]) -> int | None:
+    """The total entry count of `rows` (None if one is known only at run
+    time)."""
+    total = 0
+    for row in rows:
+        if any(dim is None for dim in row.shape):
+            return None
+        total += math.prod(int(dim) for dim in row.shape)
+    return total
 
 
 def usable_gramian(raw: Any) -> Any:
@@ -403,6 +434,7 @@ def _from_gramian(jacobian: Any, logs: Callable[[Any, Any, Any], Any]) -> Any:
         lambda: _linalg.gramian(jacobian),
         lambda raw: logs(jacobian, ops.ones((), "float32"), raw),
         lambda: logs(*_scaled_gram(jacobian)),
+        jacobian.shape[1],
     )
 
 

@@ -209,6 +209,28 @@ def test_safe_gramian_is_the_gramian_of_the_rows_over_its_divisor(scale):
         np.testing.assert_allclose(divisor, np.abs(jacobian).max() * scale, rtol=1e-6)
 
 
+def test_narrow_rows_are_rescaled_always_on_tensorflow_only():
+    """Rows of fewer than `_linalg.PAIRWISE_FROM` columns in all: on
+    TensorFlow the rescaled Gramian without a branch (`rescales_always`),
+    elsewhere the raw one; the same Gramian of the rows either way."""
+    from keras_mtl.aggregation import _linalg
+
+    rng = np.random.default_rng(1)
+    rows = rng.normal(size=(3, 300)) * 4.0
+    blocks = [list(keras.ops.convert_to_tensor(rows, "float32"))]
+    assert not gradients.rescales_always(_linalg.PAIRWISE_FROM)
+    assert not gradients.rescales_always(None)
+    gramian, divisor = gradients.safe_gramian(blocks)
+    divisor = float(keras.ops.convert_to_numpy(divisor))
+    if keras.backend.backend() == "tensorflow":
+        assert gradients.rescales_always(300)
+        np.testing.assert_allclose(divisor, np.abs(rows).max(), rtol=1e-6)
+    else:
+        assert not gradients.rescales_always(300) and divisor == 1.0
+    got = keras.ops.convert_to_numpy(gramian) * divisor**2
+    np.testing.assert_allclose(got, rows @ rows.T, rtol=1e-5, atol=1e-4)
+
+
 # A small block and a large one (its products taken pair by pair on JAX,
 # and on TensorFlow at K <= 3).
 @pytest.mark.parametrize("columns", [5, 70_000])
