@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -272,7 +271,7 @@ def safe_gramian(blocks: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
         lambda: blocks_gramian(blocks),
         lambda raw: (raw, ops.ones((), "float32")),
         lambda: rescaled_gramian(blocks),
-        _total_columns([block[0] for block in blocks]),
+        _total_columns(blocks),
     )
 
 
@@ -304,19 +303,14 @@ def rescales_always(columns: int | None) -> bool:
     and the aggregators in a model: 106-123 s with no branch, 120-135 s
     with it); at width 1024 the pass cost 0.07 of an ideal step more than
     the branch, and compiled no faster."""
-    narrow = columns is not None and columns < _linalg.PAIRWISE_FROM
-    return narrow and keras.backend.backend() == "tensorflow"
+    return not _linalg.is_wide(columns) and keras.backend.backend() == "tensorflow"
 
 
-def _total_columns(rows: Sequence[Any]) -> int | None:
-    """The total entry count of `rows` (None if one is known only at run
-    time)."""
-    total = 0
-    for row in rows:
-        if any(dim is None for dim in row.shape):
-            return None
-        total += math.prod(int(dim) for dim in row.shape)
-    return total
+def _total_columns(blocks: Sequence[Sequence[Any]]) -> int | None:
+    """The blocks' total column count (their rows are `[n]` vectors; None if
+    one's n is known only at run time)."""
+    columns = [block[0].shape[0] for block in blocks]
+    return None if None in columns else sum(columns)
 
 
 def usable_gramian(raw: Any) -> Any:

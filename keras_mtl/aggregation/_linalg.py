@@ -89,9 +89,15 @@ def takes_pairwise(num_rows: int, columns: int | None) -> bool:
     took 3.7 ms, their six tiled sums well under 1 ms); elsewhere rows of a
     column count known when tracing and large enough."""
     if keras.backend.backend() == "tensorflow":
-        wide = columns is None or columns >= PAIRWISE_FROM
-        return wide and num_rows <= TENSORFLOW_PAIRWISE_ROWS
+        return is_wide(columns) and num_rows <= TENSORFLOW_PAIRWISE_ROWS
     return columns is not None and columns >= PAIRWISE_FROM
+
+
+def is_wide(columns: int | None) -> bool:
+    """Rows of at least `PAIRWISE_FROM` columns, or of a count known only
+    at run time: where TensorFlow takes pairs (`takes_pairwise`) and the raw
+    Gramian with its branch (`gradients.rescales_always`)."""
+    return columns is None or columns >= PAIRWISE_FROM
 
 
 def gramian(jacobian: Any) -> Any:
