@@ -1,4 +1,4 @@
-"""The compiled toy loop (`ToyPathRunner`) against a plain eager loop."""
+"""The compiled toy loop (`ToyPathRunner`) against a plain loop written here."""
 
 import keras
 import numpy as np
@@ -11,10 +11,12 @@ from keras_mtl.bench.toy import STEPS_PER_EPOCH, ToyPathRunner, optimise_path
 from keras_mtl.datasets import load
 
 
-def eager_path(problem, method, start, steps, learning_rate=1e-2):
-    """The reference: a freshly built method, one eager step at a time, the
-    weighting told of each epoch of `STEPS_PER_EPOCH` steps before its first
-    step (as `EpochDriver` does in `fit`)."""
+def reference_path(problem, method, start, steps, learning_rate=1e-2):
+    """The reference: a freshly built method, one step at a time (a
+    `tf.function` without XLA: op by op, eagerly, the same loop took about
+    four times as long), the weighting told of each epoch of
+    `STEPS_PER_EPOCH` steps before its first step (as `EpochDriver` does in
+    `fit`)."""
     built = parse_method(method).build()
     weighting, aggregator = built["weighting"], built["aggregator"]
     weighting.set_task_names(list(problem.tasks))
@@ -27,9 +29,9 @@ def eager_path(problem, method, start, steps, learning_rate=1e-2):
     optimizer.build(variables)
     path, losses_path, weights_path = [params.numpy()], [], []
     losses_path.append(np.asarray(problem.losses(params)))
-    for i in range(steps):
-        if i % STEPS_PER_EPOCH == 0:
-            weighting.on_epoch_begin(i // STEPS_PER_EPOCH)
+
+    @tf.function(jit_compile=False)
+    def step():
         with tf.GradientTape(persistent=True) as tape:
             losses = problem.losses(params)
             objective, weights = weighting(losses, training=True)
@@ -47,6 +49,12 @@ def eager_path(problem, method, start, steps, learning_rate=1e-2):
             if transformed is not terms:
                 weights = weights * tape.gradient(transformed_sum, terms)
         optimizer.apply(gradients, variables)
+        return weights
+
+    for i in range(steps):
+        if i % STEPS_PER_EPOCH == 0:
+            weighting.on_epoch_begin(i // STEPS_PER_EPOCH)
+        weights = step()
         path.append(params.numpy())
         losses_path.append(np.asarray(problem.losses(params)))
         weights_path.append(np.asarray(weights))
@@ -57,18 +65,18 @@ def eager_path(problem, method, start, steps, learning_rate=1e-2):
     }
 
 
-# Rounding budget. Every compared path stays within |x| <= 16 (asserted), where
-# one float32 ulp is 2**-19 (1.9e-6): each step's rounding (eager and XLA
-# order their float32 operations differently) can move a parameter by about
-# that much, and over `steps` steps those errors add up at most linearly
-# (200 steps: 3.8e-4). The start compared is 4: in the lower half plane
-# (starts 4 and 5) the losses are smooth quadratics in the parameters, and
-# a second start there would test the same loop again. Starts 1 and 3 lie
-# where tanh saturates and start 2 on the kink x2 = 0, where a task's gradient
-# is itself of rounding size and Adam, dividing by its root mean square, turns
-# it into full-size steps: there the paths of any two float32 runs (eager,
-# tf.function, XLA) part after a few hundred steps, so they are no test of
-# the loop.
+# Rounding budget. Every compared path stays within |x| <= 16 (asserted),
+# where one float32 ulp is 2**-19 (1.9e-6): each step's rounding (a graph
+# without XLA and XLA order their float32 operations differently) can move a
+# parameter by about that much, and over `steps` steps those errors add up
+# at most linearly (200 steps: 3.8e-4). The start compared is 4: in the
+# lower half plane (starts 4 and 5) the losses are smooth quadratics in the
+# parameters, and a second start there would test the same loop again.
+# Starts 1 and 3 lie where tanh saturates and start 2 on the kink x2 = 0,
+# where a task's gradient is itself of rounding size and Adam, dividing by
+# its root mean square, turns it into full-size steps: there the paths of
+# any two float32 runs (eager, tf.function, XLA) part after a few hundred
+# steps, so they are no test of the loop.
 PARAM_ULP = float(np.spacing(np.float32(16.0)))
 # A loss is a difference of terms up to 20 (q - 20): a few ulps of 20 for
 # XLA's own tanh and log and the cancellation.
@@ -86,7 +94,7 @@ LOSS_ATOL = 8 * float(np.spacing(np.float32(20.0)))
         ("rlw:seed=3", 200, False),
     ],
 )
-def test_compiled_path_matches_eager_loop(method, steps, xla):
+def test_compiled_path_matches_the_plain_loop(method, steps, xla):
     toy = load("toy")
     runner = ToyPathRunner(toy, method)
     assert runner.jit_compile is xla
@@ -95,7 +103,7 @@ def test_compiled_path_matches_eager_loop(method, steps, xla):
     tolerance = steps * PARAM_ULP
     start = toy.start_points[3]
     compiled = runner.run(start, steps)
-    reference = eager_path(toy, method, start, steps)
+    reference = reference_path(toy, method, start, steps)
     assert compiled["params"].shape == (steps + 1, 2)
     assert compiled["weights"].shape == (steps, 2)
     assert np.max(np.abs(reference["params"])) <= 16.0
