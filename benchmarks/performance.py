@@ -913,6 +913,10 @@ def machine() -> dict[str, Any]:
         info["load_average_at_start"] = tuple(round(a, 2) for a in os.getloadavg())
     except OSError:
         pass
+    # glibc's malloc settings change JAX's CPU steps (fresh pages for XLA's
+    # temporaries every step by default: docs/backends.md).
+    if os.environ.get("GLIBC_TUNABLES"):
+        info["glibc_tunables"] = os.environ["GLIBC_TUNABLES"]
     return info
 
 

@@ -213,6 +213,16 @@ def test_kept_sections_name_the_machine_that_measured_each(suite, tmp_path):
     assert suite.kept_machine(record, "2") == now
 
 
+def test_machine_names_glibc_tunables_when_set(suite, monkeypatch):
+    """glibc's malloc settings change JAX's CPU steps (docs/backends.md): a
+    run with them says so in its machine line."""
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert "glibc_tunables" not in suite.machine()
+    tunables = "glibc.malloc.arena_max=1"
+    monkeypatch.setenv("GLIBC_TUNABLES", tunables)
+    assert suite.machine()["glibc_tunables"] == tunables
+
+
 # ------------------------------------- side by side with PyTorch + TorchJD
 SIDE_BY_SIDE_PATH = PATH.parent / "torchjd_side_by_side.py"
 _NEEDS_TORCHJD = pytest.mark.skipif(
