@@ -27,9 +27,10 @@ NAV_BEGIN = "  # BEGIN API pages (written by scripts/gen_api_pages.py)"
 NAV_END = "  # END API pages"
 
 # Module -> its heading in the reference. `keras_mtl` itself contributes
-# MultiTaskModel; the subpackages are the rest of the public API.
+# MultiTaskModel and raise_malloc_limits; the subpackages are the rest of
+# the public API.
 PUBLIC_MODULES = {
-    "keras_mtl": "Model",
+    "keras_mtl": "Top level",
     "keras_mtl.weighting": "Weighting",
     "keras_mtl.aggregation": "Aggregation",
     "keras_mtl.callbacks": "Callbacks",
@@ -65,7 +66,7 @@ def public_objects() -> dict[str, list[tuple[str, str]]]:
 
 
 def page_path(module_path: str, name: str) -> Path:
-    """docs/api/<subpackage>/<name>.md; MultiTaskModel at docs/api/MultiTaskModel.md."""
+    """docs/api/<subpackage>/<name>.md; the top level's at docs/api/<name>.md."""
     sub = module_path.split(".")[1:]
     return API_DIR.joinpath(*sub, f"{name}.md")
 
