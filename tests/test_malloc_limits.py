@@ -114,12 +114,32 @@ def test_after_jax_started_a_warning_says_what_is_lost(recorder, monkeypatch):
 
 
 @pytest.mark.backend_neutral
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's backends")
 def test_jax_started_is_seen():
     keras.ops.convert_to_tensor([1.0])
-    if keras.backend.backend() == "jax":
-        assert malloc_limits._jax_has_started()
-    elif "jax" not in sys.modules:
-        assert not malloc_limits._jax_has_started()
+    assert malloc_limits._jax_has_started()
+
+
+def test_importing_keras_mtl_starts_no_jax_backend():
+    """So `raise_malloc_limits()` right after `import keras_mtl` comes before
+    XLA's threads (the documented place to call it)."""
+    code = (
+        "import keras_mtl\n"
+        "from keras_mtl import malloc_limits\n"
+        "assert not malloc_limits._jax_has_started()\n"
+        "import keras\n"
+        "keras.ops.convert_to_tensor([1.0])\n"
+        "assert malloc_limits._jax_has_started()\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize(
