@@ -27,18 +27,19 @@ def raise_malloc_limits(
 
     On CPU under Linux, XLA as JAX runs it allocates all the temporary
     buffers of a compiled step as one block and frees it when the step
-    ends; PyTorch's CPU allocator likewise returns its large blocks. glibc serves a block above
-    its `mmap` threshold (adjusted at run time, at most 32 MiB) with a new
-    `mmap`, and a block above 64 MiB requested from a thread other than the
-    main one (whose heap is at most 64 MiB) likewise; `free` unmaps it. Every
-    page the step touches is then faulted in and zeroed again at every
-    step. An aggregator's step holds more temporaries than a plain one (the
-    per-task rows; on the Jacobian path the `[K, D]` Jacobian), so it pays
-    most. Measured on JAX (docs/performance.md, "JAX on CPU: fresh pages
-    every step"): with these limits, GradNorm's step on an MLP of width
-    1024 took 63 ms instead of 132, UPGrad's 50 instead of 54, and a plain
-    step of the benchmark CNN 31 instead of 50. TensorFlow keeps its
-    buffers in its own allocator and neither gains nor loses.
+    ends; PyTorch's CPU allocator likewise returns its large blocks. glibc
+    serves a block above its `mmap` threshold (adjusted at run time, at
+    most 32 MiB) with a new `mmap`, and a block above 64 MiB requested from
+    a thread other than the main one (whose heap is at most 64 MiB)
+    likewise; `free` unmaps it. Every page the step touches is then faulted
+    in and zeroed again at every step. An aggregator's step holds more
+    temporaries than a plain one (the per-task rows; on the Jacobian path
+    the `[K, D]` Jacobian), so it pays most. Measured on JAX
+    (docs/performance.md, "JAX on CPU: fresh pages every step"): with these
+    limits, GradNorm's step on an MLP of width 1024 took 61 ms instead of
+    132-144, UPGrad's 48 instead of 55-57, and a plain step of the
+    benchmark CNN 31 instead of 50. TensorFlow keeps its buffers in its own
+    allocator and neither gains nor loses.
 
     This sets, for the whole process, what the environment variable
     `GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=536870912`
@@ -113,9 +114,12 @@ def raise_malloc_limits(
         if mallopt(param, value) != 1
     ]
     if refused:
+        why = ""
+        if any(r.startswith("mmap_threshold") for r in refused):
+            why = " (older glibc versions bound the mmap threshold at 32 MiB)"
         warnings.warn(
-            f"glibc's mallopt refused {', '.join(refused)} (an older glibc "
-            "bounds the mmap threshold at 32 MiB); the other settings hold.",
+            f"glibc's mallopt refused {', '.join(refused)}{why}; the other "
+            "settings hold.",
             stacklevel=2,
         )
     return not refused

@@ -99,6 +99,10 @@ def test_a_refused_setting_is_named_and_the_call_says_false(recorder):
     with pytest.warns(UserWarning, match="refused mmap_threshold=268435456"):
         assert raise_malloc_limits() is False
     assert [param for param, _ in recorder.calls] == [-8, -3, -1]
+    recorder.refuse = (-8,)
+    with pytest.warns(UserWarning, match=r"refused single_arena=1; the other") as got:
+        assert raise_malloc_limits() is False
+    assert "32 MiB" not in str(got[0].message)
 
 
 def test_after_jax_started_a_warning_says_what_is_lost(recorder, monkeypatch):
