@@ -22,8 +22,7 @@ def raise_malloc_limits(
     trim_threshold: int = 512 * _MiB,
     single_arena: bool = True,
 ) -> bool:
-    """Raises glibc `malloc`'s limits so that a CPU step's temporaries stay
-    in the heap instead of being mapped afresh at every step.
+    """Raises glibc `malloc`'s limits: a CPU step's temporaries stay in the heap.
 
     On CPU under Linux, XLA as JAX runs it allocates all the temporary
     buffers of a compiled step as one block and frees it when the step
