@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import keras
@@ -20,9 +21,7 @@ import pytest
 from keras_mtl import malloc_limits, raise_malloc_limits
 
 WORKER = str(Path(__file__).with_name("malloc_block_worker.py"))
-GLIBC = sys.platform.startswith("linux") and bool(
-    getattr(os, "confstr", lambda _: None)("CS_GNU_LIBC_VERSION")
-)
+GLIBC = malloc_limits._glibc_mallopt() is not None
 _MiB = 2**20
 
 
@@ -110,8 +109,6 @@ def test_after_jax_started_a_warning_says_what_is_lost(recorder, monkeypatch):
     with pytest.warns(UserWarning, match="after JAX started"):
         assert raise_malloc_limits() is True
     # Without the single arena there is nothing to lose: no warning.
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert raise_malloc_limits(single_arena=False) is True
