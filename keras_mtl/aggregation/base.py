@@ -245,6 +245,11 @@ class GramianWeightedAggregator(Aggregator):
     sums `G` over the shared variables' per-task gradients, gets `c` from
     `direction_weights(G)` and combines each variable's gradients with it
     (see `uses_gramian`). The same `d` as `aggregator(J)`, up to rounding.
+    An aggregator with `needs_losses` (GradNorm) is called there as
+    `direction_weights(G, training=True, losses=losses, unit=unit)`: the
+    unweighted task losses `[K]`, and `G` the Gramian of `J / unit` (the
+    route may rescale it; a state update that is not scale-free needs
+    `unit`).
     """
 
     @property
@@ -287,14 +292,14 @@ class GramianWeightedAggregator(Aggregator):
 
 def uses_gramian(aggregator: Any) -> bool:
     """Whether `MultiTaskModel` may compute `aggregator`'s direction by
-    the Gramian route (`GramianWeightedAggregator`): it is one, needs no
-    losses, has a scale degree, and no class in its hierarchy changes
+    the Gramian route (`GramianWeightedAggregator`): it is one, has a
+    scale degree, and no class in its hierarchy changes
     `aggregate` or `call` below the class that defines its
     `direction_weights` (a subclass that changes how the direction is
     formed from the Jacobian, to record it say, keeps the Jacobian)."""
     if not isinstance(aggregator, GramianWeightedAggregator):
         return False
-    if aggregator.needs_losses or aggregator.scale_degree is None:
+    if aggregator.scale_degree is None:
         return False
     mro = type(aggregator).__mro__
 

@@ -20,7 +20,7 @@ from keras_mtl.aggregation._linalg import (
     row_norms,
 )
 from keras_mtl.aggregation._rows import combine_rows
-from keras_mtl.aggregation.base import Aggregator
+from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 # Floor of a task weight before the renormalisation: a task whose weight a
 # gradient step would push to 0 or below keeps a (tiny) positive weight, so
@@ -33,7 +33,7 @@ NOT_OBSERVED = LOWEST_FLOAT32
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class GradNorm(Aggregator):
+class GradNorm(GramianWeightedAggregator):
     """GradNorm: gradient normalisation for adaptive loss balancing.
 
     Each task has a learned weight $w_i > 0$ (variable `task_weights`,
@@ -76,9 +76,16 @@ class GradNorm(Aggregator):
     assumed to be positive.
 
     **Which parameters.** The paper measures $G_i$ on the last shared
-    layer only, to save backward passes. Here the Jacobian of all shared
-    parameters is computed anyway (for the direction), so $G_i$ uses all of
-    them: the balance is over the whole shared trunk, at no extra cost.
+    layer only, to save backward passes. Here the task gradients of all
+    shared parameters are computed anyway (for the direction), so $G_i$
+    uses all of them: the balance is over the whole shared trunk, at no extra cost.
+
+    **The Gramian route.** The direction's weights are known before the
+    call, and the update reads of the task gradients only their norms
+    $\\lVert g_i \\rVert = \\sqrt{G_{ii}}$ ($G = J J^\\top$). So in a
+    `MultiTaskModel` GradNorm never gets the Jacobian: the model calls
+    `direction_weights(G, losses=losses, unit=u)`, `G` the Gramian of
+    $J / u$, as for the other Gramian-weighted aggregators.
 
     The update step is $\\eta \\lVert g_i \\rVert$: the learning rate is
     relative to the size of the task gradients of the model (the paper
@@ -144,33 +151,77 @@ class GradNorm(Aggregator):
         return "tasks" if variable is getattr(self, "task_weights", None) else None
 
     def call(self, jacobian: Any, training: bool = True, losses: Any = None) -> Any:
+        losses = self._checked_losses(losses)
+        finite = ops.all(ops.isfinite(ops.cast(jacobian, "float32")))
+        jacobian = clean_jacobian(jacobian)
+        weights = ops.copy(self.task_weights.value)
+        scaled, scale = max_abs_scaled(jacobian)
+        direction = combine_rows(weights, scaled) * scale
+        if training:
+            self._train(weights, row_norms(jacobian), losses, finite)
+        return direction
+
+    def gramian_weights(self, gramian: Any) -> Any:
+        """The task weights `[K]` (the variable `task_weights`): they do not
+        depend on the Gramian, only the training update does (ones before
+        the layer is built)."""
+        if not self.built:
+            return ops.ones((gramian.shape[0],), "float32")
+        return ops.copy(self.task_weights.value)
+
+    def direction_weights(
+        self,
+        gramian: Any,
+        training: bool = True,
+        losses: Any = None,
+        unit: Any = 1.0,
+    ) -> Any:
+        """The task weights `[K]` of the direction `d = w @ J` (as they are
+        before this call's update) for a Jacobian `J` whose Gramian is
+        `gramian * unit**2`: the Gramian route's call. In training the
+        weights then take their step on L_grad with the task-gradient norms
+        `unit * sqrt(diag(gramian))` and the unweighted task `losses`."""
+        if not self.built:
+            self.build((gramian.shape[0], None))
+        # A copy: on TensorFlow `convert_to_tensor` gives the variable
+        # itself, which would read the updated weights after `_train`.
+        weights = ops.copy(self.task_weights.value)
+        if training:
+            losses = self._checked_losses(losses)
+            squares = ops.diagonal(ops.cast(gramian, "float32"))
+            finite = ops.all(ops.isfinite(squares))
+            norms = ops.sqrt(ops.maximum(squares, 0.0)) * unit
+            self._train(weights, norms, losses, finite)
+        return weights
+
+    def _checked_losses(self, losses: Any) -> Any:
+        if losses is None:
+            raise ValueError(
+                "GradNorm needs the task losses in training: pass "
+                "`losses=` (the K unweighted task losses); got None."
+            )
         losses = ops.cast(losses, "float32")
         if tuple(losses.shape) != (self.num_tasks,):
             raise ValueError(
                 f"GradNorm: `losses` must hold one loss per task, shape "
                 f"({self.num_tasks},); got shape {tuple(losses.shape)}."
             )
-        finite = ops.logical_and(
-            ops.all(ops.isfinite(losses)),
-            ops.all(ops.isfinite(ops.cast(jacobian, "float32"))),
+        return losses
+
+    def _train(self, weights: Any, norms: Any, losses: Any, finite: Any) -> None:
+        """The weights' step on L_grad (`updated_weights`), assigned with
+        `L(0)` unless the losses, the norms (`finite`: whether the task
+        gradients were) or the new weights are not finite."""
+        new_weights, initial = self.updated_weights(weights, norms, losses)
+        finite = ops.logical_and(finite, ops.all(ops.isfinite(losses)))
+        finite = ops.logical_and(finite, ops.all(ops.isfinite(new_weights)))
+        self.task_weights.assign(ops.where(finite, new_weights, weights))
+        self.initial_losses.assign(
+            ops.where(finite, initial, self.initial_losses.value)
         )
-        jacobian = clean_jacobian(jacobian)
-        weights = ops.convert_to_tensor(self.task_weights)
-        scaled, scale = max_abs_scaled(jacobian)
-        direction = combine_rows(weights, scaled) * scale
-        if training:
-            new_weights, initial = self.updated_weights(
-                weights, row_norms(jacobian), losses
-            )
-            finite = ops.logical_and(finite, ops.all(ops.isfinite(new_weights)))
-            self.task_weights.assign(ops.where(finite, new_weights, weights))
-            self.initial_losses.assign(
-                ops.where(finite, initial, self.initial_losses.value)
-            )
-            self.has_initial_losses.assign(
-                ops.where(finite, 1, self.has_initial_losses.value)
-            )
-        return direction
+        self.has_initial_losses.assign(
+            ops.where(finite, 1, self.has_initial_losses.value)
+        )
 
     def updated_weights(self, weights: Any, norms: Any, losses: Any) -> tuple[Any, Any]:
         """`(new weights, L(0))` after one step on L_grad, for the current

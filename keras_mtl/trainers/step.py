@@ -403,11 +403,17 @@ class MultiTaskStep:
         unit = divisor / loss_scale
 
         def weights(aggregator: Any, rows: Any = None) -> Any:
-            block = gramian
+            block, task_losses = gramian, losses
             if rows is not None:
                 block = ops.take(ops.take(gramian, rows, axis=0), rows, axis=1)
+                task_losses = ops.take(losses, rows, axis=0)
+            # One that reads the losses (GradNorm) may also read the
+            # Gramian's scale (its update steps by the task-gradient norms).
+            extra = {"losses": task_losses, "unit": unit}
             return rescaled(
-                aggregator.direction_weights(block, training=True),
+                aggregator.direction_weights(
+                    block, training=True, **(extra if aggregator.needs_losses else {})
+                ),
                 unit,
                 aggregator.scale_degree - 1,
             )

@@ -135,6 +135,34 @@ def test_non_finite_input_changes_no_state():
     assert_same_values(before, values(agg))
 
 
+@pytest.mark.parametrize("unit", [1.0, 3.0, 1e20])
+def test_gramian_route_call_matches_the_paper(unit):
+    """`direction_weights(G, losses=, unit=)`, the Gramian route's call,
+    for `G` the Gramian of `J / unit`: the weights of the direction are
+    those before the update, and the update is the paper's with the norms
+    of J's rows, at J's own scale (at 1e20 the Gramian of J itself is not
+    representable in float32; the steps then floor the weights)."""
+    rows = [RNG.normal(size=(3, 6)) for _ in range(4)]
+    jacobians = [r * unit for r in rows]
+    losses = [RNG.uniform(0.5, 2.0, size=3).astype(np.float32) for _ in range(4)]
+    expected, w, initial = numpy_grad_norm(jacobians, losses, alpha=1.5, lr=0.05)
+    agg = GradNorm(alpha=1.5, learning_rate=0.05)
+    agg.build((3, 6))
+    for r, j, loss, d in zip(rows, jacobians, losses, expected):
+        g = (r @ r.T).astype(np.float32)  # the Gramian of J / unit
+        weights = agg.direction_weights(g, losses=loss, unit=np.float32(unit))
+        np.testing.assert_allclose(to_numpy(weights) @ j, d, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(agg.task_weights), w, rtol=1e-4)
+    np.testing.assert_allclose(to_numpy(agg.initial_losses), initial, rtol=1e-6)
+    # Evaluation reads the weights and changes nothing; training needs losses.
+    before = values(agg)
+    np.testing.assert_allclose(agg.direction_weights(g, training=False), w, rtol=1e-4)
+    np.testing.assert_allclose(agg.weights(g), w, rtol=1e-4)
+    assert_same_values(before, values(agg))
+    with pytest.raises(ValueError, match="GradNorm needs the task losses"):
+        agg.direction_weights(g)
+
+
 def test_needs_losses():
     assert GradNorm.needs_losses
     agg = GradNorm()

@@ -46,6 +46,8 @@ def test_the_gramian_weighted_aliases():
         "cr_mogm",
         "dualproj",
         "fairgrad",
+        "grad_norm",
+        "gradnorm",
         "gradvac",
         "imtl_g",
         "krum",
@@ -69,14 +71,16 @@ def test_weights_of_a_gramian_give_the_direction(name):
     # Eagerly `weights` runs a cached compiled function (`tf.function`,
     # `jax.jit`), `gramian_weights` op by op.
     np.testing.assert_allclose(w, agg.gramian_weights(g), rtol=1e-5, atol=1e-7)
-    d = np.asarray(agg(j, training=False), np.float64)
+    # GradNorm reads the losses too (its weights before a call's update).
+    losses = {"losses": np.array([1.0, 2.0, 0.5])} if agg.needs_losses else {}
+    d = np.asarray(agg(j, training=False, **losses), np.float64)
     np.testing.assert_allclose(d, w @ j, rtol=1e-4, atol=1e-6)
     if not isinstance(agg, SeededAggregator) and name not in WARM_STARTED:
         # A training call draws PCGrad's and GradVac's orders at random;
         # `weights` are their evaluation-mode (fixed-order) ones. SDMGrad's
         # training call starts its 20 iterations from the stored weights,
         # which the call itself updates.
-        d = np.asarray(agg(j), np.float64)
+        d = np.asarray(agg(j, **losses), np.float64)
         np.testing.assert_allclose(d, w @ j, rtol=1e-4, atol=1e-6)
 
 

@@ -135,11 +135,12 @@ def _representation_cases() -> list[str]:
     mode takes; Krum and TrimmedMean need at least three tasks (this net has
     two: their error has its own test).
 
-    By default only those among `conftest.PATH_AGGREGATORS`: every other one
-    takes the same path of the step with the representation's Jacobian
-    (asserted: they take every path these aggregators take), and each
-    aggregator's maths has its own tests. KERAS_MTL_FULL_MATRIX=1 trains
-    every one."""
+    By default those among `conftest.PATH_AGGREGATORS`, and for a path of
+    the step none of them takes here (their stand-in takes state of the
+    Jacobian's width, which representation mode rejects), one that takes
+    it: every other one takes the same path of the step with the
+    representation's Jacobian, and each aggregator's maths has its own
+    tests. KERAS_MTL_FULL_MATRIX=1 trains every one."""
     aliases = keras_mtl.aggregation.ALIASES
     every = sorted(
         {
@@ -152,9 +153,10 @@ def _representation_cases() -> list[str]:
         return every
     on_paths = {aliases[n] for n in PATH_AGGREGATORS}
     cases = [n for n in every if aliases[n] in on_paths]
+    cases += sorted(set(uncovered_paths(cases, among=every).values()))
     missing = uncovered_paths(cases, among=every)
     assert not missing, f"no representation case takes these paths: {missing}"
-    return cases
+    return sorted(cases)
 
 
 @pytest.mark.parametrize("name", _representation_cases())

@@ -24,8 +24,8 @@ _PERFORMANCE = Path(__file__).parents[2] / "benchmarks" / "performance.py"
 
 # Every Gramian-weighted aggregator; Nash-MTL with its stored weights and
 # clipping, FairGrad with a fractional scale degree, PCGrad and GradVac
-# seeded (the route and the Jacobian draw the same orders) and GradVac with
-# targets that move fast.
+# seeded (the route and the Jacobian draw the same orders), GradVac with
+# targets that move fast and GradNorm with weights that do.
 GRAMIAN_WEIGHTED = {
     "sum": {},
     "mean": {},
@@ -40,6 +40,7 @@ GRAMIAN_WEIGHTED = {
     "pcgrad": {"seed": 7},
     "gradvac": {"beta": 0.5, "seed": 7},
     "config": {},
+    "grad_norm": {"learning_rate": 0.2},
 }
 
 
@@ -60,9 +61,9 @@ def test_which_aggregators_take_the_gramian_route():
         aggregator = keras_mtl.aggregation.get(name, **kwargs)
         assert uses_gramian(aggregator), name
         assert not uses_gramian(_jacobian_kept(aggregator)), name
-    # Sign masks, loss-aware methods and moving averages of the gradients
-    # need the Jacobian itself.
-    for name in ("graddrop", "gradnorm", "moco"):
+    # Sign masks and moving averages of the gradients need the Jacobian
+    # itself.
+    for name in ("graddrop", "moco", "db_mtl"):
         assert not uses_gramian(keras_mtl.aggregation.get(name)), name
 
 
@@ -95,14 +96,15 @@ def _assert_same_training(route, kept):
 # aggregator and on both backends (only the rows' origin differs); what
 # differs between aggregators is `gramian_weights`, checked for each
 # against its direction from the Jacobian in
-# tests/aggregation/test_gramian_weights_name.py. So four train here by
+# tests/aggregation/test_gramian_weights_name.py. So five train here by
 # default: FairGrad (a fractional scale degree), GradVac (a random draw and
-# a state update inside the route), Nash-MTL (stored weights, clipping) and
+# a state update inside the route), GradNorm (an update that reads the
+# losses and the Gramian's scale), Nash-MTL (stored weights, clipping) and
 # UPGrad (a solver); KERAS_MTL_FULL_MATRIX=1 trains every one.
 ROUTE_CHECKS = (
     sorted(GRAMIAN_WEIGHTED)
     if full_matrix()
-    else ["fairgrad", "gradvac", "nash_mtl", "upgrad"]
+    else ["fairgrad", "grad_norm", "gradvac", "nash_mtl", "upgrad"]
 )
 
 
@@ -115,15 +117,32 @@ def test_route_trains_as_the_jacobian(digits, name):
 
 # Gradients of ~1e22 overflow a float32 Gramian, of ~1e-15 underflow it:
 # the route's rescaled branch (the largest entry scaled to 1) runs then.
-@pytest.mark.parametrize("loss_scale", [1e22, 1e-15])
-@pytest.mark.parametrize("name", ["fairgrad", "nash_mtl", "upgrad"])
+# GradNorm's update steps by the gradient norms, which it must read at
+# their scale (the Gramian's `unit`), not the rescaled Gramian's: its
+# learning rate is set for norms of ~1e22 (steps of ~0.2 times the
+# norm ratio; read at the rescaled Gramian's scale they would not move).
+@pytest.mark.parametrize(
+    "name, loss_scale",
+    [
+        (name, scale)
+        for name in ("fairgrad", "nash_mtl", "upgrad")
+        for scale in (1e22, 1e-15)
+    ]
+    + [("grad_norm", 1e22)],
+)
 def test_route_rescales_overflowing_and_underflowing_gramians(digits, name, loss_scale):
-    aggregator = keras_mtl.aggregation.get(name, **GRAMIAN_WEIGHTED[name])
+    kwargs = dict(GRAMIAN_WEIGHTED[name])
+    if name == "grad_norm":
+        kwargs["learning_rate"] = 0.2 / loss_scale
+    aggregator = keras_mtl.aggregation.get(name, **kwargs)
     kept = _jacobian_kept(aggregator)
     route = _train(aggregator, digits, loss_scale, steps=2)
     for log in route[1]:
         assert np.isfinite(log["loss"]) and np.isfinite(log["digit_weight"])
     _assert_same_training(route, _train(kept, digits, loss_scale, steps=2))
+    if name == "grad_norm":  # the weights moved
+        weights = keras.ops.convert_to_numpy(aggregator.task_weights)
+        assert np.abs(weights - 1.0).max() > 0.01, weights
 
 
 def _representation_model(aggregator, jit_compile="auto"):
