@@ -35,8 +35,8 @@ def raise_malloc_limits(
     temporaries than a plain one (the per-task rows; on the Jacobian path
     the `[K, D]` Jacobian), so it pays most. Measured on JAX
     (docs/performance.md, "JAX on CPU: fresh pages every step"): with these
-    limits, GradNorm's step on an MLP of width 1024 took 61 ms instead of
-    132-144, UPGrad's 48 instead of 55-57, and a plain step of the
+    limits, GradDrop's step on an MLP of width 1024 took 69-86 ms instead
+    of 99-108, UPGrad's 48 instead of 55-57, and a plain step of the
     benchmark CNN 31 instead of 50. TensorFlow keeps its buffers in its own
     allocator and neither gains nor loses.
 
