@@ -31,8 +31,10 @@ Baselines, on each backend:
   `optimizer.stateless_apply`.
 
 Peak memory (section 4) is the peak resident set size of a fresh process
-per variant (`ru_maxrss`), so it includes the framework's own (keras_mtl
-imports TensorFlow on either backend). Not part of the test suite: nothing
+per variant (`ru_maxrss`), so it includes the framework's own (on either
+backend the process imports TensorFlow: `keras.utils.set_random_seed`,
+which `build` calls, seeds it wherever it is installed; `import keras_mtl`
+does not). Not part of the test suite: nothing
 there depends on timing.
 """
 
@@ -808,8 +810,9 @@ def format_xla(cfg: argparse.Namespace, records: dict[str, Any]) -> list[str]:
         "",
         f"MLP width {cfg.widths[-1]}, K = 3. Each cell runs in a fresh process; "
         "compile = the first call (trace, compile and one step); peak RSS of "
-        "that process (the framework itself included: keras_mtl imports "
-        "TensorFlow on either backend). Without XLA: a `tf.function` graph on "
+        "that process (the framework itself included: on either backend the "
+        "process imports TensorFlow, which `keras.utils.set_random_seed` "
+        "seeds wherever it is installed). Without XLA: a `tf.function` graph on "
         "TensorFlow, op-by-op (eager) execution on JAX.",
         "",
         "| method | backend | compile s (XLA) | compile s (no XLA) | ms/step (XLA) "
