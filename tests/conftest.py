@@ -156,7 +156,7 @@ LOSS_LEVEL_CASES = ("adaptive", "bmtl", "uncertainty")
 # Nash-MTL (the Gramian route with state), PCGrad (the Gramian route with
 # a random stream), DB-MTL (the Jacobian route with state of the
 # Jacobian's width and transformed task terms), GradDrop (the Jacobian
-# route with a random stream) and GradNorm (the Jacobian route with state,
+# route with a random stream) and GradNorm (the Gramian route with state,
 # reading the task losses).
 PATH_WEIGHTINGS = ("adaptive", "uncertainty", "dwa", "rlw")
 PATH_AGGREGATORS = ("nash_mtl", "pcgrad", "db_mtl", "graddrop", "gradnorm")

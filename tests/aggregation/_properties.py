@@ -70,7 +70,7 @@ class Claims:
     permutation: str | None = "any"
     non_conflicting: str | None = None
     xla: bool = True
-    finite_examples: int = 25
+    finite_examples: int = 12
     min_tasks: int = 1
 
 

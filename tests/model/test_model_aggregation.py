@@ -5,7 +5,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TASK_LOSSES, build_net, one_alias_per_class
+from conftest import (
+    PATH_AGGREGATORS,
+    STATELESS_STAND_INS,
+    TASK_LOSSES,
+    build_net,
+    full_matrix,
+    one_alias_per_class,
+)
 
 import keras_mtl
 
@@ -32,9 +39,13 @@ def test_shared_parameters_are_the_trunk_only():
     assert model.aggregator.num_tasks == 2
 
 
-# One alias per class (GradNorm has two), each under XLA: one XLA
-# compilation per aggregator (64 divides the 512 examples, so every batch has
-# the same shape).
+# Each under XLA: one XLA compilation per aggregator (64 divides the 512
+# examples, so every batch has the same shape). By default one aggregator
+# per path of the step (`conftest.PATH_AGGREGATORS`) and UPGrad (a solver's
+# loops): every other one takes a path of these through the step, and its
+# own code is compiled under XLA and checked against exact references in
+# its file and in tests/aggregation/test_properties.py. With
+# KERAS_MTL_FULL_MATRIX=1 one alias per class (GradNorm has two).
 # Krum and TrimmedMean need at least three tasks (these models have two);
 # tests/trainers/test_jax_distribution.py and tests/trainers/test_backend_parity.py train them
 # with three.
@@ -42,9 +53,16 @@ _NEED_THREE_TASKS = ("krum", "trimmed_mean")
 _ONE_ALIAS_EACH = [
     a for a in one_alias_per_class(keras_mtl.aggregation) if a not in _NEED_THREE_TASKS
 ]
+_XLA_SWEEP = (
+    _ONE_ALIAS_EACH
+    if full_matrix()
+    else sorted(
+        {*PATH_AGGREGATORS, *STATELESS_STAND_INS} & {*keras_mtl.aggregation.names()}
+    )
+)
 
 
-@pytest.mark.parametrize("name", _ONE_ALIAS_EACH)
+@pytest.mark.parametrize("name", _XLA_SWEEP)
 def test_every_aggregator_trains_under_xla_and_lowers_every_task_loss(digits, name):
     model = _model(name, jit_compile=True)
     history = model.fit(digits.x, digits.y, epochs=3, batch_size=64, verbose=0)
