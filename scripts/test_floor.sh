@@ -49,7 +49,7 @@ EOF
 # Under JAX, tests/conftest.py keeps the backend-neutral tests only. (The
 # frozen .keras files are not loaded here: a file written by a newer Keras
 # does not load in an older one, e.g. Dense's `quantization_config`.)
-selection="(not under_xla or uncertainty or moco)"
+selection="(not under_xla or uncertainty or db_mtl)"
 selection+=" and (not test_save_load_restores_weighting_and_training_state"
 selection+=" or uncertainty or dwa or rlw or famo)"
 selection+=" and (not test_save_and_load_keeps_the_aggregator_state"
