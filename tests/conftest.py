@@ -153,25 +153,22 @@ LOSS_LEVEL_CASES = ("adaptive", "bmtl", "uncertainty")
 # path between them (`uncovered_paths` is empty for them; checked by the
 # suites): Adaptive (no variables, epoch hooks), Uncertainty (trainable
 # variables), DWA (state, an epoch history) and RLW (a random stream);
-# Nash-MTL (the Gramian route with state), PCGrad (the Gramian route with
-# a random stream), DB-MTL (the Jacobian route with state of the
-# Jacobian's width and transformed task terms), GradDrop (the Jacobian
-# route with a random stream) and GradNorm (the Gramian route with state,
-# reading the task losses).
+# PCGrad (the Gramian route with a random stream), GradNorm (the Gramian
+# route with state, reading the task losses), DB-MTL (the Jacobian route
+# with state of the Jacobian's width and transformed task terms) and
+# GradDrop (the Jacobian route with a random stream).
 PATH_WEIGHTINGS = ("adaptive", "uncertainty", "dwa", "rlw")
-PATH_AGGREGATORS = ("nash_mtl", "pcgrad", "db_mtl", "graddrop", "gradnorm")
-# `environment_cases` by default: each path aggregator with a weighting,
-# a weighting with trainable variables beside an aggregator (its gradient
-# is then the heads' objective's, not the loss-level step's), and the
-# loss-level step with a weighting without and one with trainable
-# variables (their gradient is divided among replicas).
+PATH_AGGREGATORS = ("pcgrad", "gradnorm", "db_mtl", "graddrop")
+# `environment_cases` by default: each path aggregator with a path
+# weighting, a weighting with trainable variables beside an aggregator (its
+# gradient is then the heads' objective's, not the loss-level step's), and
+# the loss-level step with a weighting with trainable variables (their
+# gradient is divided among replicas, as the net's is).
 PATH_CASES = (
-    ("adaptive", None),
     ("uncertainty", None),
     ("adaptive", "gradnorm"),
     ("dwa", "db_mtl"),
-    ("equal", "graddrop"),
-    ("rlw", "nash_mtl"),
+    ("rlw", "graddrop"),
     ("uncertainty", "pcgrad"),
 )
 

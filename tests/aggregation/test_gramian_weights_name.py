@@ -127,13 +127,13 @@ def _fit(model, digits):
     return model.fit(x, y, epochs=1, batch_size=64, verbose=0)
 
 
+# `weights` is the same list (a `GramianWeights`) for every Gramian-weighted
+# aggregator: one with state under XLA and one without state or XLA.
 @pytest.mark.parametrize(
     "name, kwargs, jit_compile",
     [
-        ("upgrad", {}, True),
         ("mgda", {}, False),
         ("nash_mtl", {"update_every": 2}, True),
-        ("gradvac", {"seed": 3}, True),
     ],
 )
 def test_models_with_the_callable_weights(digits, tmp_path, name, kwargs, jit_compile):

@@ -17,16 +17,39 @@ from conftest import (
     aggregator_for,
     build_net,
     environment_cases,
+    full_matrix,
     weighting_for,
 )
 
 import keras_mtl
+from keras_mtl.aggregation.base import uses_gramian
 
 POLICIES = ["mixed_float16", "mixed_bfloat16"]
 # One method per path (every method with state with
-# KERAS_MTL_FULL_MATRIX=1), under each policy.
+# KERAS_MTL_FULL_MATRIX=1) under `mixed_float16`, whose loss scaling each
+# path handles in its own way (the route's gradients, a skipped step's
+# rollback). `mixed_bfloat16` only casts, as float16 does: by default one
+# case per kind of step (the loss-level step, the Gramian route, the
+# Jacobian), all of them with KERAS_MTL_FULL_MATRIX=1.
 CASES = environment_cases()
-POLICY_CASES = [(p, w, a) for p in POLICIES for w, a in CASES]
+
+
+def _kind_of_step(aggregator: str | None) -> str:
+    if aggregator is None:
+        return "loss-level"
+    route = uses_gramian(keras_mtl.aggregation.get(aggregator))
+    return "Gramian" if route else "Jacobian"
+
+
+def _one_per_kind_of_step(cases):
+    if full_matrix():
+        return cases
+    return list({_kind_of_step(a): (w, a) for w, a in reversed(cases)}.values())
+
+
+POLICY_CASES = [("mixed_float16", w, a) for w, a in CASES] + [
+    ("mixed_bfloat16", w, a) for w, a in _one_per_kind_of_step(CASES)
+]
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 (`conftest.environment_cases`).
 
 By default the cases take one method per path of the step and its state
-handling (`conftest.PATH_CASES`: the loss-level step with and without
-trainable weighting variables; the Gramian and the Jacobian route, each
+handling (`conftest.PATH_CASES`: the loss-level step with trainable
+weighting variables; the Gramian and the Jacobian route, each
 with aggregator state and with a random stream; state of the Jacobian's
 width, transformed task terms, an aggregator reading the losses; a
 weighting's state, epoch history and random stream; trainable weighting
