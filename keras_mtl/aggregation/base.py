@@ -245,12 +245,16 @@ class GramianWeightedAggregator(Aggregator):
     sums `G` over the shared variables' per-task gradients, gets `c` from
     `direction_weights(G)` and combines each variable's gradients with it
     (see `uses_gramian`). The same `d` as `aggregator(J)`, up to rounding.
-    An aggregator with `needs_losses` (GradNorm) is called there as
-    `direction_weights(G, training=True, losses=losses, unit=unit)`: the
-    unweighted task losses `[K]`, and `G` the Gramian of `J / unit` (the
-    route may rescale it; a state update that is not scale-free needs
-    `unit`).
+    The route may rescale the Gramian: `G` is that of `J / unit`. An
+    aggregator whose weights or state update are not scale-free sets
+    `reads_gramian_scale = True` and is called there as
+    `direction_weights(G, training=True, unit=unit)`, returning the
+    weights of `J` itself (GradNorm steps by the gradient norms, MoDo by
+    `gamma * J @ J.T`); one with `needs_losses` (GradNorm) also gets
+    `losses=`, the unweighted task losses `[K]`.
     """
+
+    reads_gramian_scale: bool = False
 
     @property
     def weights(self) -> GramianWeights:
@@ -293,13 +297,14 @@ class GramianWeightedAggregator(Aggregator):
 def uses_gramian(aggregator: Any) -> bool:
     """Whether `MultiTaskModel` may compute `aggregator`'s direction by
     the Gramian route (`GramianWeightedAggregator`): it is one, has a
-    scale degree, and no class in its hierarchy changes
+    scale degree or reads the Gramian's scale itself
+    (`reads_gramian_scale`), and no class in its hierarchy changes
     `aggregate` or `call` below the class that defines its
     `direction_weights` (a subclass that changes how the direction is
     formed from the Jacobian, to record it say, keeps the Jacobian)."""
     if not isinstance(aggregator, GramianWeightedAggregator):
         return False
-    if aggregator.scale_degree is None:
+    if aggregator.scale_degree is None and not aggregator.reads_gramian_scale:
         return False
     mro = type(aggregator).__mro__
 

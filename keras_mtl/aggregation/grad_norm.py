@@ -115,6 +115,7 @@ class GradNorm(GramianWeightedAggregator):
     """
 
     needs_losses = True
+    reads_gramian_scale = True
     scale_degree = 1
 
     def __init__(

@@ -10,16 +10,17 @@ from keras import ops
 
 from keras_mtl._validation import check_number
 from keras_mtl.aggregation._linalg import (
+    MAX_GRAMIAN_STEP,
     clean_jacobian,
     project_onto_simplex,
     regularised_gramian_step,
 )
 from keras_mtl.aggregation._rows import combine_rows
-from keras_mtl.aggregation.base import Aggregator
+from keras_mtl.aggregation.base import GramianWeightedAggregator
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
-class MoDo(Aggregator):
+class MoDo(GramianWeightedAggregator):
     """MoDo ("Multi-objective gradient with Double sampling"): MGDA weights
     $\\lambda$ tracked by one projected-gradient step per training step.
 
@@ -37,11 +38,15 @@ class MoDo(Aggregator):
 
     The update uses the raw (unnormalised) Jacobian, as the paper does, so
     $\\gamma$ has units of $1 / \\lVert g \\rVert^2$ and the direction is
-    not homogeneous in $J$ (`scale_degree = None`); `MultiTaskModel`
-    forms $J$ for it. The update is computed as $\\gamma s^2 G_s$ with $s$
-    the largest absolute entry of $J$ and $G_s$ the Gramian of $J / s$, and
+    not homogeneous in $J$ (`scale_degree = None`). Called with a
+    Jacobian, the update is computed as $\\gamma s^2 G_s$ with $s$ the
+    largest absolute entry of $J$ and $G_s$ the Gramian of $J / s$, and
     $\\gamma s^2$ is capped at $10^6$ (larger values only overflow float32;
-    the projection is then a vertex or an edge anyway).
+    the projection is then a vertex or an edge anyway). The update and the
+    direction need only the Gramian: in a `MultiTaskModel` MoDo takes the
+    Gramian route (`direction_weights(G, unit=u)`, `G` the Gramian of
+    $J / u$: the step is $\\gamma u^2 G$, capped alike) and never gets
+    $J$.
     `training=False` returns the direction of the would-be update without
     storing it.
 
@@ -72,6 +77,7 @@ class MoDo(Aggregator):
     """
 
     scale_degree = None
+    reads_gramian_scale = True
 
     def __init__(self, gamma: float = 1e-3, rho: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -101,6 +107,35 @@ class MoDo(Aggregator):
         if training:
             self.lambdas.assign(lambdas)
         return combine_rows(lambdas, jacobian)
+
+    def gramian_weights(self, gramian: Any) -> Any:
+        """The weights `lambda` (`[K]`) after the would-be step from the
+        stored ones for a Jacobian whose Gramian is `gramian`; no state
+        change (the stored initial weights before the layer is built)."""
+        return self.direction_weights(gramian, training=False)
+
+    def direction_weights(
+        self, gramian: Any, training: bool = True, unit: Any = 1.0
+    ) -> Any:
+        """The weights `lambda` (`[K]`, `d = lambda @ J`) after one step for
+        a Jacobian `J` whose Gramian is `gramian * unit**2` (the Gramian
+        route's call), stored when `training`."""
+        num_tasks = gramian.shape[0]
+        if self.built:
+            lambdas = ops.copy(self.lambdas.value)
+        else:
+            lambdas = ops.full((num_tasks,), 1.0 / num_tasks, "float32")
+        gramian = ops.cast(gramian, "float32")
+        step = ops.minimum(self.gamma * unit * unit, MAX_GRAMIAN_STEP)
+        lambdas = project_onto_simplex(
+            lambdas
+            - (step * ops.matmul(gramian, lambdas) + self.gamma * self.rho * lambdas)
+        )
+        if training:
+            if not self.built:
+                self.build((num_tasks, None))
+            self.lambdas.assign(lambdas)
+        return lambdas
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "gamma": self.gamma, "rho": self.rho}

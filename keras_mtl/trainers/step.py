@@ -407,13 +407,15 @@ class MultiTaskStep:
             if rows is not None:
                 block = ops.take(ops.take(gramian, rows, axis=0), rows, axis=1)
                 task_losses = ops.take(losses, rows, axis=0)
-            # One that reads the losses (GradNorm) may also read the
-            # Gramian's scale (its update steps by the task-gradient norms).
-            extra = {"losses": task_losses, "unit": unit}
+            extra = {}
+            if aggregator.needs_losses:
+                extra["losses"] = task_losses
+            if aggregator.reads_gramian_scale:
+                # Its weights are those of J itself (GradNorm, MoDo).
+                extra["unit"] = unit
+                return aggregator.direction_weights(block, training=True, **extra)
             return rescaled(
-                aggregator.direction_weights(
-                    block, training=True, **(extra if aggregator.needs_losses else {})
-                ),
+                aggregator.direction_weights(block, training=True, **extra),
                 unit,
                 aggregator.scale_degree - 1,
             )

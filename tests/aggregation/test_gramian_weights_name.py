@@ -53,6 +53,7 @@ def test_the_gramian_weighted_aliases():
         "krum",
         "mean",
         "mgda",
+        "modo",
         "nash_mtl",
         "pcgrad",
         "sdmgrad",

@@ -54,14 +54,37 @@ def test_training_false_keeps_the_weights():
     assert not np.allclose(agg.lambdas, 1 / 3)
 
 
-def test_permutation_equivariant_and_not_on_the_gramian_route():
+def test_permutation_equivariant():
     j = random_jacobian(4, 6, 3)
     perm = np.array([2, 0, 3, 1])
     a = np.asarray(MoDo(gamma=0.05)(j))
     b = np.asarray(MoDo(gamma=0.05)(j[perm]))
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    # The raw-scale update needs J itself.
-    assert not uses_gramian(MoDo())
+
+
+@pytest.mark.parametrize("unit", [1.0, 3.0, 1e25])
+def test_gramian_route_call_matches_the_reference(unit):
+    """`direction_weights(G, unit=)`, the Gramian route's call, for `G` the
+    Gramian of `J / unit`: LibMTL's update of J itself, whose Gramian is
+    not representable in float32 at 1e25 (the step is then capped at
+    1e6 / gamma: a vertex)."""
+    assert uses_gramian(MoDo())
+    gamma, rho = 0.05, 0.1
+    agg = MoDo(gamma=gamma, rho=rho)
+    lam = np.full(3, 1 / 3)
+    for seed in range(4):
+        rows = random_jacobian(3, 6, seed, spread=1.0).astype(np.float64)
+        j = rows * unit
+        step = min(gamma * unit**2, 1e6)
+        lam = project_simplex(lam - (step * rows @ rows.T @ lam + gamma * rho * lam))
+        g = (rows @ rows.T).astype(np.float32)
+        got = np.asarray(agg.direction_weights(g, unit=np.float32(unit)), np.float64)
+        np.testing.assert_allclose(got @ j, lam @ j, rtol=1e-5, atol=1e-6 * unit)
+        np.testing.assert_allclose(np.asarray(agg.lambdas), lam, atol=1e-6)
+    # Evaluation: the would-be step, nothing stored.
+    before = np.asarray(agg.lambdas)
+    agg.direction_weights(g, training=False, unit=np.float32(unit))
+    np.testing.assert_array_equal(np.asarray(agg.lambdas), before)
 
 
 def test_huge_gradients_take_the_capped_step():

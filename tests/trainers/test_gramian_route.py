@@ -25,7 +25,7 @@ _PERFORMANCE = Path(__file__).parents[2] / "benchmarks" / "performance.py"
 # Every Gramian-weighted aggregator; Nash-MTL with its stored weights and
 # clipping, FairGrad with a fractional scale degree, PCGrad and GradVac
 # seeded (the route and the Jacobian draw the same orders), GradVac with
-# targets that move fast and GradNorm with weights that do.
+# targets that move fast and GradNorm and MoDo with weights that do.
 GRAMIAN_WEIGHTED = {
     "sum": {},
     "mean": {},
@@ -41,6 +41,7 @@ GRAMIAN_WEIGHTED = {
     "gradvac": {"beta": 0.5, "seed": 7},
     "config": {},
     "grad_norm": {"learning_rate": 0.2},
+    "modo": {"gamma": 0.05},
 }
 
 
@@ -63,7 +64,7 @@ def test_which_aggregators_take_the_gramian_route():
         assert not uses_gramian(_jacobian_kept(aggregator)), name
     # Sign masks and moving averages of the gradients need the Jacobian
     # itself.
-    for name in ("graddrop", "moco", "db_mtl"):
+    for name in ("graddrop", "moco", "db_mtl", "excess_mtl"):
         assert not uses_gramian(keras_mtl.aggregation.get(name)), name
 
 
@@ -99,12 +100,13 @@ def _assert_same_training(route, kept):
 # tests/aggregation/test_gramian_weights_name.py. So five train here by
 # default: FairGrad (a fractional scale degree), GradVac (a random draw and
 # a state update inside the route), GradNorm (an update that reads the
-# losses and the Gramian's scale), Nash-MTL (stored weights, clipping) and
-# UPGrad (a solver); KERAS_MTL_FULL_MATRIX=1 trains every one.
+# losses and the Gramian's scale), MoDo (weights of no scale degree, read
+# at the Gramian's scale), Nash-MTL (stored weights, clipping) and UPGrad
+# (a solver); KERAS_MTL_FULL_MATRIX=1 trains every one.
 ROUTE_CHECKS = (
     sorted(GRAMIAN_WEIGHTED)
     if full_matrix()
-    else ["fairgrad", "grad_norm", "gradvac", "nash_mtl", "upgrad"]
+    else ["fairgrad", "grad_norm", "gradvac", "modo", "nash_mtl", "upgrad"]
 )
 
 
@@ -117,10 +119,10 @@ def test_route_trains_as_the_jacobian(digits, name):
 
 # Gradients of ~1e22 overflow a float32 Gramian, of ~1e-15 underflow it:
 # the route's rescaled branch (the largest entry scaled to 1) runs then.
-# GradNorm's update steps by the gradient norms, which it must read at
-# their scale (the Gramian's `unit`), not the rescaled Gramian's: its
-# learning rate is set for norms of ~1e22 (steps of ~0.2 times the
-# norm ratio; read at the rescaled Gramian's scale they would not move).
+# GradNorm's update steps by the gradient norms and MoDo's by gamma times
+# the Gramian, which they must read at their scale (the Gramian's `unit`),
+# not the rescaled Gramian's: their step sizes are set for that scale
+# (read at the rescaled Gramian's they would move nothing, or everything).
 @pytest.mark.parametrize(
     "name, loss_scale",
     [
@@ -128,12 +130,14 @@ def test_route_trains_as_the_jacobian(digits, name):
         for name in ("fairgrad", "nash_mtl", "upgrad")
         for scale in (1e22, 1e-15)
     ]
-    + [("grad_norm", 1e22)],
+    + [("grad_norm", 1e22), ("modo", 1e-15)],
 )
 def test_route_rescales_overflowing_and_underflowing_gramians(digits, name, loss_scale):
     kwargs = dict(GRAMIAN_WEIGHTED[name])
     if name == "grad_norm":
         kwargs["learning_rate"] = 0.2 / loss_scale
+    if name == "modo":  # gamma (G + rho) as at scale 1 with gamma 0.05, rho 0.1
+        kwargs.update(gamma=0.05 / loss_scale**2, rho=0.1 * loss_scale**2)
     aggregator = keras_mtl.aggregation.get(name, **kwargs)
     kept = _jacobian_kept(aggregator)
     route = _train(aggregator, digits, loss_scale, steps=2)
@@ -143,6 +147,9 @@ def test_route_rescales_overflowing_and_underflowing_gramians(digits, name, loss
     if name == "grad_norm":  # the weights moved
         weights = keras.ops.convert_to_numpy(aggregator.task_weights)
         assert np.abs(weights - 1.0).max() > 0.01, weights
+    if name == "modo":  # the weights moved, not to a vertex
+        weights = keras.ops.convert_to_numpy(aggregator.lambdas)
+        assert 1e-3 < np.abs(weights - 0.5).max() < 0.49, weights
 
 
 def _representation_model(aggregator, jit_compile="auto"):
