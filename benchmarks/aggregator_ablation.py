@@ -18,8 +18,8 @@ With `--set gramian`, the ways of making the Gramian safe against
 overflow that docs/performance.md (Profile) compares instead: the raw
 Gramian with a `cond` whose branch does less (returns `raw / 2`, only
 reads the rows' largest entry, or that after `where(isfinite)`), and the
-rescaled Gramian always (branch-free). With `--set grad_norm`, GradNorm
-on the Gramian route and made to take the Jacobian. With `--set graddrop`, GradDrop
+rescaled Gramian always (branch-free). With `--set reads_scale`,
+GradNorm and MoDo on the Gramian route and made to take the Jacobian. With `--set graddrop`, GradDrop
 (which keeps the Jacobian) with its one random draw per column per step
 replaced by a constant (0.5: the mask is then a fixed function of the
 signs), without its logs, and with its logs' Gramian always taken of the
@@ -174,13 +174,15 @@ PROJECTION_VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
     ("a:pcgrad, Jacobian", "a:pcgrad", JACOBIAN),
 ]
 
-# GradNorm on the Gramian route, and made to take the Jacobian (as before
-# the route served it).
-GRAD_NORM_VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
+# GradNorm and MoDo (which read the Gramian's scale) on the Gramian route,
+# and made to take the Jacobian (as before the route served them).
+READS_SCALE_VARIANTS: list[tuple[str, str, list[tuple[Any, str, Any]]]] = [
     ("ideal", "ideal", []),
     ("a:upgrad", "a:upgrad", []),
     ("a:grad_norm", "a:grad_norm", []),
     ("a:grad_norm, Jacobian", "a:grad_norm", JACOBIAN),
+    ("a:modo", "a:modo", []),
+    ("a:modo, Jacobian", "a:modo", JACOBIAN),
 ]
 
 # (name, variant, replacements: (module, attribute, value))
@@ -224,7 +226,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="steps per sample")
     parser.add_argument(
         "--set",
-        choices=["route", "gramian", "graddrop", "projections", "grad_norm"],
+        choices=["route", "gramian", "graddrop", "projections", "reads_scale"],
         default="route",
     )
     parser.add_argument(
@@ -238,7 +240,7 @@ def main() -> None:
         "gramian": GRAMIAN_VARIANTS,
         "graddrop": GRADDROP_VARIANTS,
         "projections": PROJECTION_VARIANTS,
-        "grad_norm": GRAD_NORM_VARIANTS,
+        "reads_scale": READS_SCALE_VARIANTS,
     }[cfg.set]
     if cfg.only:
         keep = {"ideal", *cfg.only}
