@@ -207,7 +207,14 @@ def regularised_gramian_step(matrix: Any, lambdas: Any, gamma: Any, rho: Any) ->
     `MAX_GRAMIAN_STEP` (`s^2` may be inf); a zero `matrix` has `s = 1` and
     `G = 0`, so no step from it."""
     unit, scale = max_abs_scaled(matrix)
+    return scaled_gramian_step(gramian(unit), scale, lambdas, gamma, rho)
+
+
+def scaled_gramian_step(
+    normalized: Any, scale: Any, lambdas: Any, gamma: Any, rho: Any
+) -> Any:
+    """`regularised_gramian_step` for the Gramian `G = scale^2 normalized`
+    given as `normalized` and `scale` (MoDo on the Gramian route):
+    `gamma scale^2` capped at `MAX_GRAMIAN_STEP`."""
     step = small.minimum(gamma * scale * scale, MAX_GRAMIAN_STEP)
-    return lambdas - (
-        step * small.matmul(gramian(unit), lambdas) + gamma * rho * lambdas
-    )
+    return lambdas - (step * small.matmul(normalized, lambdas) + gamma * rho * lambdas)

@@ -10,10 +10,10 @@ from keras import ops
 
 from keras_mtl._validation import check_number
 from keras_mtl.aggregation._linalg import (
-    MAX_GRAMIAN_STEP,
     clean_jacobian,
     project_onto_simplex,
     regularised_gramian_step,
+    scaled_gramian_step,
 )
 from keras_mtl.aggregation._rows import combine_rows
 from keras_mtl.aggregation.base import GramianWeightedAggregator
@@ -125,11 +125,10 @@ class MoDo(GramianWeightedAggregator):
             lambdas = ops.copy(self.lambdas.value)
         else:
             lambdas = ops.full((num_tasks,), 1.0 / num_tasks, "float32")
-        gramian = ops.cast(gramian, "float32")
-        step = ops.minimum(self.gamma * unit * unit, MAX_GRAMIAN_STEP)
         lambdas = project_onto_simplex(
-            lambdas
-            - (step * ops.matmul(gramian, lambdas) + self.gamma * self.rho * lambdas)
+            scaled_gramian_step(
+                ops.cast(gramian, "float32"), unit, lambdas, self.gamma, self.rho
+            )
         )
         if training:
             if not self.built:

@@ -407,17 +407,18 @@ class MultiTaskStep:
             if rows is not None:
                 block = ops.take(ops.take(gramian, rows, axis=0), rows, axis=1)
                 task_losses = ops.take(losses, rows, axis=0)
-            extra = {}
+            extra, exponent = {}, None
             if aggregator.needs_losses:
                 extra["losses"] = task_losses
             if aggregator.reads_gramian_scale:
                 # Its weights are those of J itself (GradNorm, MoDo).
                 extra["unit"] = unit
-                return aggregator.direction_weights(block, training=True, **extra)
+            else:
+                exponent = aggregator.scale_degree - 1
             return rescaled(
                 aggregator.direction_weights(block, training=True, **extra),
                 unit,
-                aggregator.scale_degree - 1,
+                exponent,
             )
 
         # A task without a labelled example has a zero row, which is not a
