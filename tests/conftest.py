@@ -4,6 +4,7 @@ Two tasks on the 8x8 digit images: "digit" (10 classes, sparse categorical
 cross-entropy) and "parity" (the digit is odd, binary cross-entropy).
 """
 
+import gc
 import itertools
 import os
 
@@ -15,6 +16,17 @@ import pytest  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 import keras_mtl  # noqa: E402
+
+# Python's cyclic collector, in each pytest process: a full collection
+# walks every object alive, the backends' modules and every model built so
+# far, ~0.4-1.5 s each late in a pass. Measured in the TensorFlow pass
+# (gc.callbacks): 7.5 % of each worker's CPU, 49 full collections. The
+# imported modules are moved out of its reach (`freeze`) and it runs less
+# often; cycles are still collected. Two test files: 6.0 s -> 2.8 s of
+# collection (of 87 s).
+gc.collect()
+gc.freeze()
+gc.set_threshold(50_000, 20, 100)
 
 NUM_SAMPLES = 512  # 8 batches of 64: a few epochs take well under a second
 BATCH_SIZE = 64
