@@ -2,8 +2,9 @@
 
     .venv/bin/python scripts/link_resolved_dependencies.py REPORT TARGET_SITE
 
-REPORT is pip's installation report (``pip install --dry-run --report``) for
-the wheel; TARGET_SITE is the site-packages folder of a fresh virtual
+REPORT is what the installer resolved for the wheel: pip's installation
+report (``pip install --dry-run --report``, a .json file) or uv's pinned
+requirements (``uv pip compile``, ``name==version`` lines); TARGET_SITE is the site-packages folder of a fresh virtual
 environment. Every distribution in the report but keras-mtl itself must be
 installed in this interpreter's environment (./.venv) at the reported
 version; its files (from its RECORD, with their byte-compiled twins) are
@@ -31,11 +32,16 @@ from packaging.utils import canonicalize_name
 
 
 def resolved(report: Path) -> dict[str, str]:
-    """{canonical name: version} of what pip would install, but keras-mtl."""
-    entries = json.loads(report.read_text())["install"]
+    """{canonical name: version} of what the installer would install, but
+    keras-mtl (itself a `keras-mtl @ file://...` line in uv's output)."""
+    if report.suffix == ".json":
+        entries = json.loads(report.read_text())["install"]
+        pairs = [(e["metadata"]["name"], e["metadata"]["version"]) for e in entries]
+    else:
+        lines = [line.split("#")[0].strip() for line in report.read_text().splitlines()]
+        pairs = [tuple(line.split("==")) for line in lines if "==" in line]
     versions = {
-        canonicalize_name(entry["metadata"]["name"]): entry["metadata"]["version"]
-        for entry in entries
+        canonicalize_name(name.strip()): version.strip() for name, version in pairs
     }
     versions.pop("keras-mtl", None)
     return versions
