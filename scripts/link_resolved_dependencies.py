@@ -4,8 +4,8 @@
 
 REPORT is what the installer resolved for the wheel: pip's installation
 report (``pip install --dry-run --report``, a .json file) or uv's pinned
-requirements (``uv pip compile``, ``name==version`` lines); TARGET_SITE is the site-packages folder of a fresh virtual
-environment. Every distribution in the report but keras-mtl itself must be
+requirements (``uv pip compile``, ``name==version`` lines); TARGET_SITE is
+the site-packages folder of a fresh virtual environment. Every distribution in the report but keras-mtl itself must be
 installed in this interpreter's environment (./.venv) at the reported
 version; its files (from its RECORD, with their byte-compiled twins) are
 hard-linked into TARGET_SITE (symbolic links across file systems).
@@ -39,7 +39,9 @@ def resolved(report: Path) -> dict[str, str]:
         pairs = [(e["metadata"]["name"], e["metadata"]["version"]) for e in entries]
     else:
         lines = [line.split("#")[0].strip() for line in report.read_text().splitlines()]
-        pairs = [tuple(line.split("==")) for line in lines if "==" in line]
+        # `name==version`, without an environment marker (`; ...`).
+        pins = [line.split(";")[0] for line in lines if "==" in line]
+        pairs = [tuple(pin.split("==")) for pin in pins]
     versions = {
         canonicalize_name(name.strip()): version.strip() for name, version in pairs
     }
