@@ -19,9 +19,9 @@ overflow that docs/performance.md (Profile) compares instead: the raw
 Gramian with a `cond` whose branch does less (returns `raw / 2`, only
 reads the rows' largest entry, or that after `where(isfinite)`), and the
 rescaled Gramian always (branch-free). With `--set reads_scale`,
-GradNorm and MoDo on the Gramian route and made to take the Jacobian. With `--set graddrop`, GradDrop
-(which keeps the Jacobian) with its one random draw per column per step
-replaced by a constant (0.5: the mask is then a fixed function of the
+GradNorm and MoDo on the Gramian route and made to take the Jacobian.
+With `--set graddrop`, GradDrop (which keeps the Jacobian) with its one
+random draw per column per step replaced by a constant (0.5: the mask is then a fixed function of the
 signs), without its logs, and with its logs' Gramian always taken of the
 Jacobian divided by its largest entry (as shipped: the raw Gramian, with a
 rescaling branch). With `--set projections`, PCGrad, GradVac and ConFIG

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds keras_mtl's sdist and wheel (python -m build) into dist/, installs the
 # wheel (not editable) with its dependencies, as uv (or pip) resolves them
-# under constraints.txt (linked from ./.venv), into a fresh virtual environment in a
-# temporary folder, and runs
-# scripts/wheel_smoke_test.py there, outside the checkout: import from the
-# environment's site-packages, a fit with a weighting and one with an
-# aggregator, save/load, `keras-mtl bench --help`, py.typed. One line per
-# step; build and pip output only on failure. Sets up ./.venv first if needed.
+# under constraints.txt (linked from ./.venv), into a fresh virtual
+# environment in a temporary folder, and runs scripts/wheel_smoke_test.py
+# there, outside the checkout: import from the environment's site-packages,
+# a fit with a weighting and one with an aggregator, save/load, `keras-mtl
+# bench --help`, py.typed. One line per step; build and pip output only on
+# failure. Sets up ./.venv first if needed.
 # Measured: ~20 s, most of it TensorFlow's import and the two small fits.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

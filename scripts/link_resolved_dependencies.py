@@ -5,9 +5,9 @@
 REPORT is what the installer resolved for the wheel: pip's installation
 report (``pip install --dry-run --report``, a .json file) or uv's pinned
 requirements (``uv pip compile``, ``name==version`` lines); TARGET_SITE is
-the site-packages folder of a fresh virtual environment. Every distribution in the report but keras-mtl itself must be
-installed in this interpreter's environment (./.venv) at the reported
-version; its files (from its RECORD, with their byte-compiled twins) are
+the site-packages folder of a fresh virtual environment. Every distribution
+in the report but keras-mtl itself must be installed in this interpreter's
+environment (./.venv) at the reported version; its files (from its RECORD, with their byte-compiled twins) are
 hard-linked into TARGET_SITE (symbolic links across file systems).
 
 Why: installing the wheel's dependencies for real writes TensorFlow's ~2.7 GB
